@@ -1,0 +1,26 @@
+"""minigpt: a small, readable GPT in PyTorch.
+
+    from minigpt import GPT, ModelConfig, CharTokenizer
+    model = GPT(ModelConfig(vocab_size=65, embed_dim=128, num_heads=4, num_layers=4))
+
+The deck's names work too: `from minigpt import MiniTransformer, SimpleVocab`.
+"""
+
+from minigpt.corpus import load_corpus
+from minigpt.model import GPT, Inspection, KVCache, MiniTransformer, ModelConfig
+from minigpt.tokenizer import (
+    BPETokenizer,
+    CharTokenizer,
+    SimpleVocab,
+    Tokenizer,
+    UnknownCharactersError,
+    WordTokenizer,
+    tokenizer_from_dict,
+    train_tokenizer,
+)
+
+__all__ = [
+    "GPT", "Inspection", "KVCache", "MiniTransformer", "ModelConfig",
+    "BPETokenizer", "CharTokenizer", "SimpleVocab", "Tokenizer", "UnknownCharactersError",
+    "WordTokenizer", "tokenizer_from_dict", "train_tokenizer", "load_corpus",
+]

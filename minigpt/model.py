@@ -1,0 +1,463 @@
+"""The GPT model: a decoder-only transformer, block by block, as the workshop deck draws it.
+
+    token ids -> token embedding (+ position) -> Block x num_layers -> [final norm] -> head -> logits
+
+Shape letters used in the comments below:
+    B batch size, T sequence length (time), S keys attended to (T, or more with a KV cache),
+    C embed_dim, H num_heads, D head_dim = C // H, V vocab_size.
+"""
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minigpt.sampling import check_sampling_args, sample_next
+
+POS_ENCODINGS = ("sinusoidal", "learned", "rope")
+NORM_PLACEMENTS = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and options of a GPT. Validated on construction; errors are ValueErrors."""
+
+    vocab_size: int | None = field(
+        default=None, metadata={"help": "number of token ids (set from the tokenizer)"})
+    context_length: int = field(
+        default=128, metadata={"help": "longest sequence the model attends over"})
+    embed_dim: int = field(default=128, metadata={"help": "width of the residual stream (C)"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads per layer (H)"})
+    num_layers: int = field(default=4, metadata={"help": "number of transformer blocks"})
+    ffn_mult: int = field(
+        default=4, metadata={"help": "feed-forward hidden width as a multiple of embed_dim"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability, in [0, 1)"})
+    pos_encoding: Literal["sinusoidal", "learned", "rope"] = field(
+        default="learned", metadata={"help": "how positions enter the model"})
+    norm_placement: Literal["pre", "post"] = field(
+        default="pre", metadata={"help": "LayerNorm before each sublayer (GPT-2) or after"})
+    tie_weights: bool = field(
+        default=True, metadata={"help": "share the token embedding with the output head"})
+    bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers"})
+
+    def __post_init__(self):
+        sizes = ["context_length", "embed_dim", "num_heads", "num_layers", "ffn_mult"]
+        if self.vocab_size is not None:
+            sizes.insert(0, "vocab_size")
+        for name in sizes:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads "
+                f"({self.num_heads}); try num_heads in {_divisors(self.embed_dim)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"model.pos_encoding must be one of {POS_ENCODINGS}, "
+                             f"got {self.pos_encoding!r}")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"model.norm_placement must be one of {NORM_PLACEMENTS}, "
+                             f"got {self.norm_placement!r}")
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head_dim, got {self.head_dim} "
+                             f"(embed_dim / num_heads)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Build from plain data (a checkpoint, a JSON file), rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {unknown}; valid: {sorted(known)}")
+        return cls(**values)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# ----------------------------------------------------------------------------- positions
+
+def sinusoidal_table(num_positions: int, embed_dim: int) -> torch.Tensor:
+    """The deck's (and the paper's) PE(pos, 2i) = sin(pos / 10000^(2i/C)), PE(pos, 2i+1) = cos(...).
+
+    https://arxiv.org/abs/1706.03762 section 3.5. Returns (num_positions, C).
+    """
+    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (P, 1)
+    div_term = torch.exp(torch.arange(0, embed_dim, 2, dtype=torch.float64)
+                         * (-math.log(10000.0) / embed_dim))  # (C/2,)
+    table = torch.zeros(num_positions, embed_dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * div_term)
+    table[:, 1::2] = torch.cos(position * div_term[: embed_dim // 2])
+    return table.float()
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Fixed sine/cosine position stamps added to the (scaled) token embeddings."""
+
+    def __init__(self, context_length: int, embed_dim: int):
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(context_length, embed_dim), persistent=False)
+
+    def forward(self, start: int, length: int) -> torch.Tensor:
+        return self.table[start:start + length]  # (T, C)
+
+
+class LearnedPositionalEncoding(nn.Module):
+    """One trained vector per position (GPT-2)."""
+
+    def __init__(self, context_length: int, embed_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(context_length, embed_dim))
+
+    def forward(self, start: int, length: int) -> torch.Tensor:
+        return self.weight[start:start + length]  # (T, C)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE), https://arxiv.org/abs/2104.09864.
+
+    Rotates each (first half, second half) pair of q and k channels by an angle proportional to the
+    position, so the score q_m . k_n depends on m - n only. Works for any position, so decoding can
+    run past context_length with a rolling window of keys.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+
+    def angles(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(start, start + length, device=self.inv_freq.device).float()
+        angles = torch.outer(positions, self.inv_freq)  # (T, D/2)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, D) by the angles whose cos/sin are (T, D/2)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+# ----------------------------------------------------------------------------- attention
+
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer, so decoding feeds one token
+    per step instead of the whole sequence.
+
+    `length` slots are filled; `position` is the absolute position of the next token (it exceeds
+    `length` once a rope model has rolled old keys out of the window).
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, device=None, dtype=None):
+        shape = (cfg.num_layers, batch_size, cfg.num_heads, cfg.context_length, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = cfg.context_length
+        self.length = 0
+        self.position = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, H, T, D) after the filled slots; return all keys and values (B, H, S, D)."""
+        end = self.length + k.size(2)
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, num_tokens: int) -> None:
+        self.length += num_tokens
+        self.position += num_tokens
+
+    def evict(self, num_tokens: int) -> None:
+        """Drop the oldest num_tokens keys and values (used by rope models past context_length)."""
+        keep = self.length - num_tokens
+        self.keys[:, :, :, :keep] = self.keys[:, :, :, num_tokens:self.length].clone()
+        self.values[:, :, :, :keep] = self.values[:, :, :, num_tokens:self.length].clone()
+        self.length = keep
+
+    def reset(self) -> None:
+        self.length = 0
+        self.position = 0
+
+
+def causal_mask(num_queries: int, num_keys: int, device=None) -> torch.Tensor:
+    """(T, S) boolean mask, True where query t may attend to key s: the last T of S keys are the
+    queries' own positions, so query t sees keys 0 .. S - T + t (the deck's triangle when S == T)."""
+    return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(
+        diagonal=num_keys - num_queries)
+
+
+def explicit_attention(q, k, v, dropout: float = 0.0, training: bool = False):
+    """softmax(Q K^T / sqrt(D) + causal mask) V, written out so the weights can be returned.
+
+    q (B, H, T, D), k and v (B, H, S, D) -> output (B, H, T, D), weights (B, H, T, S).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    mask = causal_mask(q.size(2), k.size(2), device=q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return F.dropout(weights, dropout, training) @ v, weights
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: every head attends over earlier positions only."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.bias)  # W_q, W_k, W_v
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)  # W_out
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0,
+                return_weights: bool = False):
+        """x (B, T, C) -> (B, T, C), and the weights (B, H, T, S) when return_weights is set."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+                   for t in (q, k, v))  # (B, H, T, D) each: heads become a batch dimension
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H, S, D)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if return_weights:
+            y, weights = explicit_attention(q, k, v, dropout, self.training)
+        elif T == k.size(2):  # the fused kernel, for training and prefill
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:  # new tokens after cached ones: T == 1 sees every key, so the mask is all True
+            mask = None if T == 1 else causal_mask(T, k.size(2), device=x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads
+        return self.resid_dropout(self.proj(y)), weights
+
+
+class FeedForward(nn.Module):
+    """Per-position MLP: expand to ffn_mult * C, GELU, project back to C."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.embed_dim, cfg.ffn_mult * cfg.embed_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.ffn_mult * cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Attention then feed-forward, each wrapped in a residual connection and a LayerNorm.
+
+    post (the deck, the original paper): x = norm(x + sublayer(x))
+    pre  (GPT-2, trains deeper models more easily): x = x + sublayer(norm(x))
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pre_norm = cfg.norm_placement == "pre"
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x, rope=None, cache=None, layer=0, return_weights=False):
+        if self.pre_norm:
+            attn_out, weights = self.attn(self.norm1(x), rope, cache, layer, return_weights)
+            x = x + attn_out
+            x = x + self.ffn(self.norm2(x))
+        else:
+            attn_out, weights = self.attn(x, rope, cache, layer, return_weights)
+            x = self.norm1(x + attn_out)
+            x = self.norm2(x + self.ffn(x))
+        return x, weights
+
+
+# ----------------------------------------------------------------------------- the model
+
+@dataclass
+class Inspection:
+    """What `GPT.inspect` saw: logits (B, T, V); per layer, attention weights (B, H, T, T) and
+    the hidden state leaving the block (B, T, C); `embeddings` is the input to the first block."""
+
+    logits: torch.Tensor
+    embeddings: torch.Tensor
+    attentions: list[torch.Tensor]
+    hidden_states: list[torch.Tensor]
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer. forward(idx (B, T)) -> logits (B, T, V)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be set (use the tokenizer's vocab_size)")
+        self.config = cfg
+        self.token_emb = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.pos_emb = self.rope = None
+        if cfg.pos_encoding == "sinusoidal":
+            self.pos_emb = SinusoidalPositionalEncoding(cfg.context_length, cfg.embed_dim)
+        elif cfg.pos_encoding == "learned":
+            self.pos_emb = LearnedPositionalEncoding(cfg.context_length, cfg.embed_dim)
+        else:
+            self.rope = RotaryEmbedding(cfg.head_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        # Post-norm blocks already end in a LayerNorm; pre-norm needs one before the head.
+        self.final_norm = (nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+                           if cfg.norm_placement == "pre" else nn.Identity())
+        self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:  # https://arxiv.org/abs/1608.05859
+            self.head.weight = self.token_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * layers),
+        # since each layer adds two of them (https://cdn.openai.com/better-language-models/
+        # language_models_are_unsupervised_multitask_learners.pdf, section 2.3).
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.ffn.proj):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.num_layers))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding, LearnedPositionalEncoding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; non_embedding leaves out token/position embeddings and the head."""
+        params = {id(p): p for p in self.parameters()}  # tied weights count once
+        if non_embedding:
+            for p in (self.token_emb.weight, self.head.weight):
+                params.pop(id(p), None)
+            if isinstance(self.pos_emb, LearnedPositionalEncoding):
+                params.pop(id(self.pos_emb.weight))
+        return sum(p.numel() for p in params.values())
+
+    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        T = idx.size(1)
+        if self.rope is None and start + T > self.config.context_length:
+            raise ValueError(f"sequence reaches position {start + T} but the model's "
+                             f"context_length is {self.config.context_length}; crop the input")
+        x = self.token_emb(idx)  # (B, T, C)
+        if isinstance(self.pos_emb, SinusoidalPositionalEncoding):
+            # The paper scales embeddings by sqrt(C) so the fixed stamps do not drown them.
+            x = x * math.sqrt(self.config.embed_dim) + self.pos_emb(start, T)
+        elif self.pos_emb is not None:
+            x = x + self.pos_emb(start, T)
+        return self.dropout(x)
+
+    def _run(self, idx, cache: KVCache | None = None, return_weights: bool = False):
+        start = 0
+        if cache is not None:
+            overflow = cache.length + idx.size(1) - cache.capacity
+            if overflow > 0:
+                if self.rope is None or overflow > cache.length:
+                    raise ValueError("KV cache is full; reset it and prefill the last window")
+                cache.evict(overflow)  # rope: a rolling window is exact relative attention
+            start = cache.position
+        x = self._embed(idx, start)
+        rope = self.rope.angles(start, idx.size(1)) if self.rope is not None else None
+        embeddings, attentions, hidden_states = x, [], []
+        for layer, block in enumerate(self.blocks):
+            x, weights = block(x, rope, cache, layer, return_weights)
+            attentions.append(weights)
+            hidden_states.append(x)
+        if cache is not None:
+            cache.advance(idx.size(1))
+        logits = self.head(self.final_norm(x))  # (B, T, V)
+        return logits, embeddings, attentions, hidden_states
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V). With a cache, idx holds only the new tokens."""
+        return self._run(idx, cache)[0]
+
+    @torch.no_grad()
+    def inspect(self, idx: torch.Tensor) -> Inspection:
+        """Run idx (B, T) through the explicit attention path, keeping every layer's attention
+        weights and output, for visualising attention and comparing layer outputs."""
+        return Inspection(*self._run(idx, return_weights=True))
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        weight = self.token_emb.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
+
+    @torch.no_grad()
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None,
+               generator: torch.Generator | None = None,
+               use_cache: bool = True) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens next-token batches (B,), continuing idx (B, T).
+
+        With use_cache, the prompt is processed once and each step feeds one token. Past
+        context_length, rope models keep a rolling window of the last context_length keys (exactly
+        what recomputing on the cropped window gives); absolute encodings re-prefill the last half
+        window when the cache fills, so that cost is paid once every context_length / 2 tokens.
+        Without the cache, every step recomputes the last context_length tokens.
+        """
+        check_sampling_args(temperature, top_k, top_p)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if idx.size(1) == 0:
+            raise ValueError("generation needs at least one prompt token")
+        window = self.config.context_length
+        cache = self.new_cache(idx.size(0)) if use_cache else None
+        if cache is not None:
+            logits = self(idx[:, -window:], cache)[:, -1]
+        for step in range(max_new_tokens):
+            if cache is None:
+                logits = self(idx[:, -window:])[:, -1]
+            next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            yield next_token
+            idx = torch.cat([idx, next_token[:, None]], dim=1)
+            if cache is None or step == max_new_tokens - 1:
+                continue
+            if cache.length == window and self.rope is None:
+                cache.reset()
+                logits = self(idx[:, -(window // 2 + 1):], cache)[:, -1]
+            else:
+                logits = self(next_token[:, None], cache)[:, -1]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True):
+        """Sample max_new_tokens tokens after idx; returns idx with them appended.
+
+        idx is a (B, T) tensor, or a plain list of ints (then a list comes back), as in the deck.
+        """
+        as_list = isinstance(idx, list)
+        if as_list:
+            idx = torch.tensor([idx], dtype=torch.long, device=self.token_emb.weight.device)
+        was_training = self.training
+        self.eval()
+        try:
+            new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator,
+                                   use_cache))
+        finally:
+            self.train(was_training)
+        out = torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
+        return out[0].tolist() if as_list else out
+
+
+class MiniTransformer(GPT):
+    """The deck's MiniTransformer: a GPT with sinusoidal positions and post-norm blocks, built from
+    keyword sizes. `MiniTransformer(vocab_size=V, embed_dim=64, num_heads=4, num_layers=2)`."""
+
+    def __init__(self, vocab_size: int, embed_dim: int = 64, num_heads: int = 4,
+                 num_layers: int = 2, **options):
+        options = {"pos_encoding": "sinusoidal", "norm_placement": "post", **options}
+        super().__init__(ModelConfig(vocab_size=vocab_size, embed_dim=embed_dim,
+                                     num_heads=num_heads, num_layers=num_layers, **options))

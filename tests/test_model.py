@@ -1,0 +1,176 @@
+"""The model: shapes, causality, attention paths, positional encodings, init, capacity to learn."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+from torch.testing import assert_close
+
+from minigpt import GPT, ModelConfig
+from minigpt.model import RotaryEmbedding, apply_rotary, explicit_attention, sinusoidal_table
+
+
+def test_forward_shape(variant_model):
+    idx = torch.randint(0, 23, (3, 16))
+    assert variant_model(idx).shape == (3, 16, 23)
+
+
+def test_causality(variant_model):
+    """Changing tokens after position t leaves the logits at positions <= t unchanged."""
+    idx = torch.randint(0, 23, (2, 12))
+    changed = idx.clone()
+    changed[:, 7:] = (changed[:, 7:] + 5) % 23
+    before, after = variant_model(idx), variant_model(changed)
+    assert_close(before[:, :7], after[:, :7], rtol=0, atol=1e-6)
+    assert not torch.allclose(before[:, 7:], after[:, 7:])
+
+
+def test_fused_attention_matches_explicit_path(variant_model):
+    idx = torch.randint(0, 23, (2, 16))
+    inspection = variant_model.inspect(idx)
+    assert_close(variant_model(idx), inspection.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_inspect_returns_every_layer_and_head(variant_model):
+    inspection = variant_model.inspect(torch.randint(0, 23, (2, 10)))
+    assert len(inspection.attentions) == len(inspection.hidden_states) == 2
+    for weights in inspection.attentions:
+        assert weights.shape == (2, 4, 10, 10)
+        assert_close(weights.sum(-1), torch.ones(2, 4, 10), rtol=0, atol=1e-5)
+        assert torch.all(weights.triu(diagonal=1) == 0)  # no weight on future tokens
+    assert all(h.shape == (2, 10, 32) for h in inspection.hidden_states)
+    assert inspection.embeddings.shape == (2, 10, 32)
+
+
+def test_explicit_attention_is_softmax_of_scaled_scores():
+    q, k, v = torch.randn(3, 1, 2, 5, 8).unbind(0)
+    out, weights = explicit_attention(q, k, v)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(8)
+    scores = scores + torch.full((5, 5), float("-inf")).triu(1)
+    assert_close(weights, torch.softmax(scores, -1))
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), rtol=1e-5, atol=1e-6)
+
+
+def test_sinusoidal_table_follows_the_deck_formula():
+    table = sinusoidal_table(50, 16)
+    for pos in (0, 1, 7, 49):
+        for i in range(8):
+            angle = pos / 10000 ** (2 * i / 16)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    # every position gets a unique fingerprint
+    assert torch.cdist(table, table).add(torch.eye(50)).min() > 0.1
+
+
+def test_sinusoidal_encoding_is_a_buffer_not_a_parameter():
+    model = GPT(tiny_config(pos_encoding="sinusoidal"))
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("pos_emb" in n for n in names)
+    assert "pos_emb.table" not in model.state_dict()
+
+
+def test_rope_preserves_norms_and_depends_on_relative_position_only():
+    rope = RotaryEmbedding(head_dim=16)
+    q, k = torch.randn(2, 1, 1, 1, 16).unbind(0)
+
+    def rotated(x, pos):
+        return apply_rotary(x, *rope.angles(pos, 1))
+
+    assert_close(rotated(q, 37).norm(), q.norm())
+    score = (rotated(q, 10) * rotated(k, 4)).sum()
+    assert_close((rotated(q, 106) * rotated(k, 100)).sum(), score, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose((rotated(q, 10) * rotated(k, 5)).sum(), score)
+
+
+def test_initial_loss_is_close_to_uniform():
+    cfg = tiny_config(vocab_size=500, embed_dim=64)
+    model = GPT(cfg)
+    idx, targets = torch.randint(0, 500, (2, 8, 16))
+    loss = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+    assert loss.item() == pytest.approx(math.log(500), rel=0.02)
+
+
+@pytest.mark.parametrize("pos_encoding,norm_placement", [("learned", "pre"), ("sinusoidal", "post")])
+def test_overfits_a_single_batch(pos_encoding, norm_placement):
+    model = GPT(tiny_config(pos_encoding=pos_encoding, norm_placement=norm_placement))
+    idx = torch.randint(0, 23, (4, 17))
+    x, y = idx[:, :-1], idx[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_deck_demo_config_parameter_count():
+    """The deck counts ~100K parameters for embed_dim 64, 4 heads, 2 layers (outside embeddings)."""
+    model = GPT(ModelConfig(vocab_size=30, embed_dim=64, num_heads=4, num_layers=2,
+                            pos_encoding="sinusoidal", norm_placement="post"))
+    assert model.num_params(non_embedding=True) == 99_968
+    assert model.num_params() == 99_968 + 30 * 64  # tied head adds nothing
+
+
+def test_param_count_counts_untied_head_and_learned_positions():
+    tied = GPT(tiny_config(tie_weights=True))
+    untied = GPT(tiny_config(tie_weights=False))
+    assert untied.num_params() - tied.num_params() == 23 * 32
+    assert untied.num_params(non_embedding=True) == tied.num_params(non_embedding=True)
+    assert tied.num_params() - tied.num_params(non_embedding=True) == 23 * 32 + 16 * 32
+
+
+def test_weight_tying_shares_one_tensor():
+    model = GPT(tiny_config(tie_weights=True))
+    assert model.head.weight is model.token_emb.weight
+
+
+def test_residual_projections_use_scaled_init():
+    model = GPT(tiny_config(num_layers=8, embed_dim=128, ffn_mult=4))
+    std = model.blocks[0].ffn.proj.weight.std().item()
+    assert std == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
+    assert model.blocks[0].ffn.fc.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_bias_option_removes_biases():
+    model = GPT(tiny_config(bias=False))
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
+
+
+def test_ffn_mult_sets_hidden_width():
+    model = GPT(tiny_config(ffn_mult=2))
+    assert model.blocks[0].ffn.fc.out_features == 64
+
+
+def test_absolute_positions_refuse_sequences_longer_than_context():
+    model = GPT(tiny_config(pos_encoding="learned"))
+    with pytest.raises(ValueError, match="context_length is 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(embed_dim=30, num_heads=4), "divisible by model.num_heads"),
+    (dict(num_layers=0), "num_layers must be a positive integer"),
+    (dict(vocab_size=-3), "vocab_size must be a positive integer"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+    (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+    (dict(pos_encoding="alibi"), "pos_encoding must be one of"),
+    (dict(norm_placement="middle"), "norm_placement must be one of"),
+    (dict(embed_dim=12, num_heads=4, pos_encoding="rope"), "even head_dim"),
+    (dict(context_length=2.5), "context_length must be a positive integer"),
+])
+def test_config_validation(options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**options)
+
+
+def test_config_from_dict_rejects_unknown_keys():
+    with pytest.raises(ValueError, match=r"unknown model option\(s\) \['embd_dim'\]"):
+        ModelConfig.from_dict({"vocab_size": 10, "embd_dim": 32})
+
+
+def test_model_needs_a_vocab_size():
+    with pytest.raises(ValueError, match="vocab_size must be set"):
+        GPT(ModelConfig())
