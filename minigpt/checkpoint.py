@@ -1,0 +1,122 @@
+"""Checkpoints: one self-describing file per save, holding only tensors and plain Python data.
+
+A checkpoint is a dict with "format" == "minigpt" and a "version"; it holds the model weights, the
+model config, the tokenizer (as plain data), the run config, and for resuming the optimizer state,
+the step, the best validation loss and the random-number states. Loading uses
+torch.load(weights_only=True), so a file can never run code. Saving writes a temporary file, syncs
+it and renames it over the old one, so a crash mid-save leaves the previous checkpoint intact.
+
+    model, tokenizer = load("runs/default-20261127-101500")   # best.pt of a run, or a .pt file
+"""
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from minigpt.model import GPT, ModelConfig
+from minigpt.tokenizer import Tokenizer, tokenizer_from_dict
+
+FORMAT = "minigpt"
+VERSION = 1
+CHECKPOINT_NAMES = ("best.pt", "last.pt")
+MAX_PARAMS = 20_000_000_000
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, damaged, foreign or unusable."""
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write state (plus format and version) to path atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file: path itself, or a run directory's best.pt (else last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no checkpoint ({' or '.join(CHECKPOINT_NAMES)}); "
+                              f"train first with python train.py, or pass a .pt file")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found; pass a .pt file or a run directory")
+    return path
+
+
+def latest_run(out_dir: str | Path = "runs") -> Path:
+    """The most recently written run directory under out_dir that holds a checkpoint."""
+    runs = [p.parent for name in CHECKPOINT_NAMES for p in Path(out_dir).glob(f"*/{name}")]
+    if not runs:
+        raise CheckpointError(f"no trained run found in {out_dir}/; train one with python train.py "
+                              f"or pass --checkpoint PATH")
+    return max(runs, key=lambda run: max(p.stat().st_mtime for p in run.glob("*.pt")))
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The checked contents of a checkpoint file (or a run directory's best checkpoint)."""
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path} was refused: it holds objects other than tensors and plain "
+                              f"data, which could run code ({first_line[:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is truncated or not a checkpoint file "
+                              f"({type(err).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a minigpt checkpoint")
+    version = state.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {version}, newer than this "
+                              f"minigpt reads ({VERSION}); upgrade minigpt")
+    for key in ("model", "model_config", "tokenizer"):
+        if key not in state:
+            raise CheckpointError(f"{path} is missing {key!r}; the file is damaged")
+    return state
+
+
+def model_from_checkpoint(state: dict, device="cpu") -> tuple[GPT, Tokenizer]:
+    """Rebuild the model and tokenizer stored in a loaded checkpoint."""
+    try:
+        cfg = ModelConfig.from_dict(state["model_config"])
+        tokenizer = tokenizer_from_dict(state["tokenizer"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint holds an unusable config or tokenizer: {err}") from None
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise CheckpointError(f"checkpoint's tokenizer has {tokenizer.vocab_size} tokens but its "
+                              f"model expects {cfg.vocab_size}; the file is inconsistent")
+    with torch.device("meta"):
+        size = GPT(cfg).num_params()  # counted without allocating anything
+    if size > MAX_PARAMS:
+        raise CheckpointError(f"checkpoint's model config asks for {size:,} parameters, more than "
+                              f"minigpt loads ({MAX_PARAMS:,}); the file is not trustworthy")
+    model = GPT(cfg)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except (RuntimeError, TypeError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"checkpoint weights do not fit its own model config: {detail}") \
+            from None
+    return model.to(device).eval(), tokenizer
+
+
+def load(path: str | Path | None = None, device="cpu", out_dir: str | Path = "runs"):
+    """(model, tokenizer) from a checkpoint file or run directory; by default the latest run."""
+    return model_from_checkpoint(load_checkpoint(path or latest_run(out_dir)), device)

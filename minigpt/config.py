@@ -1,0 +1,249 @@
+"""Run configuration: one frozen dataclass per TOML section, read with stdlib tomllib.
+
+    cfg = load_config("configs/default.toml", {"train.lr": "3e-4"})
+
+Precedence: overrides (from the command line, as strings) > the TOML file > dataclass defaults.
+Unknown sections or keys and wrongly typed values raise ConfigError naming the key and the valid
+choices. Values are converted by each field's declared type; config files are data, never code.
+"""
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from minigpt.model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A configuration the user wrote cannot be used."""
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["embedded", "shakespeare"] = _help(
+        "named corpus: the embedded animal stories, or Tiny Shakespeare (downloaded once)",
+        "embedded")
+    path: str = _help("a UTF-8 text file to train on instead of data.dataset", "")
+    tokenizer: Literal["char", "word", "bpe"] = _help("how text becomes token ids", "word")
+    bpe_vocab_size: int = _help("vocabulary size of a bpe tokenizer (>= 256)", 512)
+    val_fraction: float = _help("share of the text, at its end, held out for validation", 0.1)
+    cache_dir: str = _help("where downloads and tokenized corpora are cached "
+                           "(empty: $MINIGPT_CACHE or ~/.cache/minigpt)", "")
+
+    def __post_init__(self):
+        _check_choice("data.dataset", self.dataset, ("embedded", "shakespeare"))
+        _check_choice("data.tokenizer", self.tokenizer, ("char", "word", "bpe"))
+        if self.bpe_vocab_size < 256:
+            raise ConfigError(f"data.bpe_vocab_size must be >= 256, got {self.bpe_vocab_size}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = _help("sequences per micro-batch (per process)", 32)
+    grad_accum: int = _help("micro-batches accumulated into one optimizer step", 1)
+    max_steps: int = _help("optimizer steps to train for", 1000)
+    lr: float = _help("peak learning rate, reached after warmup", 1e-3)
+    min_lr: float = _help("learning rate at the end of the cosine decay", 1e-4)
+    warmup_steps: int = _help("steps of linear warmup from 0 to lr", 100)
+    weight_decay: float = _help("AdamW weight decay, on weight matrices only", 0.1)
+    beta1: float = _help("AdamW beta1", 0.9)
+    beta2: float = _help("AdamW beta2", 0.99)
+    grad_clip: float = _help("clip the gradient norm to this (0 disables clipping)", 1.0)
+    eval_interval: int = _help("evaluate (and save best.pt) every this many steps", 100)
+    eval_batches: int = _help("batches averaged for each train/val loss estimate", 20)
+    checkpoint_interval: int = _help("save last.pt every this many steps", 100)
+    sample_tokens: int = _help("tokens of sample text logged at each eval (0: none)", 60)
+    sample_prompt: str = _help("prompt of the logged samples (empty: the data's first token)",
+                               "")
+    seed: int = _help("random seed for initialisation, batches and dropout", 1337)
+    device: str = _help("auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", "auto")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
+        "auto: bf16 on CUDA if supported, else fp16 on CUDA, fp32 elsewhere", "auto")
+    compile: bool = _help("torch.compile the model (faster on GPU; costs start-up time)", False)
+    threads: int = _help("CPU threads for torch (0: torch's default)", 0)
+    out_dir: str = _help("directory holding run directories", "runs")
+    run_name: str = _help("name of this run's directory (empty: config name and time)", "")
+
+    def __post_init__(self):
+        positive = ["batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
+                    "checkpoint_interval"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        for name in ["warmup_steps", "weight_decay", "grad_clip", "sample_tokens", "threads",
+                     "min_lr"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        for name in ["beta1", "beta2"]:
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, "
+                              f"got {self.device!r}")
+        if "/" in self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"train.run_name must be a plain name, got {self.run_name!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = "default"  # the config file's stem, used to name runs
+
+    def to_dict(self) -> dict:
+        return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+# The tokenizer decides the vocabulary size; it is not a setting.
+DERIVED_KEYS = {("model", "vocab_size")}
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
+def config_fields(section: str) -> list[dataclasses.Field]:
+    """The settable fields of a section, in declaration order."""
+    return [f for f in dataclasses.fields(SECTIONS[section]) if (section, f.name) not in DERIVED_KEYS]
+
+
+def _field_type(section: str, name: str):
+    return typing.get_type_hints(SECTIONS[section])[name]
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _resolve_key(key: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section {section!r} in {key!r}{_suggest(section, list(SECTIONS))}; "
+                          f"valid sections: {', '.join(SECTIONS)}")
+    valid = [f.name for f in config_fields(section)]
+    if name not in valid:
+        if (section, name) in DERIVED_KEYS:
+            raise ConfigError(f"{key} is set from the tokenizer; remove it from the config")
+        raise ConfigError(f"unknown key {key!r}{_suggest(name, valid)}; "
+                          f"valid keys in [{section}]: {', '.join(valid)}")
+    return section, name
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, tp, value):
+    """Check a TOML value against the field type (ints are accepted for floats)."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        tp = next(t for t in typing.get_args(tp) if t is not type(None))
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_value(key: str, text: str):
+    """Convert a command-line string to the type of the config field `key`."""
+    section, name = _resolve_key(key)
+    tp = _field_type(section, name)
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        if text.lower() in ("none", "null", ""):
+            return None
+        tp = next(t for t in typing.get_args(tp) if t is not type(None))
+    if typing.get_origin(tp) is Literal or tp is str:
+        return _check_value(key, tp, text)
+    if tp is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {text!r}")
+    try:
+        return tp(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {text!r}") from None
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; see configs/ for examples")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def build_config(values: dict, name: str = "default") -> Config:
+    """Config from nested plain data {section: {key: value}}, checked key by key."""
+    sections = {}
+    for section, table in values.items():
+        if section not in SECTIONS:
+            _resolve_key(f"{section}.x")  # raises: unknown section
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {table!r}")
+        checked = {}
+        for name_, value in table.items():
+            key = f"{section}.{name_}"
+            _resolve_key(key)
+            checked[name_] = _check_value(key, _field_type(section, name_), value)
+        sections[section] = checked
+    try:
+        return Config(**{s: cls(**sections.get(s, {})) for s, cls in SECTIONS.items()}, name=name)
+    except ValueError as err:  # a section's own validation
+        raise ConfigError(str(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file at path (if any), then overrides {"section.key": "text"}."""
+    values: dict[str, dict] = {}
+    name = "default"
+    if path is not None:
+        path = Path(path)
+        values = _read_toml(path)
+        name = path.stem
+    for key, text in (overrides or {}).items():
+        section, field_name = _resolve_key(key)
+        values.setdefault(section, {})[field_name] = parse_value(key, text)
+    return build_config(values, name)
+
+
+def describe_keys() -> list[tuple[str, object, str]]:
+    """(key, default, help) for every settable key, for --help."""
+    rows = []
+    for section in SECTIONS:
+        for f in config_fields(section):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append((f"{section}.{f.name}", default, f.metadata.get("help", "")))
+    return rows

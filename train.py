@@ -1,0 +1,59 @@
+"""Train a GPT: `python train.py` trains the default config on the embedded corpus.
+
+    python train.py --config configs/shakespeare_char_cpu.toml --train.max_steps 500
+    python train.py --resume runs/default-20261127-101500
+    torchrun --nproc_per_node=2 train.py --config configs/default.toml
+
+`python train.py --help` lists every config key with its default.
+"""
+
+import argparse
+import os
+import sys
+
+from tqdm import tqdm
+
+from minigpt.config import describe_keys, load_config
+from minigpt.training import resume_config, train
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    parser = argparse.ArgumentParser(
+        description="Train a GPT. Settings come from --config (TOML), then --section.key VALUE "
+                    "overrides.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="a TOML config file (default: configs/default.toml)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last.pt (train.* keys may change)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    group = parser.add_argument_group("config keys (--section.key VALUE)")
+    for key, default, text in describe_keys():
+        group.add_argument(f"--{key}", dest=key, metavar="VALUE", default=argparse.SUPPRESS,
+                           help=f"{text} (default: {default!r})")
+    args = parser.parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if "." in key}
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.resume:
+        if args.config:
+            raise SystemExit("error: --resume takes its config from the run; drop --config")
+        cfg = resume_config(args.resume, overrides)
+    else:
+        default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
+        cfg = load_config(args.config or (default if os.path.isfile(default) else None), overrides)
+    result = train(cfg, resume=args.resume, progress=not args.quiet, log=tqdm.write)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best val loss {result.best_val_loss:.4f} after {result.step} steps")
+        print(f"sample:   python generate.py --checkpoint {result.run_dir} --prompt \"...\"")
+        print(f"inspect:  tensorboard --logdir {result.run_dir.parent}")
+        if result.stopped_by:
+            print(f"resume:   python train.py --resume {result.run_dir}")
+    return 130 if result.stopped_by == "SIGINT" else 143 if result.stopped_by == "SIGTERM" else 0
+
+
+if __name__ == "__main__":
+    from minigpt.cli import run_cli
+
+    run_cli(main)
