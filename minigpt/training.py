@@ -290,6 +290,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
     result = TrainResult(run_dir, step, best_val)
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and master),
                dynamic_ncols=True, unit="step")
+    say = bar.write if progress and master else log
     t_last = time.perf_counter()
     model.train()
     try:
@@ -347,7 +348,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                     if master:
                         writer.add_scalar("val/loss", losses["val"], step)
                         writer.add_scalar("eval/train_loss", losses["train"], step)
-                        bar.write(f"step {step}: train {losses['train']:.4f}, "
+                        say(f"step {step}: train {losses['train']:.4f}, "
                                   f"val {losses['val']:.4f}" + (" (best)" if improved else ""))
                         if improved:
                             checkpoint("best.pt")
@@ -360,7 +361,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 result.stopped_by = stop.signal_name or f"stop_at={stop_at}"
                 if master:
                     checkpoint("last.pt")
-                    bar.write(f"{result.stopped_by}: saved {run_dir / 'last.pt'} at step {step}; "
+                    say(f"{result.stopped_by}: saved {run_dir / 'last.pt'} at step {step}; "
                               f"continue with: python train.py --resume {run_dir}")
     finally:
         bar.close()

@@ -24,3 +24,19 @@ def _seed():
 def variant_model(request) -> GPT:
     pos_encoding, norm_placement = request.param
     return GPT(tiny_config(pos_encoding=pos_encoding, norm_placement=norm_placement)).eval()
+
+
+def run_config(tmp_path, **overrides):
+    """A tiny training config (seconds on CPU) writing under tmp_path; overrides as "section.key"."""
+    from minigpt.config import load_config
+
+    options = {
+        "model.context_length": "16", "model.embed_dim": "32", "model.num_heads": "2",
+        "model.num_layers": "2", "train.batch_size": "4", "train.max_steps": "8",
+        "train.warmup_steps": "2", "train.eval_interval": "4", "train.eval_batches": "2",
+        "train.checkpoint_interval": "4", "train.sample_tokens": "5", "train.device": "cpu",
+        "train.out_dir": str(tmp_path / "runs"), "train.run_name": "test",
+        "data.cache_dir": str(tmp_path / "cache"),
+    }
+    options.update({k: str(v) for k, v in overrides.items()})
+    return load_config(None, options)

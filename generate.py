@@ -1,0 +1,91 @@
+"""Sample text from a trained checkpoint, streamed as it is produced.
+
+    python generate.py --prompt "the cat sat on"
+    python generate.py --checkpoint runs/NAME --prompt "ROMEO:" --temperature 0.8 --top-k 50
+    python generate.py --prompt "the dog" --num-samples 4 --seed 1 --stop "."
+"""
+
+import argparse
+import sys
+import warnings
+
+import torch
+
+from minigpt.checkpoint import latest_run, load_checkpoint, model_from_checkpoint
+from minigpt.generation import check_generation_args, generate_text
+from minigpt.training import resolve_device
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Sample text from a trained minigpt checkpoint.")
+    parser.add_argument("--prompt", default=None,
+                        help="text to continue (default: none, i.e. start as at a new line)")
+    parser.add_argument("--prompt-file", help="read the prompt from this UTF-8 file instead")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a .pt file or a run directory (default: the latest run in runs/)")
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="tokens to generate per sample (default: 200)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="softmax temperature; 0 = greedy argmax (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="sample from the k most likely tokens only; 0 = all (default: 0)")
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="sample from the smallest set with this much probability (nucleus); "
+                             "1 = all (default: 1.0)")
+    parser.add_argument("--num-samples", type=int, default=1,
+                        help="independent samples, generated as one batch (default: 1)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed; the same seed, checkpoint and flags give the same text "
+                             "(default: random)")
+    parser.add_argument("--stop", nargs="+", default=[], metavar="TEXT",
+                        help="end a sample at the first of these strings, not printed")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    parser.add_argument("--drop-unknown", action="store_true",
+                        help="drop prompt characters a char-level model never saw, not fail")
+    parser.add_argument("--no-kv-cache", action="store_true",
+                        help="recompute the whole window every step (slow; for comparison)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    top_k, top_p = args.top_k or None, args.top_p
+    check_generation_args(args.max_new_tokens, args.temperature, top_k, top_p, args.num_samples)
+    prompt = args.prompt or ""
+    if args.prompt_file:
+        if args.prompt is not None:
+            raise ValueError("give --prompt or --prompt-file, not both")
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except UnicodeDecodeError:
+            raise ValueError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
+    device = resolve_device(args.device)
+    state = load_checkpoint(args.checkpoint or latest_run(), map_location=device)
+    model, tokenizer = model_from_checkpoint(state, device)
+    del state
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+
+    with torch.inference_mode():
+        pieces = generate_text(model, tokenizer, prompt, args.max_new_tokens, args.temperature,
+                               top_k, top_p, args.num_samples, args.seed, args.stop,
+                               args.drop_unknown, use_cache=not args.no_kv_cache)
+        if args.num_samples == 1:
+            print(tokenizer.decode(tokenizer.encode(prompt)) if prompt else "", end="", flush=True)
+            for piece in pieces:
+                print(piece.text, end="", flush=True)
+            print()
+        else:
+            texts = [""] * args.num_samples
+            for piece in pieces:
+                texts[piece.index] += piece.text
+            head = tokenizer.decode(tokenizer.encode(prompt)) if prompt else ""
+            for i, text in enumerate(texts):
+                print(f"--- sample {i + 1} ---\n{head}{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    from minigpt.cli import run_cli
+
+    run_cli(main)

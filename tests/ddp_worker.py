@@ -1,0 +1,27 @@
+"""Run by test_training's DDP test under torchrun: train briefly, save this rank's weights."""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import run_config  # noqa: E402
+
+from minigpt.model import GPT  # noqa: E402
+from minigpt.training import train  # noqa: E402
+
+out = Path(sys.argv[1])
+captured = {}
+original_init = GPT.__init__
+
+
+def remember(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    captured["model"] = self
+
+
+GPT.__init__ = remember
+train(run_config(out), progress=False)
+torch.save(captured["model"].state_dict(), out / f"rank{os.environ['RANK']}.pt")

@@ -1,0 +1,115 @@
+"""Config: TOML sections into frozen dataclasses, command-line overrides, clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from minigpt.config import ConfigError, describe_keys, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_precedence_defaults_then_toml_then_overrides(tmp_path):
+    path = write(tmp_path, "[train]\nlr = 0.01\nbatch_size = 7\n[model]\nembed_dim = 48\n")
+    cfg = load_config(path, {"train.lr": "3e-4"})
+    assert cfg.train.lr == 3e-4  # override beats file
+    assert cfg.train.batch_size == 7  # file beats default
+    assert cfg.model.embed_dim == 48
+    assert cfg.train.max_steps == 1000  # default
+    assert cfg.name == "run"
+
+
+def test_configs_are_frozen(tmp_path):
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.train.lr = 1.0
+
+
+def test_int_in_toml_is_accepted_for_float(tmp_path):
+    assert load_config(write(tmp_path, "[train]\nlr = 1\n")).train.lr == 1.0
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[trian]\nlr = 1e-3\n", r"unknown section 'trian'.*did you mean 'train'"),
+    ("[train]\nlrr = 1e-3\n", r"unknown key 'train.lrr' \(did you mean 'lr'\?\); valid keys"),
+    ("[train]\nbatch_size = \"big\"\n", r"train.batch_size must be int, got str 'big'"),
+    ("[train]\nbatch_size = 3.5\n", r"train.batch_size must be int, got float"),
+    ("[train]\ncompile = 1\n", r"train.compile must be bool, got int"),
+    ("[model]\npos_encoding = \"alibi\"\n", r"model.pos_encoding must be one of \['sinusoidal'"),
+    ("[model]\nvocab_size = 100\n", r"model.vocab_size is set from the tokenizer"),
+    ("[model]\nembed_dim = 30\nnum_heads = 4\n", r"divisible by model.num_heads"),
+    ("[train]\nbatch_size = 0\n", r"train.batch_size must be > 0"),
+    ("[data]\nval_fraction = 1.5\n", r"data.val_fraction must be in \(0, 1\)"),
+    ("train = 3\n", r"\[train\] must be a table"),
+    ("[train\nlr = 1\n", r"is not valid TOML"),
+])
+def test_bad_config_files_fail_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.lr", "fast", r"train.lr must be float, got 'fast'"),
+    ("train.compile", "maybe", r"train.compile must be true or false"),
+    ("model.norm_placement", "mid", r"must be one of \['pre', 'post'\]"),
+    ("nosection.x", "1", r"unknown section 'nosection'"),
+    ("train", "1", r"unknown key 'train'; valid keys in \[train\]"),
+])
+def test_bad_overrides_fail_naming_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {key: value})
+
+
+def test_overrides_convert_by_declared_type():
+    cfg = load_config(None, {"train.compile": "true", "train.max_steps": "12",
+                             "model.dropout": "0.25", "data.tokenizer": "char"})
+    assert cfg.train.compile is True and cfg.train.max_steps == 12
+    assert cfg.model.dropout == 0.25 and cfg.data.tokenizer == "char"
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file nowhere.toml not found"):
+        load_config("nowhere.toml")
+
+
+def test_config_files_are_data_never_code(tmp_path):
+    marker = tmp_path / "pwned"
+    text = f'[train]\nrun_name = "__import__(\'os\').system(\'touch {marker}\')"\n'
+    with pytest.raises(ConfigError, match="run_name must be a plain name"):
+        load_config(write(tmp_path, text))
+    cfg = load_config(write(tmp_path, '[train]\nsample_prompt = "__import__(\'os\')"\n'))
+    assert cfg.train.sample_prompt == "__import__('os')"
+    assert not marker.exists()
+
+
+def test_describe_keys_lists_every_key_with_help():
+    rows = {key: (default, text) for key, default, text in describe_keys()}
+    assert rows["train.lr"][0] == 1e-3 and rows["train.lr"][1]
+    assert "model.vocab_size" not in rows
+    assert all(text for _, text in rows.values())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_explain_themselves(path):
+    load_config(path)
+    assert path.read_text().startswith("#")
+
+
+def test_required_configs_exist():
+    names = {p.stem for p in (ROOT / "configs").glob("*.toml")}
+    assert {"default", "seed_demo", "shakespeare_char", "shakespeare_char_cpu"} <= names
+
+
+def test_to_dict_round_trips():
+    from minigpt.config import build_config
+
+    cfg = load_config(None, {"train.lr": "0.005"})
+    values = cfg.to_dict()
+    values["model"].pop("vocab_size")
+    assert build_config(values) == cfg

@@ -1,0 +1,140 @@
+"""Data: reading text, clear errors, the token cache, batches, the Shakespeare download."""
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+import minigpt.data as data_module
+from minigpt.config import DataConfig
+from minigpt.data import (
+    SHAKESPEARE_SHA256,
+    DataError,
+    download_shakespeare,
+    get_batch,
+    prepare_data,
+)
+
+SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def config(tmp_path, **options) -> DataConfig:
+    return DataConfig(cache_dir=str(tmp_path / "cache"), **options)
+
+
+def test_embedded_corpus_splits_90_10_contiguously(tmp_path):
+    data = prepare_data(config(tmp_path, tokenizer="char"), context_length=32)
+    total = len(data.train) + len(data.val)
+    assert len(data.val) == int(total * 0.1)
+    text = data.tokenizer.decode(data.train.tolist() + data.val.tolist())
+    assert text.startswith("the cat sat on the mat.")
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "not found"),
+    (b"", "is empty"),
+    (b"   \n\n", "is empty"),
+    (b"caf\xe9 \xff\xfe", "is not valid UTF-8"),
+])
+def test_bad_files_give_clear_errors(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        prepare_data(config(tmp_path, path=str(path)), context_length=8)
+    assert not (tmp_path / "cache").exists()  # nothing written
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(DataError, match="is a directory"):
+        prepare_data(config(tmp_path, path=str(tmp_path)), context_length=8)
+
+
+def test_validation_split_shorter_than_context(tmp_path):
+    path = tmp_path / "small.txt"
+    path.write_text("hello world, " * 20)
+    with pytest.raises(DataError, match=r"validation split has 26 tokens but needs more than "
+                                        r"model.context_length=64"):
+        prepare_data(config(tmp_path, path=str(path), tokenizer="char"), context_length=64)
+
+
+def test_second_run_reuses_the_token_cache(tmp_path, monkeypatch):
+    cfg = config(tmp_path, tokenizer="bpe", bpe_vocab_size=300)
+    first = prepare_data(cfg, context_length=32)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tokenizer trained again despite the cache")
+
+    monkeypatch.setattr(data_module, "train_tokenizer", fail)
+    second = prepare_data(cfg, context_length=32)
+    assert torch.equal(first.train, second.train)
+    assert second.tokenizer.to_dict() == first.tokenizer.to_dict()
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
+    cfg = config(tmp_path, tokenizer="char")
+    first = prepare_data(cfg, context_length=32)
+    for entry in (tmp_path / "cache" / "tokens").iterdir():
+        entry.write_bytes(b"garbage")
+    assert torch.equal(prepare_data(cfg, context_length=32).val, first.val)
+
+
+def test_batches_are_shifted_windows_and_seeded():
+    tokens = torch.arange(1000)
+    x, y = get_batch(tokens, 5, 16, torch.Generator().manual_seed(3))
+    assert x.shape == y.shape == (5, 16)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    again, _ = get_batch(tokens, 5, 16, torch.Generator().manual_seed(3))
+    assert torch.equal(x, again)
+
+
+class FakeResponse(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_shakespeare_offline_fails_with_one_clear_line(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(data_module.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match=r"could not download Tiny Shakespeare.*--data.path FILE"):
+        prepare_data(config(tmp_path, dataset="shakespeare"), context_length=64)
+    assert not any((tmp_path / "cache").glob("*.txt"))
+
+
+def test_shakespeare_download_with_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module.urllib.request, "urlopen",
+                        lambda *a, **k: FakeResponse(b"not shakespeare"))
+    with pytest.raises(DataError, match="expected 86c4e6aa"):
+        download_shakespeare(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not SHARED_SHAKESPEARE.is_file(), reason="no local Tiny Shakespeare copy")
+def test_shakespeare_download_verified_and_cached(tmp_path, monkeypatch):
+    payload = SHARED_SHAKESPEARE.read_bytes()
+    assert hashlib.sha256(payload).hexdigest() == SHAKESPEARE_SHA256
+    calls = []
+
+    def serve(*args, **kwargs):
+        calls.append(args)
+        return FakeResponse(payload)
+
+    monkeypatch.setattr(data_module.urllib.request, "urlopen", serve)
+    path = download_shakespeare(tmp_path)
+    assert path.read_bytes() == payload
+    download_shakespeare(tmp_path)  # second use: from the cache
+    assert len(calls) == 1
+
+
+@pytest.mark.skipif(not SHARED_SHAKESPEARE.is_file(), reason="no local Tiny Shakespeare copy")
+def test_shakespeare_from_a_local_path(tmp_path):
+    data = prepare_data(config(tmp_path, path=str(SHARED_SHAKESPEARE), tokenizer="char"), 256)
+    assert data.tokenizer.vocab_size == 65
+    assert len(data.train) + len(data.val) == 1_115_394

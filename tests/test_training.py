@@ -1,0 +1,181 @@
+"""The training loop: schedule, optimizer groups, accumulation, resume, logs, checkpoints, faults."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.testing import assert_close
+
+import minigpt.training as training
+from minigpt.checkpoint import load, load_checkpoint
+from minigpt.config import TrainConfig
+from minigpt.model import GPT, ModelConfig
+from minigpt.training import TrainingError, lr_at, make_optimizer, resume_config, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_lr_schedule_endpoints():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)  # first warmup step
+    assert lr_at(9, cfg) == pytest.approx(1e-3)  # warmup reaches the peak
+    assert lr_at(10, cfg) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert lr_at(60, cfg) == pytest.approx(5.5e-4)  # halfway: the midpoint
+    assert lr_at(110, cfg) == pytest.approx(1e-4)  # ends at min_lr
+    assert lr_at(500, cfg) == pytest.approx(1e-4)  # and stays there
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 120))
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(ModelConfig(vocab_size=20, context_length=8, embed_dim=16, num_heads=2,
+                            num_layers=1, tie_weights=False))
+    decay, no_decay = make_optimizer(model, TrainConfig(), torch.device("cpu")).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "blocks.0.attn.qkv.weight" in decayed and "head.weight" in decayed
+    assert not decayed & {"token_emb.weight", "pos_emb.weight", "blocks.0.attn.qkv.bias",
+                          "blocks.0.norm1.weight"}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
+    cfg = run_config(tmp_path, **{"train.max_steps": 24, "train.eval_interval": 8,
+                                  "train.lr": 3e-3})
+    result = train(cfg, progress=False)
+    run_dir = tmp_path / "runs" / "test"
+    assert result.run_dir == run_dir and result.step == 24
+    assert {"best.pt", "last.pt", "config.json"} <= {p.name for p in run_dir.iterdir()}
+    assert not list(run_dir.glob("*.tmp"))
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "val/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec"):
+        assert tag in tags["scalars"], tag
+    assert any("config" in t for t in tags["tensors"]) and any("sample" in t for t in tags["tensors"])
+    train_loss = [e.value for e in events.Scalars("train/loss")]
+    assert len(train_loss) == 24 and train_loss[-1] < train_loss[0] - 1.0
+    val = [e.value for e in events.Scalars("val/loss")]
+    assert len(val) == 3 and val[-1] < val[0]
+    # the HParams tab: hyperparameters written with the final metrics
+    hparams = EventAccumulator(str(run_dir)).Reload()
+    assert hparams.Tags()["scalars"]
+    state = load_checkpoint(run_dir / "last.pt")
+    assert state["step"] == 24 and state["best_val_loss"] == pytest.approx(min(val), abs=1e-6)
+    model, tokenizer = load(run_dir)
+    assert model.config.vocab_size == tokenizer.vocab_size
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    train(run_config(tmp_path), progress=False)
+    state = load_checkpoint(tmp_path / "runs" / "test" / "last.pt")
+    model, tokenizer = load(tmp_path / "runs" / "test" / "last.pt")
+    reference = GPT(model.config)
+    reference.load_state_dict(state["model"])
+    idx = torch.tensor([tokenizer.encode("the cat sat on the mat")])
+    assert_close(model(idx), reference.eval()(idx), rtol=0, atol=0)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    big = train(run_config(tmp_path, **{"train.batch_size": 8, "train.run_name": "big"}),
+                progress=False)
+    accum = train(run_config(tmp_path, **{"train.batch_size": 4, "train.grad_accum": 2,
+                                          "train.run_name": "accum"}), progress=False)
+    assert_close(torch.tensor(accum.losses), torch.tensor(big.losses), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_resume_continues_exactly(tmp_path, grad_accum):
+    options = {"train.max_steps": 12, "train.grad_accum": grad_accum, "model.dropout": 0.1}
+    straight = train(run_config(tmp_path, **options, **{"train.run_name": "straight"}),
+                     progress=False)
+    first = train(run_config(tmp_path, **options, **{"train.run_name": "paused"}), stop_at=6,
+                  progress=False)
+    assert first.step == 6 and first.stopped_by
+    run_dir = tmp_path / "runs" / "paused"
+    second = train(resume_config(run_dir), resume=run_dir, progress=False)
+    assert second.step == 12
+    assert first.losses + second.losses == straight.losses  # bit for bit
+    assert second.val_losses == {k: v for k, v in straight.val_losses.items() if k > 6}
+
+
+def test_resume_may_extend_max_steps_but_not_change_the_model(tmp_path):
+    train(run_config(tmp_path), progress=False)
+    run_dir = tmp_path / "runs" / "test"
+    more = train(resume_config(run_dir, {"train.max_steps": "10"}), resume=run_dir,
+                 progress=False)
+    assert more.step == 10 and len(more.losses) == 2
+    with pytest.raises(ValueError, match="only train.\\* keys can"):
+        resume_config(run_dir, {"model.embed_dim": "64"})
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    train(run_config(tmp_path), progress=False)
+    before = (tmp_path / "runs" / "test" / "last.pt").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run; continue it with --resume"):
+        train(run_config(tmp_path), progress=False)
+    assert (tmp_path / "runs" / "test" / "last.pt").read_bytes() == before
+
+
+def test_non_finite_loss_stops_and_keeps_good_checkpoints(tmp_path, monkeypatch):
+    real_loss = training.lm_loss
+    calls = []
+
+    def poisoned(logits, targets):
+        calls.append(1)
+        loss = real_loss(logits, targets)
+        return loss * float("nan") if len(calls) > 4 + 2 else loss  # from step 5, after 1 eval
+
+    monkeypatch.setattr(training, "lm_loss", poisoned)
+    cfg = run_config(tmp_path, **{"train.eval_interval": 4, "train.checkpoint_interval": 4,
+                                  "train.eval_batches": 1})
+    with pytest.raises(TrainingError, match=r"loss became nan at step \d+; stopped"):
+        train(cfg, progress=False)
+    run_dir = tmp_path / "runs" / "test"
+    state = load_checkpoint(run_dir / "last.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert math.isfinite(load_checkpoint(run_dir / "best.pt")["best_val_loss"])
+
+
+def test_sigint_saves_last_checkpoint_and_resume_finishes(tmp_path, monkeypatch):
+    real_step = training.lr_at
+
+    def interrupt_at_step_5(step, cfg):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(step, cfg)
+
+    monkeypatch.setattr(training, "lr_at", interrupt_at_step_5)
+    result = train(run_config(tmp_path), progress=False)
+    assert result.stopped_by == "SIGINT" and result.step == 6
+    run_dir = tmp_path / "runs" / "test"
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 6
+    monkeypatch.setattr(training, "lr_at", real_step)
+    assert train(resume_config(run_dir), resume=run_dir, progress=False).step == 8
+
+
+@pytest.mark.slow
+def test_two_process_ddp_ends_with_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+               str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    assert load_checkpoint(tmp_path / "runs" / "test" / "last.pt")["step"] == 8
+    initial = GPT(ModelConfig(**{**load_checkpoint(tmp_path / "runs" / "test" / "last.pt")
+                                 ["model_config"]}))
+    assert not torch.equal(initial.state_dict()["blocks.0.attn.qkv.weight"],
+                           weights[0]["blocks.0.attn.qkv.weight"])
