@@ -12,7 +12,7 @@ it and renames it over the old one, so a crash mid-save leaves the previous chec
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,12 +72,17 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """The checked contents of a checkpoint file (or a run directory's best checkpoint)."""
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
+        if "global" not in detail.lower():
+            raise CheckpointError(f"{path} is damaged or not a checkpoint file ({detail[:80]})") \
+                from None
         raise CheckpointError(f"{path} was refused: it holds objects other than tensors and plain "
-                              f"data, which could run code ({first_line[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+                              f"data, which could run code ({detail[:120]})") from None
+    except Exception as err:  # a damaged zip or pickle fails in many ways, all meaning the same
         raise CheckpointError(f"{path} is truncated or not a checkpoint file "
                               f"({type(err).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

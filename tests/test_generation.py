@@ -1,0 +1,199 @@
+"""Decoding: the KV cache is exact, generation continues past the context, text controls work."""
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import VARIANTS, run_config, tiny_config
+from torch.testing import assert_close
+
+from minigpt import GPT, CharTokenizer
+from minigpt.generation import encode_prompt, generate_text
+from minigpt.tokenizer import UnknownCharactersError, WordTokenizer
+from minigpt.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def greedy_reference(model: GPT, idx: torch.Tensor, steps: int, window: int):
+    """Full recomputation on the last `window` tokens at every step."""
+    logits_seen = []
+    for _ in range(steps):
+        logits = model(idx[:, -window:])[:, -1]
+        logits_seen.append(logits)
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return idx, logits_seen
+
+
+@pytest.mark.parametrize("pos_encoding,norm_placement", VARIANTS)
+def test_cached_decoding_equals_full_recompute(pos_encoding, norm_placement):
+    model = GPT(tiny_config(pos_encoding=pos_encoding, norm_placement=norm_placement,
+                            context_length=32)).eval()
+    prompt = torch.randint(0, 23, (2, 5))
+    expected, expected_logits = greedy_reference(model, prompt, 27, 32)  # fills the context
+    cache = model.new_cache(2)
+    logits = model(prompt, cache)[:, -1]
+    idx = prompt
+    for step in range(27):
+        assert_close(logits, expected_logits[step], rtol=1e-5, atol=1e-5)
+        token = logits.argmax(-1, keepdim=True)
+        idx = torch.cat([idx, token], dim=1)
+        if step < 26:
+            logits = model(token, cache)[:, -1]
+    assert torch.equal(idx, expected)
+    assert torch.equal(model.generate(prompt, 27, temperature=0), expected)
+
+
+@pytest.mark.parametrize("norm_placement", ["pre", "post"])
+def test_rope_past_the_context_is_exact_rolling_window(norm_placement):
+    """Past context_length, a rope model's rolling cache equals recompute on the cropped window."""
+    model = GPT(tiny_config(pos_encoding="rope", norm_placement=norm_placement)).eval()
+    prompt = torch.randint(0, 23, (1, 6))
+    expected, _ = greedy_reference(model, prompt, 40, 16)
+    assert torch.equal(model.generate(prompt, 40, temperature=0), expected)
+
+
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned"])
+def test_absolute_positions_past_the_context_reprefill_half_a_window(pos_encoding):
+    model = GPT(tiny_config(pos_encoding=pos_encoding)).eval()
+    prompt = torch.randint(0, 23, (1, 6))
+    out = model.generate(prompt, 40, temperature=0)
+    assert out.shape == (1, 46)
+    # Up to the full context, exactly the recompute reference.
+    expected, _ = greedy_reference(model, prompt, 10, 16)
+    assert torch.equal(out[:, :16], expected)
+    # The first token after the cache fills comes from the last half window plus one token.
+    kept = out[:, 16 - 9:17]
+    assert out[0, 17].item() == model(kept)[0, -1].argmax().item()
+
+
+def test_generate_without_cache_is_the_recompute_reference():
+    model = GPT(tiny_config(pos_encoding="learned")).eval()
+    prompt = torch.randint(0, 23, (2, 4))
+    expected, _ = greedy_reference(model, prompt, 30, 16)
+    assert torch.equal(model.generate(prompt, 30, temperature=0, use_cache=False), expected)
+
+
+def test_generate_accepts_a_plain_list_and_restores_training_mode():
+    model = GPT(tiny_config()).train()
+    out = model.generate([1, 2, 3], max_new_tokens=4)
+    assert isinstance(out, list) and len(out) == 7 and out[:3] == [1, 2, 3]
+    assert model.training
+
+
+def test_generate_rejects_bad_controls():
+    model = GPT(tiny_config())
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
+        model.generate([1], max_new_tokens=-1)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        model.generate([1], max_new_tokens=1, temperature=-1)
+
+
+# ----------------------------------------------------------------------------- text level
+
+@pytest.fixture(scope="module")
+def char_model():
+    text = "the cat sat on the mat. the dog sat on the log.\n" * 10
+    tokenizer = CharTokenizer.train(text)
+    torch.manual_seed(0)
+    return GPT(tiny_config(vocab_size=tokenizer.vocab_size)).eval(), tokenizer
+
+
+def collect(pieces, n=1):
+    texts = [""] * n
+    for piece in pieces:
+        texts[piece.index] += piece.text
+    return texts
+
+
+def test_same_seed_same_text_and_batched_samples_differ(char_model):
+    model, tok = char_model
+    a = collect(generate_text(model, tok, "the ", 30, num_samples=3, seed=7), 3)
+    b = collect(generate_text(model, tok, "the ", 30, num_samples=3, seed=7), 3)
+    assert a == b and len(set(a)) == 3
+    greedy = collect(generate_text(model, tok, "the ", 30, temperature=0, num_samples=2), 2)
+    assert greedy[0] == greedy[1]
+
+
+def test_streamed_pieces_concatenate_to_the_full_text(char_model):
+    model, tok = char_model
+    pieces = list(generate_text(model, tok, "the ", 25, seed=3))
+    assert len(pieces) > 5 and pieces[-1].done
+    ids = tok.encode("the ")
+    out = model.generate(torch.tensor([ids]), 25, generator=torch.Generator().manual_seed(3))
+    assert "".join(p.text for p in pieces) == tok.decode(out[0, len(ids):].tolist())
+
+
+def test_stop_string_ends_the_sample_and_is_not_printed(char_model):
+    model, tok = char_model
+    full = collect(generate_text(model, tok, "the ", 40, seed=11))[0]
+    stop = full[5:7]
+    cut = collect(generate_text(model, tok, "the ", 40, seed=11, stop=[stop, "never"]))[0]
+    assert cut == full[: full.index(stop)]
+
+
+def test_unknown_prompt_characters(char_model):
+    model, tok = char_model
+    with pytest.raises(UnknownCharactersError, match="'Z'"):
+        encode_prompt(tok, "the Zqa", 16)
+    with pytest.warns(UserWarning, match=r"dropped 2 unknown character\(s\).*'Z' 'q'"):
+        assert encode_prompt(tok, "the Zqa", 16, drop_unknown=True) == tok.encode("the a")
+
+
+def test_long_prompt_keeps_the_last_context_tokens(char_model):
+    _, tok = char_model
+    with pytest.warns(UserWarning, match="keeping its last 16"):
+        ids = encode_prompt(tok, "the cat sat on the mat. " * 3, 16)
+    assert ids == tok.encode(("the cat sat on the mat. " * 3)[-16:])
+
+
+def test_word_tokenizer_warns_about_unknown_words():
+    tok = WordTokenizer.train("the cat sat on the mat .")
+    with pytest.warns(UserWarning, match="zebra"):
+        assert encode_prompt(tok, "the zebra", 16) == [tok.index["the"], tok.unk_id]
+
+
+def test_empty_prompt_starts_at_a_new_line():
+    tok = CharTokenizer.train("ab\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert encode_prompt(tok, "", 16) == tok.encode("\n")
+
+
+# ----------------------------------------------------------------------------- generate.py
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return train(run_config(tmp_path_factory.mktemp("gen")), progress=False).run_dir
+
+
+def generate_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "generate.py"), *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+
+
+def test_cli_samples_reproducibly_with_a_seed(run_dir):
+    args = ["--checkpoint", str(run_dir), "--prompt", "the cat sat on", "--seed", "3",
+            "--max-new-tokens", "12"]
+    first, second = generate_cli(*args), generate_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.startswith("the cat sat on ")
+    assert len(first.stdout.split()) >= 14
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--top-p", "0"], r"top_p must be in \(0, 1\]"),
+    (["--max-new-tokens", "-5"], "max_new_tokens must be >= 0"),
+    (["--num-samples", "0"], "num_samples must be >= 1"),
+    (["--checkpoint", "/nonexistent/x.pt"], "not found"),
+])
+def test_cli_bad_input_is_one_clear_line(run_dir, args, message):
+    done = generate_cli(*args)
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
+    assert __import__("re").search(message, lines[0])
