@@ -12,12 +12,13 @@ import warnings
 import torch
 
 from minigpt.checkpoint import latest_run, load_checkpoint, model_from_checkpoint
+from minigpt.cli import ArgumentParser
 from minigpt.generation import check_generation_args, generate_text
 from minigpt.training import resolve_device
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Sample text from a trained minigpt checkpoint.")
+    parser = ArgumentParser(description="Sample text from a trained minigpt checkpoint.")
     parser.add_argument("--prompt", default=None,
                         help="text to continue (default: none, i.e. start as at a new line)")
     parser.add_argument("--prompt-file", help="read the prompt from this UTF-8 file instead")

@@ -13,12 +13,14 @@ import sys
 
 from tqdm import tqdm
 
+from minigpt.cli import ArgumentParser
 from minigpt.config import describe_keys, load_config
 from minigpt.training import resume_config, train
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
+        usage="%(prog)s [--config FILE] [--resume RUN_DIR] [--quiet] [--section.key VALUE ...]",
         description="Train a GPT. Settings come from --config (TOML), then --section.key VALUE "
                     "overrides.", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a TOML config file (default: configs/default.toml)")
@@ -29,8 +31,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     for key, default, text in describe_keys():
         group.add_argument(f"--{key}", dest=key, metavar="VALUE", default=argparse.SUPPRESS,
                            help=f"{text} (default: {default!r})")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     overrides = {key: value for key, value in vars(args).items() if "." in key}
+    # A misspelt --section.key reaches the config, which names the valid keys.
+    unknown = [part for arg in unknown for part in arg.split("=", 1)]
+    for flag, value in zip(unknown[::2], unknown[1::2] + [""]):
+        if not flag.startswith("--") or "." not in flag:
+            parser.error(f"unrecognized argument {flag}")
+        overrides[flag[2:]] = value
     return args, overrides
 
 

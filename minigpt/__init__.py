@@ -6,6 +6,7 @@
 The deck's names work too: `from minigpt import MiniTransformer, SimpleVocab`.
 """
 
+from minigpt.checkpoint import CheckpointError, load
 from minigpt.corpus import load_corpus
 from minigpt.model import GPT, Inspection, KVCache, MiniTransformer, ModelConfig
 from minigpt.tokenizer import (
@@ -22,5 +23,6 @@ from minigpt.tokenizer import (
 __all__ = [
     "GPT", "Inspection", "KVCache", "MiniTransformer", "ModelConfig",
     "BPETokenizer", "CharTokenizer", "SimpleVocab", "Tokenizer", "UnknownCharactersError",
-    "WordTokenizer", "tokenizer_from_dict", "train_tokenizer", "load_corpus",
+    "WordTokenizer", "tokenizer_from_dict", "train_tokenizer", "load_corpus", "load",
+    "CheckpointError",
 ]

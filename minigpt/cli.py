@@ -3,6 +3,7 @@
 Set MINIGPT_DEBUG=1 to see the full traceback instead.
 """
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -26,3 +27,11 @@ def run_cli(main: Callable[[], int]) -> None:
         print("interrupted", file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage itself is in --help)."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,95 @@
+"""train.py from the command line: bad input gives one clear line, and nothing is written."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_config
+
+from minigpt.cli import run_cli
+from minigpt.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+train_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_script)
+
+
+def run_train(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: train_script.main(list(args)))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def small(tmp_path):
+    return ["--train.out_dir", str(tmp_path / "runs"), "--data.cache_dir", str(tmp_path / "c"),
+            "--train.max_steps", "2", "--model.context_length", "8", "--model.embed_dim", "16",
+            "--model.num_heads", "2", "--model.num_layers", "1", "--quiet"]
+
+
+def bad_inputs(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)))
+    (tmp_path / "tiny.txt").write_text("just a few words here")
+    (tmp_path / "bad.toml").write_text("[train]\nlr = 'x'\n")
+    return [
+        (["--train.lrr", "1"], "unknown key 'train.lrr' (did you mean 'lr'?)"),
+        (["--trian.lr", "1"], "unknown section 'trian'"),
+        (["--train.lr", "fast"], "train.lr must be float"),
+        (["--train.batch_size", "-1"], "train.batch_size must be > 0"),
+        (["--model.embed_dim", "30", "--model.num_heads", "4"], "divisible by model.num_heads"),
+        (["--model.pos_encoding", "alibi"], "model.pos_encoding must be one of"),
+        (["--config", str(tmp_path / "nope.toml")], "not found"),
+        (["--config", str(tmp_path / "bad.toml")], "train.lr must be float, got str"),
+        (["--data.path", str(tmp_path / "missing.txt")], "not found"),
+        (["--data.path", str(tmp_path)], "is a directory"),
+        (["--data.path", str(tmp_path / "empty.txt")], "is empty"),
+        (["--data.path", str(tmp_path / "binary.bin")], "not valid UTF-8"),
+        (["--data.path", str(tmp_path / "tiny.txt"), "--data.tokenizer", "char"],
+         "validation split has 2 tokens"),
+        (["--resume", str(tmp_path / "no-run")], "not a run directory"),
+        (["--train.device", "tpu"], "train.device must be"),
+        (["--bogus"], "unrecognized argument --bogus"),
+    ]
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys):
+    for args, message in bad_inputs(tmp_path):
+        code, out, err = run_train(capsys, *small(tmp_path), *args)
+        lines = err.strip().splitlines()
+        assert code not in (0, None), args
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
+        assert message in lines[0], (args, lines[0])
+        assert not (tmp_path / "runs").exists(), args
+
+
+def test_existing_runs_are_untouched_by_a_failed_start(tmp_path, capsys):
+    result = train(run_config(tmp_path), progress=False)
+    before = {p.name: p.read_bytes() for p in result.run_dir.iterdir() if p.is_file()}
+    code, _, err = run_train(capsys, "--train.out_dir", str(tmp_path / "runs"),
+                             "--train.run_name", "test", "--quiet")
+    assert code == 1 and "already holds a run" in err
+    after = {p.name: p.read_bytes() for p in result.run_dir.iterdir() if p.is_file()}
+    assert before == after
+
+
+def test_help_lists_every_key_with_default():
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "--train.lr VALUE peak learning rate, reached after warmup (default: 0.001)" in text
+    assert "--model.pos_encoding" in text and "--data.tokenizer" in text
+
+
+def test_real_process_trains_and_prints_the_next_commands(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *small(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for needle in ("parameters", "device: cpu", "tokens per step", "run directory:",
+                   "python generate.py --checkpoint", "tensorboard --logdir"):
+        assert needle in done.stdout + done.stderr, needle
+    assert len(list((tmp_path / "runs").glob("*/last.pt"))) == 1
