@@ -14,6 +14,8 @@ import torch
 from minigpt.checkpoint import latest_run, load_checkpoint, model_from_checkpoint
 from minigpt.cli import ArgumentParser
 from minigpt.generation import check_generation_args, generate_text
+from minigpt.heatmap import layers_image, write_png
+from minigpt.inspection import inspect_prompt
 from minigpt.training import resolve_device
 
 
@@ -43,6 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     parser.add_argument("--drop-unknown", action="store_true",
                         help="drop prompt characters a char-level model never saw, not fail")
+    parser.add_argument("--save-attention", metavar="PNG",
+                        help="also write the prompt's attention heatmaps (a row of heads per layer)")
     parser.add_argument("--no-kv-cache", action="store_true",
                         help="recompute the whole window every step (slow; for comparison)")
     return parser.parse_args(argv)
@@ -67,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     del state
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
 
+    if args.save_attention:
+        seen = inspect_prompt(model, tokenizer, prompt, drop_unknown=args.drop_unknown)
+        cell = max(8, 320 // len(seen.tokens))  # about 320 pixels per head
+        write_png(args.save_attention, layers_image(seen.attentions, cell))
+        print(f"wrote {args.save_attention}: {len(seen.attentions)} layers x "
+              f"{seen.attentions[0].size(0)} heads over the tokens {seen.tokens}", file=sys.stderr)
     with torch.inference_mode():
         pieces = generate_text(model, tokenizer, prompt, args.max_new_tokens, args.temperature,
                                top_k, top_p, args.num_samples, args.seed, args.stop,

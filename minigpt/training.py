@@ -31,7 +31,8 @@ from tqdm import tqdm
 from minigpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigpt.config import DERIVED_KEYS, Config, ConfigError, TrainConfig, build_config, parse_value
 from minigpt.data import Dataset, get_batch, prepare_data
-from minigpt.model import GPT, LearnedPositionalEncoding
+from minigpt.heatmap import attention_image, positional_encoding_image
+from minigpt.model import GPT, LearnedPositionalEncoding, ModelConfig, SinusoidalPositionalEncoding
 
 
 class TrainingError(RuntimeError):
@@ -57,7 +58,12 @@ def resolve_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA GPU is available; use --train.device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -75,6 +81,22 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs a CUDA device; use fp32 or bf16")
     return dtype
+
+
+def check_fits(cfg: ModelConfig, device: torch.device) -> None:
+    """Refuse, before allocating anything, a model whose weights, gradients and AdamW moments
+    (4 fp32 copies) exceed the device's memory."""
+    with torch.device("meta"):
+        params = GPT(cfg).num_params()
+    need = 16 * params
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > total:
+        raise ConfigError(f"the model has {params:,} parameters and needs about "
+                          f"{need / 2**30:,.1f} GiB for weights, gradients and optimizer state, more "
+                          f"than the {total / 2**30:,.1f} GiB of {device}; choose a smaller model")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -131,12 +153,38 @@ def estimate_loss(model, data: Dataset, cfg: Config, device, autocast) -> dict[s
     return losses
 
 
-def sample_text(model: GPT, data: Dataset, cfg: TrainConfig) -> str:
-    prompt = data.tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else []
-    ids = torch.tensor([prompt or data.train[:1].tolist()], device=model.token_emb.weight.device)
-    generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
-    out = model.generate(ids, cfg.sample_tokens, temperature=0.8, top_k=50, generator=generator)
-    return data.tokenizer.decode(out[0].tolist())
+def probe_ids(data: Dataset, cfg: Config) -> list[int]:
+    """The prompt of the logged samples and attention images (at most 32 tokens)."""
+    limit = min(32, cfg.model.context_length)
+    if not cfg.train.sample_prompt:
+        return data.val[:limit].tolist()
+    try:
+        ids = data.tokenizer.encode(cfg.train.sample_prompt)
+    except ValueError as err:
+        raise ConfigError(f"train.sample_prompt cannot be encoded: {err}") from None
+    if not ids:
+        raise ConfigError("train.sample_prompt holds no tokens; set some text or leave it empty")
+    return ids[-limit:]
+
+
+def log_samples_and_attention(writer: SummaryWriter, model: GPT, data: Dataset, probe: list[int],
+                              cfg: TrainConfig, step: int) -> None:
+    """A text sample continuing the probe, and each layer's attention over it as an image, so
+    attention patterns can be watched forming over training."""
+    ids = torch.tensor([probe], device=model.token_emb.weight.device)
+    if cfg.sample_tokens:
+        generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
+        out = model.generate(ids, cfg.sample_tokens, temperature=0.8, top_k=50,
+                             generator=generator)
+        writer.add_text("sample", data.tokenizer.decode(out[0].tolist()), step)
+    model.eval()
+    seen = model.inspect(ids)
+    model.train()
+    for layer, weights in enumerate(seen.attentions):
+        writer.add_image(f"attention/layer{layer}", attention_image(weights[0]), step)
+    if isinstance(model.pos_emb, LearnedPositionalEncoding):
+        writer.add_image("positions/learned", positional_encoding_image(
+            model.pos_emb.weight / model.pos_emb.weight.abs().max()), step)
 
 
 class StopRequest:
@@ -198,12 +246,14 @@ def new_run_dir(cfg: Config) -> Path:
 # ----------------------------------------------------------------------------- the loop
 
 def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = None,
-          progress: bool = True, log: Callable[[str], None] = lambda line: None) -> TrainResult:
+          progress: bool = True, log: Callable[[str], None] = lambda line: None,
+          on_step: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train as cfg says; see the module docstring.
 
     resume: a run directory to continue from its last.pt (cfg from `resume_config`).
     stop_at: pause after this many steps, saving last.pt as an interruption would.
     progress: show a tqdm bar. log: receives the run's header lines (train.py prints them).
+    on_step: called with (step, max_steps) after each optimizer step, e.g. for a progress display.
     """
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world_size = 0, 1
@@ -229,6 +279,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
     data = prepare_data(cfg.data, cfg.model.context_length)  # bad data fails before any write
     model_cfg = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
     cfg = replace(cfg, model=model_cfg)
+    check_fits(model_cfg, device)
+    probe = probe_ids(data, cfg)
     if resume is None:
         run_dir = new_run_dir(cfg)
 
@@ -268,6 +320,9 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         writer = SummaryWriter(str(run_dir))
         writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", step)
+        writer.add_text("probe", " | ".join(data.tokenizer.decode([i]) for i in probe), step)
+        if isinstance(model.pos_emb, SinusoidalPositionalEncoding):
+            writer.add_image("positions/sinusoidal", positional_encoding_image(model.pos_emb.table))
         log(f"config: {json.dumps(cfg.to_dict())}")
         log(f"data: {data.source}, {len(data.train):,} train / {len(data.val):,} val tokens, "
             f"{data.tokenizer.kind} tokenizer with {data.tokenizer.vocab_size} tokens")
@@ -327,6 +382,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 result.losses.append(loss_value)
+                if on_step is not None:
+                    on_step(step, tc.max_steps)
 
                 now = time.perf_counter()
                 tokens_per_sec = tokens_per_step / (now - t_last)
@@ -346,14 +403,13 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                     improved = losses["val"] < best_val
                     best_val = min(best_val, losses["val"])
                     if master:
+                        if improved:  # saved before it is reported, so no report outruns it
+                            checkpoint("best.pt")
                         writer.add_scalar("val/loss", losses["val"], step)
                         writer.add_scalar("eval/train_loss", losses["train"], step)
                         say(f"step {step}: train {losses['train']:.4f}, "
-                                  f"val {losses['val']:.4f}" + (" (best)" if improved else ""))
-                        if improved:
-                            checkpoint("best.pt")
-                        if tc.sample_tokens:
-                            writer.add_text("sample", sample_text(model, data, tc), step)
+                            f"val {losses['val']:.4f}" + (" (best)" if improved else ""))
+                        log_samples_and_attention(writer, model, data, probe, tc, step)
                     t_last = time.perf_counter()  # evaluation time is not training speed
                 if master and (step % tc.checkpoint_interval == 0 or step == tc.max_steps):
                     checkpoint("last.pt")

@@ -1,0 +1,178 @@
+"""The deck's interactive demo: generate text, watch attention, compare layer outputs.
+
+    pip install -e ".[app]"
+    streamlit run app.py
+
+Pick a checkpoint (a run directory or .pt file) in the sidebar, or train the default tiny model
+there if you have none; then type a prompt, set the sampling controls and generate.
+"""
+
+import os
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+import torch
+
+from minigpt.checkpoint import CheckpointError, latest_run, load_checkpoint, model_from_checkpoint
+from minigpt.config import load_config
+from minigpt.generation import generate_text
+from minigpt.inspection import inspect_prompt
+from minigpt.training import train
+
+ROOT = Path(__file__).resolve().parent
+OUT_DIR = os.environ.get("MINIGPT_RUNS", "runs")
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint...")
+def load_model(path: str, modified: float):
+    """(model, tokenizer), cached per file and modification time so widgets respond at once."""
+    return model_from_checkpoint(load_checkpoint(path))
+
+
+def default_checkpoint() -> str:
+    try:
+        return str(latest_run(OUT_DIR))
+    except CheckpointError:
+        return ""
+
+
+def train_default_model() -> str:
+    """Train configs/default.toml with a progress bar in the page; returns the run directory."""
+    cfg = load_config(ROOT / "configs" / "default.toml", {"train.out_dir": OUT_DIR})
+    bar = st.sidebar.progress(0.0, text="training the default model...")
+
+    def show(step: int, total: int) -> None:
+        bar.progress(step / total, text=f"training: step {step} of {total}")
+
+    result = train(cfg, progress=False, on_step=show)
+    bar.empty()
+    return str(result.run_dir)
+
+
+def attention_chart(weights: torch.Tensor, tokens: list[str]) -> alt.Chart:
+    """Heatmap of one head's (T, T) weights with token labels; hovering shows the weight."""
+    labels = [f"{i}:{t!r}"[:14] for i, t in enumerate(tokens)]
+    rows = [{"query": labels[q], "key": labels[k], "weight": float(weights[q, k])}
+            for q in range(len(tokens)) for k in range(len(tokens))]
+    return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
+        x=alt.X("key:N", sort=labels, title="attends to (key)"),
+        y=alt.Y("query:N", sort=labels, title="token (query)"),
+        color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis")),
+        tooltip=["query", "key", alt.Tooltip("weight:Q", format=".3f")],
+    ).properties(height=max(200, 22 * len(tokens)))
+
+
+def token_probabilities(model, tokenizer, prompt_ids: list[int], new_ids: list[int]) -> pd.DataFrame:
+    """The probability the model gave each generated token when it chose it."""
+    ids = torch.tensor([(prompt_ids + new_ids)[-model.config.context_length:]])
+    with torch.no_grad():
+        probs = torch.softmax(model(ids)[0].float(), dim=-1)
+    start = ids.size(1) - len(new_ids)
+    chosen = ids[0, start:]
+    p = probs[start - 1:-1].gather(1, chosen[:, None])[:, 0]
+    return pd.DataFrame({"token": [tokenizer.decode([i]) for i in chosen.tolist()],
+                         "probability": p.tolist()})
+
+
+def main() -> None:
+    st.set_page_config(page_title="minigpt", layout="wide")
+    st.title("minigpt: look inside a small GPT")
+
+    st.sidebar.header("Model")
+    path = st.sidebar.text_input("Checkpoint (run directory or .pt file)",
+                                 value=default_checkpoint(), key="checkpoint")
+    if st.sidebar.button("Train the default tiny model (about a minute)", key="train"):
+        path = train_default_model()
+        st.sidebar.success(f"trained {path}")
+    if not path:
+        st.info("No checkpoint yet: train the default tiny model from the sidebar, or run "
+                "`python train.py` and reload.")
+        return
+    try:
+        resolved = Path(path)
+        modified = max((p.stat().st_mtime for p in resolved.glob("*.pt")), default=0.0) \
+            if resolved.is_dir() else (resolved.stat().st_mtime if resolved.exists() else 0.0)
+        model, tokenizer = load_model(path, modified)
+    except (CheckpointError, OSError, ValueError) as err:
+        st.error(f"Cannot load that checkpoint: {err}")
+        return
+    cfg = model.config
+    st.sidebar.caption(f"{model.num_params():,} parameters; {cfg.num_layers} layers x "
+                       f"{cfg.num_heads} heads, {cfg.embed_dim} dims, {cfg.pos_encoding} positions, "
+                       f"{cfg.norm_placement}-norm; {tokenizer.kind} tokenizer, "
+                       f"{tokenizer.vocab_size} tokens")
+
+    st.sidebar.header("Sampling")
+    temperature = st.sidebar.slider("temperature", 0.0, 2.0, 0.8, 0.05, key="temperature")
+    top_k = st.sidebar.slider("top-k (0 = all)", 0, min(200, tokenizer.vocab_size), 0, key="top_k")
+    top_p = st.sidebar.slider("top-p (1 = all)", 0.05, 1.0, 1.0, 0.05, key="top_p")
+    max_new_tokens = st.sidebar.slider("max new tokens", 1, 300, 40, key="max_new_tokens")
+    seed = int(st.sidebar.number_input("seed", 0, 2**31 - 1, 0, key="seed"))
+
+    prompt = st.text_input("Prompt", value="the cat sat on", key="prompt")
+    try:
+        seen = inspect_prompt(model, tokenizer, prompt)
+    except ValueError as err:
+        st.error(f"That prompt cannot be used: {err}")
+        return
+
+    if st.button("Generate", key="generate", type="primary"):
+        pieces = generate_text(model, tokenizer, prompt, max_new_tokens, temperature,
+                               top_k or None, top_p, seed=seed)
+        st.markdown("**Generated text**")
+        text = st.write_stream(piece.text for piece in pieces)
+        st.session_state["generated"] = (prompt, text)
+    if st.session_state.get("generated", (None,))[0] == prompt:
+        generated = st.session_state["generated"][1]
+        st.code(prompt + generated, language=None)
+        prompt_ids = [i for i in tokenizer.encode(prompt)] if prompt else []
+        new_ids = tokenizer.encode(tokenizer.decode(prompt_ids) + generated)[len(prompt_ids):]
+        if new_ids and prompt_ids:
+            with st.expander("Token-by-token probabilities of the generated text"):
+                table = token_probabilities(model, tokenizer, prompt_ids, new_ids)
+                st.bar_chart(table.reset_index(), x="index", y="probability")
+                st.dataframe(table, hide_index=False)
+
+    attention_tab, layers_tab, temperature_tab = st.tabs(
+        ["Attention", "Layer outputs", "Temperature"])
+    with attention_tab:
+        layer = st.selectbox("layer", range(cfg.num_layers), key="layer")
+        columns = st.columns(min(cfg.num_heads, 4))
+        for head in range(cfg.num_heads):
+            with columns[head % len(columns)]:
+                st.caption(f"layer {layer}, head {head}")
+                st.altair_chart(attention_chart(seen.attentions[layer][head], seen.tokens),
+                                use_container_width=True)
+    with layers_tab:
+        st.markdown("**Logit lens**: the most likely next token read from each layer's output "
+                    "(through the final norm and head). Layer 0 is the embeddings.")
+        lens = pd.DataFrame(
+            {f"{i}:{tok!r}": [f"{layer.tokens[i][0]!r} {layer.probs[i, 0]:.2f}"
+                              for layer in seen.logit_lens]
+             for i, tok in enumerate(seen.tokens)},
+            index=[f"layer {layer.layer}" for layer in seen.logit_lens])
+        st.dataframe(lens, key="lens")
+        st.markdown("**How much each block changed each token** (relative size of its update)")
+        change = pd.DataFrame(seen.layer_change.T.numpy(),
+                              columns=[f"block {i + 1}" for i in range(cfg.num_layers)])
+        change.index = [f"{i}:{t!r}" for i, t in enumerate(seen.tokens)]
+        st.bar_chart(change)
+    with temperature_tab:
+        st.markdown("The next-token distribution after the prompt, `softmax(logits / T)`, "
+                    "for a few temperatures: low T sharpens it, high T flattens it.")
+        logits = seen.next_token_probs.log()
+        top = seen.next_token_probs.topk(min(10, tokenizer.vocab_size)).indices
+        rows = []
+        for t in (0.5, 1.0, 2.0):
+            probs = torch.softmax(logits / t, dim=-1)
+            rows += [{"token": repr(tokenizer.decode([i])), "temperature": str(t),
+                      "probability": float(probs[i])} for i in top.tolist()]
+        st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+            x=alt.X("token:N", sort=None), y="probability:Q", color="temperature:N",
+            xOffset="temperature:N", tooltip=["token", "temperature", "probability"]),
+            use_container_width=True)
+
+
+main()

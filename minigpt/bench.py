@@ -1,0 +1,223 @@
+"""Benchmarks: training throughput, generation speed and the device's matmul peak, as a table + JSON.
+
+    python -m minigpt.bench                        # peak, train and generate on the best device
+    python -m minigpt.bench train --steps 50       # training only
+    python -m minigpt.bench generate --new-tokens 1000 --batch-sizes 1 8
+    python -m minigpt.bench --device cpu --json bench.json
+
+Training is measured per variant in a fresh subprocess (so peak memory is that variant's own):
+`eager` (no compile, plain for-loop AdamW: the baseline), `fused` (fused AdamW) and `compiled`
+(fused AdamW + torch.compile; its compile time is reported apart). Speed-ups are ratios to `eager`
+measured in the same run. FLOPs per token follow the usual 6 * matmul params + 12 * L * T * C.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+from minigpt.config import TrainConfig
+from minigpt.model import GPT, ModelConfig
+from minigpt.training import lm_loss, make_optimizer, resolve_device
+
+# name: (model, batch size). cpu_recipe is the well-known CPU Tiny Shakespeare recipe,
+# gpu_recipe the well-known 6-layer GPU one (dropout 0 here: speed does not depend on it).
+MODELS = {
+    "cpu_recipe": (ModelConfig(vocab_size=65, context_length=64, embed_dim=128, num_heads=4,
+                               num_layers=4), 12),
+    "gpu_recipe": (ModelConfig(vocab_size=65, context_length=256, embed_dim=384, num_heads=6,
+                               num_layers=6), 64),
+}
+VARIANTS = ("eager", "fused", "compiled")
+
+
+def flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token: 6 per matmul weight (forward + backward) plus attention scores."""
+    # per layer: qkv 3 C^2, attention output C^2, feed-forward 2 * ffn_mult * C^2
+    matmul_params = cfg.num_layers * (4 + 2 * cfg.ffn_mult) * cfg.embed_dim ** 2
+    matmul_params += cfg.embed_dim * cfg.vocab_size  # the output head
+    return 6 * matmul_params + 12 * cfg.num_layers * cfg.context_length * cfg.embed_dim
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> dict:
+    """Measured GFLOP/s of a square matmul: fp32 on CPU, bf16 on CUDA."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        size = 8192
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"dtype": str(dtype).removeprefix("torch."), "size": size,
+            "gflops": 2 * size ** 3 / statistics.median(times) / 1e9}
+
+
+def train_one(model_name: str, variant: str, steps: int, device: torch.device) -> dict:
+    """Median step time of one model/variant; run in its own process by `bench_train`."""
+    cfg, batch_size = MODELS[model_name]
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    if variant == "eager":
+        params = list({id(p): p for p in model.parameters()}.values())
+        optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+    else:
+        optimizer = make_optimizer(model, TrainConfig(), device)
+    forward = torch.compile(model) if variant == "compiled" else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    tokens = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1), device=device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    def step():
+        with autocast:
+            loss = lm_loss(forward(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    start = time.perf_counter()
+    for _ in range(3):  # warm-up, compilation included
+        step()
+    _sync(device)
+    warmup_s = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    tokens_per_step = batch_size * cfg.context_length
+    peak_mb = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"model": model_name, "variant": variant, "batch_size": batch_size,
+            "ms_per_step": step_s * 1000, "tokens_per_sec": tokens_per_step / step_s,
+            "gflops": flops_per_token(cfg) * tokens_per_step / step_s / 1e9,
+            "warmup_s": warmup_s, "peak_memory_mb": peak_mb,
+            "memory_kind": "max allocated" if device.type == "cuda" else "peak RSS"}
+
+
+def bench_train(models: list[str], variants: list[str], steps: int, device: torch.device) -> list:
+    rows = []
+    for model_name in models:
+        for variant in variants:
+            command = [sys.executable, "-m", "minigpt.bench", "_train_one", model_name, variant,
+                       str(steps), "--device", str(device)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                rows.append({"model": model_name, "variant": variant, "error": reason})
+                continue
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+@torch.no_grad()
+def bench_generate(model_name: str, new_tokens: int, batch_sizes: list[int],
+                   device: torch.device) -> list:
+    cfg, _ = MODELS[model_name]
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device).eval()
+    rows = []
+    for batch_size in batch_sizes:
+        prompt = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        row = {"model": model_name, "batch_size": batch_size, "new_tokens": new_tokens}
+        for use_cache in (True, False):
+            generator = torch.Generator(device=device).manual_seed(0)
+            _sync(device)
+            start = time.perf_counter()
+            model.generate(prompt, new_tokens, temperature=1.0, generator=generator,
+                           use_cache=use_cache)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            row["cached" if use_cache else "recompute"] = batch_size * new_tokens / seconds
+        row["speedup"] = row["cached"] / row["recompute"]
+        rows.append(row)
+    return rows
+
+
+def print_report(report: dict) -> None:
+    peak = report.get("peak")
+    print(f"device: {report['device']} ({report['machine']}), torch {report['torch']}, "
+          f"{report['threads']} threads")
+    if peak:
+        print(f"matmul peak: {peak['gflops']:.0f} GFLOP/s ({peak['dtype']}, {peak['size']}^3)")
+    if report.get("train"):
+        print("\ntraining (median step)")
+        print(f"{'model':12} {'variant':9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
+              f"{'of peak':>8} {'vs eager':>8} {'warmup s':>8} {'memory MB':>10}")
+        eager = {r["model"]: r for r in report["train"]
+                 if r["variant"] == "eager" and "error" not in r}
+        for r in report["train"]:
+            if "error" in r:
+                print(f"{r['model']:12} {r['variant']:9} failed: {r['error']}")
+                continue
+            ratio = r["tokens_per_sec"] / eager[r["model"]]["tokens_per_sec"] \
+                if r["model"] in eager else float("nan")
+            share = r["gflops"] / peak["gflops"] if peak else float("nan")
+            print(f"{r['model']:12} {r['variant']:9} {r['ms_per_step']:8.1f} "
+                  f"{r['tokens_per_sec']:9,.0f} {r['gflops']:8.1f} {share:8.0%} {ratio:7.2f}x "
+                  f"{r['warmup_s']:8.1f} {r['peak_memory_mb']:10.0f}")
+    if report.get("generate"):
+        print("\ngeneration (tokens/s, all samples together)")
+        print(f"{'model':12} {'batch':>5} {'tokens':>6} {'KV cache':>9} {'recompute':>9} {'ratio':>7}")
+        for r in report["generate"]:
+            print(f"{r['model']:12} {r['batch_size']:5} {r['new_tokens']:6} {r['cached']:9,.0f} "
+                  f"{r['recompute']:9,.0f} {r['speedup']:6.1f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_train_one"]:  # internal: one measurement in a fresh process
+        _, model_name, variant, steps, _, device = argv
+        print(json.dumps(train_one(model_name, variant, int(steps), torch.device(device))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "peak", "train", "generate"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per variant")
+    parser.add_argument("--generate-model", default="gpu_recipe", choices=list(MODELS))
+    parser.add_argument("--new-tokens", type=int, default=1000)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--json", default="bench.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    report = {"device": str(device), "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "models": {name: {**asdict(cfg), "batch_size": b} for name, (cfg, b) in MODELS.items()}}
+    if args.what in ("all", "peak", "train"):
+        report["peak"] = matmul_peak(device)
+    if args.what in ("all", "train"):
+        report["train"] = bench_train(args.models, args.variants, args.steps, device)
+    if args.what in ("all", "generate"):
+        report["generate"] = bench_generate(args.generate_model, args.new_tokens,
+                                            args.batch_sizes, device)
+    print_report(report)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
