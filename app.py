@@ -65,13 +65,13 @@ def attention_chart(weights: torch.Tensor, tokens: list[str]) -> alt.Chart:
 
 
 def token_probabilities(model, tokenizer, prompt_ids: list[int], new_ids: list[int]) -> pd.DataFrame:
-    """The probability the model gave each generated token when it chose it."""
-    ids = torch.tensor([(prompt_ids + new_ids)[-model.config.context_length:]])
+    """The probability the model gave each generated token (those within one context window)."""
+    window = torch.tensor([(prompt_ids + new_ids)[-model.config.context_length:]])
+    count = min(len(new_ids), window.size(1) - 1)
     with torch.no_grad():
-        probs = torch.softmax(model(ids)[0].float(), dim=-1)
-    start = ids.size(1) - len(new_ids)
-    chosen = ids[0, start:]
-    p = probs[start - 1:-1].gather(1, chosen[:, None])[:, 0]
+        probs = torch.softmax(model(window)[0].float(), dim=-1)  # (T, V)
+    chosen = window[0, -count:]
+    p = probs[-count - 1:-1].gather(1, chosen[:, None])[:, 0]
     return pd.DataFrame({"token": [tokenizer.decode([i]) for i in chosen.tolist()],
                          "probability": p.tolist()})
 
@@ -144,7 +144,7 @@ def main() -> None:
             with columns[head % len(columns)]:
                 st.caption(f"layer {layer}, head {head}")
                 st.altair_chart(attention_chart(seen.attentions[layer][head], seen.tokens),
-                                use_container_width=True)
+                                width="stretch")
     with layers_tab:
         st.markdown("**Logit lens**: the most likely next token read from each layer's output "
                     "(through the final norm and head). Layer 0 is the embeddings.")
@@ -172,7 +172,7 @@ def main() -> None:
         st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
             x=alt.X("token:N", sort=None), y="probability:Q", color="temperature:N",
             xOffset="temperature:N", tooltip=["token", "temperature", "probability"]),
-            use_container_width=True)
+            width="stretch")
 
 
 main()
