@@ -71,7 +71,8 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> di
             "gflops": 2 * size ** 3 / statistics.median(times) / 1e9}
 
 
-def train_one(model_name: str, variant: str, steps: int, device: torch.device) -> dict:
+def train_one(model_name: str, variant: str, steps: int, device: torch.device,
+              max_seconds: float = 30.0) -> dict:
     """Median step time of one model/variant; run in its own process by `bench_train`."""
     cfg, batch_size = MODELS[model_name]
     torch.manual_seed(0)
@@ -100,7 +101,7 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device) -
     _sync(device)
     warmup_s = time.perf_counter() - start
     times = []
-    for _ in range(steps):
+    while len(times) < steps and (len(times) < 3 or sum(times) < max_seconds):
         start = time.perf_counter()
         step()
         _sync(device)
@@ -112,16 +113,17 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device) -
     return {"model": model_name, "variant": variant, "batch_size": batch_size,
             "ms_per_step": step_s * 1000, "tokens_per_sec": tokens_per_step / step_s,
             "gflops": flops_per_token(cfg) * tokens_per_step / step_s / 1e9,
-            "warmup_s": warmup_s, "peak_memory_mb": peak_mb,
+            "timed_steps": len(times), "warmup_s": warmup_s, "peak_memory_mb": peak_mb,
             "memory_kind": "max allocated" if device.type == "cuda" else "peak RSS"}
 
 
-def bench_train(models: list[str], variants: list[str], steps: int, device: torch.device) -> list:
+def bench_train(models: list[str], variants: list[str], steps: int, device: torch.device,
+                max_seconds: float) -> list:
     rows = []
     for model_name in models:
         for variant in variants:
             command = [sys.executable, "-m", "minigpt.bench", "_train_one", model_name, variant,
-                       str(steps), "--device", str(device)]
+                       str(steps), str(max_seconds), str(device)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
@@ -188,15 +190,18 @@ def print_report(report: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_train_one"]:  # internal: one measurement in a fresh process
-        _, model_name, variant, steps, _, device = argv
-        print(json.dumps(train_one(model_name, variant, int(steps), torch.device(device))))
+        _, model_name, variant, steps, max_seconds, device = argv
+        print(json.dumps(train_one(model_name, variant, int(steps), torch.device(device),
+                                   float(max_seconds))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all", choices=["all", "peak", "train", "generate"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per variant")
+    parser.add_argument("--steps", type=int, default=50, help="timed training steps per variant")
+    parser.add_argument("--max-seconds", type=float, default=30.0,
+                        help="stop timing a variant after this long (at least 3 steps)")
     parser.add_argument("--generate-model", default="gpu_recipe", choices=list(MODELS))
     parser.add_argument("--new-tokens", type=int, default=1000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("all", "peak", "train"):
         report["peak"] = matmul_peak(device)
     if args.what in ("all", "train"):
-        report["train"] = bench_train(args.models, args.variants, args.steps, device)
+        report["train"] = bench_train(args.models, args.variants, args.steps, device,
+                                      args.max_seconds)
     if args.what in ("all", "generate"):
         report["generate"] = bench_generate(args.generate_model, args.new_tokens,
                                             args.batch_sizes, device)

@@ -93,8 +93,10 @@ def test_generate_bad_input_table(trained, tmp_path, capsys):
     assert snapshot(trained) == before
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("prompt", ["the cat " * 130_000, "\x00\x01\x02", "the \U0001F408 sat",
-                                    "\t\r\n", "é" * 10])
+                                    "\t\r\n", "é" * 10],
+                         ids=["1MB", "control", "emoji", "whitespace", "accents"])
 def test_odd_prompts_are_cropped_refused_or_dropped_cleanly(trained, capsys, prompt):
     code, out, err = run_generate(capsys, "--checkpoint", str(trained), "--prompt", prompt,
                                   "--max-new-tokens", "3", "--drop-unknown", "--seed", "0")
