@@ -121,19 +121,23 @@ def main() -> None:
     if st.button("Generate", key="generate", type="primary"):
         pieces = generate_text(model, tokenizer, prompt, max_new_tokens, temperature,
                                top_k or None, top_p, seed=seed)
-        st.markdown("**Generated text**")
-        text = st.write_stream(piece.text for piece in pieces)
+        placeholder = st.empty()  # the text streams here, then gives way to the full text below
+        with placeholder:
+            text = st.write_stream(piece.text for piece in pieces)
+        placeholder.empty()
         st.session_state["generated"] = (prompt, text)
     if st.session_state.get("generated", (None,))[0] == prompt:
         generated = st.session_state["generated"][1]
-        st.code(prompt + generated, language=None)
-        prompt_ids = [i for i in tokenizer.encode(prompt)] if prompt else []
+        st.markdown("**Generated text** (prompt, then the model's continuation)")
+        st.code(prompt + generated, language=None, wrap_lines=True)
+        prompt_ids = tokenizer.encode(prompt) if prompt else []
         new_ids = tokenizer.encode(tokenizer.decode(prompt_ids) + generated)[len(prompt_ids):]
         if new_ids and prompt_ids:
             with st.expander("Token-by-token probabilities of the generated text"):
                 table = token_probabilities(model, tokenizer, prompt_ids, new_ids)
-                st.bar_chart(table.reset_index(), x="index", y="probability")
-                st.dataframe(table, hide_index=False)
+                table.index = [f"{i}:{token!r}" for i, token in enumerate(table["token"])]
+                st.bar_chart(table, y="probability", x_label="generated token",
+                             y_label="probability when chosen", sort=False)
 
     attention_tab, layers_tab, temperature_tab = st.tabs(
         ["Attention", "Layer outputs", "Temperature"])
