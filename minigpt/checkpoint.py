@@ -13,7 +13,9 @@ import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -30,19 +32,26 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, damaged, foreign or unusable."""
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write state (plus format and version) to path atomically."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write path through write(file): into a temporary file beside it, synced, then renamed over
+    it, so readers (and a crash) see the old file or the new one, never half of one."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write state (plus format and version) to path atomically."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

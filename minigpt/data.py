@@ -11,13 +11,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from minigpt.checkpoint import atomic_write
 from minigpt.config import DataConfig
 from minigpt.corpus import load_corpus
 from minigpt.tokenizer import Tokenizer, tokenizer_from_dict, train_tokenizer
@@ -44,20 +44,6 @@ def cache_dir(cfg: DataConfig) -> Path:
                 or Path.home() / ".cache" / "minigpt")
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def download_shakespeare(directory: Path, url: str = SHAKESPEARE_URL) -> Path:
     """Tiny Shakespeare in directory, downloaded once and checked against its SHA-256."""
     path = directory / "tinyshakespeare.txt"
@@ -73,7 +59,7 @@ def download_shakespeare(directory: Path, url: str = SHAKESPEARE_URL) -> Path:
     if digest != SHAKESPEARE_SHA256:
         raise DataError(f"downloaded Tiny Shakespeare has SHA-256 {digest}, expected "
                         f"{SHAKESPEARE_SHA256}; pass a trusted local copy with --data.path FILE")
-    _atomic_write_bytes(path, payload)
+    atomic_write(path, lambda f: f.write(payload))
     return path
 
 
@@ -142,7 +128,7 @@ def _write_token_cache(path: Path, tokenizer: Tokenizer, tokens: torch.Tensor) -
     buffer = io.BytesIO()
     torch.save({"tokenizer": tokenizer.to_dict(), "tokens": tokens}, buffer)
     try:
-        _atomic_write_bytes(path, buffer.getvalue())
+        atomic_write(path, lambda f: f.write(buffer.getvalue()))
     except OSError:
         pass  # the cache only saves time; an unwritable cache directory is not an error
 
