@@ -56,6 +56,10 @@ class TrainConfig:
     lr: float = _help("peak learning rate, reached after warmup", 1e-3)
     min_lr: float = _help("learning rate at the end of the cosine decay", 1e-4)
     warmup_steps: int = _help("steps of linear warmup from 0 to lr", 100)
+    optimizer: Literal["adamw", "muon"] = _help(
+        "adamw, or muon for the matrices inside the blocks (AdamW for the rest)", "adamw")
+    muon_lr: float = _help("peak learning rate of the muon matrices (train.lr is for the rest)",
+                           0.02)
     weight_decay: float = _help("AdamW weight decay, on weight matrices only", 0.1)
     beta1: float = _help("AdamW beta1", 0.9)
     beta2: float = _help("AdamW beta2", 0.99)
@@ -85,13 +89,15 @@ class TrainConfig:
                      "min_lr"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        for name in ["lr", "muon_lr"]:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
         for name in ["beta1", "beta2"]:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        _check_choice("train.optimizer", self.optimizer, ("adamw", "muon"))
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, "

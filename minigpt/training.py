@@ -33,6 +33,7 @@ from minigpt.config import DERIVED_KEYS, Config, ConfigError, TrainConfig, build
 from minigpt.data import Dataset, get_batch, prepare_data
 from minigpt.heatmap import attention_image, positional_encoding_image
 from minigpt.model import GPT, LearnedPositionalEncoding, ModelConfig, SinusoidalPositionalEncoding
+from minigpt.muon import Muon
 
 
 class TrainingError(RuntimeError):
@@ -108,26 +109,42 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with weight decay on weight matrices only: not on biases and LayerNorm gains (which
     set scales, not features) and not on the token/position embeddings (rows of rare tokens would
-    shrink towards zero between their updates)."""
+    shrink towards zero between their updates). With optimizer = "muon", the matrices inside the
+    blocks get Muon instead. Each group keeps its peak rate as "initial_lr" for the schedule."""
     no_decay = {id(model.token_emb.weight)}
     if isinstance(model.pos_emb, LearnedPositionalEncoding):
         no_decay.add(id(model.pos_emb.weight))
     params = {id(p): p for p in model.parameters()}.values()  # tied weights once
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2 and id(p) not in no_decay],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2 or id(p) in no_decay], "weight_decay": 0.0},
-    ]
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    if device.type in ("cuda", "cpu"):
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError):
-            pass
-    return torch.optim.AdamW(groups, foreach=device.type != "cpu", **kwargs)
+    matrices = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
+    others = [p for p in params if p.dim() < 2 or id(p) in no_decay]
+    if cfg.optimizer == "muon":
+        inner = {id(p) for p in model.blocks.parameters() if p.dim() == 2}
+        groups = [
+            {"params": [p for p in matrices if id(p) in inner], "lr": cfg.muon_lr,
+             "weight_decay": 0.0, "muon": True},
+            {"params": [p for p in matrices if id(p) not in inner], "lr": cfg.lr,
+             "weight_decay": cfg.weight_decay, "muon": False},
+            {"params": others, "lr": cfg.lr, "weight_decay": 0.0, "muon": False},
+        ]
+        optimizer = Muon(groups, betas=(cfg.beta1, cfg.beta2))
+    else:
+        groups = [{"params": matrices, "weight_decay": cfg.weight_decay},
+                  {"params": others, "weight_decay": 0.0}]
+        optimizer = None
+        kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        if device.type in ("cuda", "cpu"):
+            try:
+                optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
+            except (RuntimeError, TypeError):
+                pass
+        if optimizer is None:
+            optimizer = torch.optim.AdamW(groups, foreach=device.type != "cpu", **kwargs)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -294,7 +311,10 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
     step, best_val = 0, float("inf")
     if state is not None:
         model.load_state_dict(state["model"])
+        peaks = [group["initial_lr"] for group in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
+        for group, peak in zip(optimizer.param_groups, peaks):  # train.lr may change on resume
+            group["initial_lr"] = peak
         scaler.load_state_dict(state["scaler"])
         step, best_val = state["step"], state["best_val_loss"]
         batch_gen.set_state(state["rng"]["batches"])
@@ -352,8 +372,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
         with StopRequest() as stop:
             while step < min(tc.max_steps, stop_at or tc.max_steps) and stop.signal_name is None:
                 lr = lr_at(step, tc)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                for group in optimizer.param_groups:  # every group follows the one schedule
+                    group["lr"] = group["initial_lr"] * lr / tc.lr
                 loss_sum = torch.zeros((), device=device)
                 for micro in range(tc.grad_accum):
                     # One draw for all ranks, each taking its own slice: every rank's stream is
