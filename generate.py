@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_attention:
         seen = inspect_prompt(model, tokenizer, prompt, drop_unknown=args.drop_unknown)
         cell = max(8, 320 // len(seen.tokens))  # about 320 pixels per head
-        write_png(args.save_attention, layers_image(seen.attentions, cell))
+        write_png(args.save_attention, layers_image(seen.attentions, cell, tokens=seen.tokens))
         print(f"wrote {args.save_attention}: {len(seen.attentions)} layers x "
               f"{seen.attentions[0].size(0)} heads over the tokens {seen.tokens}", file=sys.stderr)
     with torch.inference_mode():

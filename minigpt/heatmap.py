@@ -1,9 +1,12 @@
 """Pictures with torch alone: a colour map, attention heatmaps, and a PNG writer.
 
     image = attention_image(seen.attentions[0])    # (3, H, W) uint8, heads side by side
+    image = label_tokens(image, seen.tokens, cell=8, num_heads=4)   # tokens on both axes
     write_png("attention.png", image)
 
-Images are (3, height, width) uint8 tensors, the layout TensorBoard's add_image takes.
+Images are (3, height, width) uint8 tensors, the layout TensorBoard's add_image takes. Only the
+token labels need a font: they are drawn with Pillow (installed with TensorBoard) when present,
+and left out otherwise.
 """
 
 import struct
@@ -54,9 +57,42 @@ def attention_image(weights: torch.Tensor, cell: int = 8, gap: int = 4) -> torch
     return torch.cat(parts, dim=2)
 
 
-def layers_image(attentions: list[torch.Tensor], cell: int = 8, gap: int = 4) -> torch.Tensor:
-    """Every layer's attention (a list of (H, T, T)): one row of heads per layer, top to bottom."""
+def label_tokens(image: torch.Tensor, tokens: list[str], cell: int, num_heads: int,
+                 gap: int = 4) -> torch.Tensor:
+    """Add the tokens along both axes of an attention_image: queries down the left, keys along the
+    top of every head. Returns the image unchanged when Pillow is not installed."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        return image
+    font = ImageFont.load_default()
+    labels = [repr(t)[1:-1][:10] for t in tokens]
+    margin = 6 + max(int(font.getlength(label)) for label in labels)
+    _, height, width = image.shape
+    canvas = Image.new("RGB", (width + margin, height + margin), "white")
+    canvas.paste(Image.frombytes("RGB", (width, height),
+                                 bytes(image.permute(1, 2, 0).flatten().tolist())), (margin, margin))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(labels):
+        y = margin + i * cell + cell // 2
+        draw.text((margin - 3, y), label, fill="black", font=font, anchor="rm")
+        column = Image.new("RGB", (margin, cell), "white")
+        ImageDraw.Draw(column).text((3, cell // 2), label, fill="black", font=font, anchor="lm")
+        column = column.rotate(90, expand=True)
+        for head in range(num_heads):
+            x = margin + head * (len(tokens) * cell + gap) + i * cell
+            canvas.paste(column, (x, 0))
+    pixels = torch.tensor(list(canvas.tobytes()), dtype=torch.uint8)
+    return pixels.view(height + margin, width + margin, 3).permute(2, 0, 1).contiguous()
+
+
+def layers_image(attentions: list[torch.Tensor], cell: int = 8, gap: int = 4,
+                 tokens: list[str] | None = None) -> torch.Tensor:
+    """Every layer's attention (a list of (H, T, T)): one row of heads per layer, top to bottom,
+    with the tokens along both axes of each row when given."""
     rows = [attention_image(w, cell, gap) for w in attentions]
+    if tokens is not None:
+        rows = [label_tokens(row, tokens, cell, w.size(0), gap) for row, w in zip(rows, attentions)]
     spacer = torch.full((3, gap, rows[0].size(2)), 255, dtype=torch.uint8)
     return torch.cat([p for row in rows for p in (row, spacer)][:-1], dim=1)
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from minigpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigpt.config import DERIVED_KEYS, Config, ConfigError, TrainConfig, build_config, parse_value
 from minigpt.data import Dataset, get_batch, prepare_data
-from minigpt.heatmap import attention_image, positional_encoding_image
+from minigpt.heatmap import attention_image, label_tokens, positional_encoding_image
 from minigpt.model import GPT, LearnedPositionalEncoding, ModelConfig, SinusoidalPositionalEncoding
 from minigpt.muon import Muon
 
@@ -197,8 +197,10 @@ def log_samples_and_attention(writer: SummaryWriter, model: GPT, data: Dataset, 
     model.eval()
     seen = model.inspect(ids)
     model.train()
+    tokens = [data.tokenizer.decode([i]) for i in probe]
     for layer, weights in enumerate(seen.attentions):
-        writer.add_image(f"attention/layer{layer}", attention_image(weights[0]), step)
+        image = label_tokens(attention_image(weights[0], cell=12), tokens, 12, weights.size(1))
+        writer.add_image(f"attention/layer{layer}", image, step)
     if isinstance(model.pos_emb, LearnedPositionalEncoding):
         writer.add_image("positions/learned", positional_encoding_image(
             model.pos_emb.weight / model.pos_emb.weight.abs().max()), step)

@@ -13,6 +13,8 @@ from minigpt.heatmap import (
     attention_image,
     colormap,
     heatmap,
+    label_tokens,
+    layers_image,
     png_bytes,
     positional_encoding_image,
     write_png,
@@ -98,3 +100,29 @@ def test_png_is_valid_and_decodes_to_the_pixels(tmp_path):
 def test_png_rejects_non_images():
     with pytest.raises(ValueError, match=r"expected a \(3, H, W\) uint8 image"):
         png_bytes(torch.zeros(5, 5))
+
+
+def test_token_labels_add_margins_and_leave_the_heatmap_intact():
+    weights = torch.softmax(torch.randn(2, 3, 3), -1)
+    grid = attention_image(weights, cell=10, gap=4)
+    labelled = label_tokens(grid, ["the", "cat", "sat"], cell=10, num_heads=2, gap=4)
+    margin = labelled.size(1) - grid.size(1)
+    assert margin > 5 and labelled.size(2) - grid.size(2) == margin
+    assert torch.equal(labelled[:, margin:, margin:], grid)
+    assert (labelled[:, :margin, margin:] < 128).any()  # some dark text above the heads
+
+
+def test_token_labels_are_skipped_without_pillow(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    grid = attention_image(torch.softmax(torch.randn(1, 2, 2), -1))
+    assert torch.equal(label_tokens(grid, ["a", "b"], cell=8, num_heads=1), grid)
+
+
+def test_layers_image_stacks_labelled_layers():
+    attentions = [torch.softmax(torch.randn(2, 4, 4), -1) for _ in range(3)]
+    plain = layers_image(attentions, cell=8)
+    labelled = layers_image(attentions, cell=8, tokens=["a", "b", "c", "d"])
+    assert plain.shape == (3, 3 * 32 + 2 * 4, 2 * 32 + 4)
+    assert labelled.size(1) > plain.size(1) and labelled.size(2) > plain.size(2)
