@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from minigpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -184,7 +183,7 @@ def probe_ids(data: Dataset, cfg: Config) -> list[int]:
     return ids[-limit:]
 
 
-def log_samples_and_attention(writer: SummaryWriter, model: GPT, data: Dataset, probe: list[int],
+def log_samples_and_attention(writer, model: GPT, data: Dataset, probe: list[int],
                               cfg: TrainConfig, step: int) -> None:
     """A text sample continuing the probe, and each layer's attention over it as an image, so
     attention patterns can be watched forming over training."""
@@ -340,6 +339,9 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        # Imported here: TensorBoard costs ~15 MB and a second of start-up, needed only to train.
+        from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(str(run_dir))
         writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", step)
         writer.add_text("probe", " | ".join(data.tokenizer.decode([i]) for i in probe), step)
