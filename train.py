@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train(cfg, resume=args.resume, progress=not args.quiet, log=tqdm.write)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best val loss {result.best_val_loss:.4f} after {result.step} steps")
-        print(f"sample:   python generate.py --checkpoint {result.run_dir} --prompt \"...\"")
+        prompt = cfg.train.sample_prompt or "..."
+        print(f"sample:   python generate.py --checkpoint {result.run_dir} --prompt \"{prompt}\"")
         print(f"inspect:  tensorboard --logdir {result.run_dir.parent}")
         if result.stopped_by:
             print(f"resume:   python train.py --resume {result.run_dir}")
