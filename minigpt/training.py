@@ -442,7 +442,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 if master:
                     checkpoint("last.pt")
                     say(f"{result.stopped_by}: saved {run_dir / 'last.pt'} at step {step}; "
-                              f"continue with: python train.py --resume {run_dir}")
+                        f"continue with: python train.py --resume {run_dir}")
     finally:
         bar.close()
         if writer is not None:
