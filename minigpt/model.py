@@ -8,7 +8,7 @@ Shape letters used in the comments below:
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -433,23 +433,40 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None, use_cache: bool = True):
-        """Sample max_new_tokens tokens after idx; returns idx with them appended.
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 stop: Sequence[Sequence[int]] = ()):
+        """Sample up to max_new_tokens tokens after idx; returns idx with them appended.
 
         idx is a (B, T) tensor, or a plain list of ints (then a list comes back), as in the deck.
+        stop: token-id sequences; generation ends once every row has produced one of them, and a
+        plain-list result is cut just before it. (Stop *strings* are handled on text, by
+        minigpt.generation.generate_text, since token boundaries need not match them.)
         """
         as_list = isinstance(idx, list)
         if as_list:
             idx = torch.tensor([idx], dtype=torch.long, device=self.token_emb.weight.device)
+        stop = [list(s) for s in stop if len(s)]
+        rows = [[] for _ in range(idx.size(0))]  # new tokens of each row
+        stopped_at = [None] * idx.size(0)  # where each row's first stop sequence begins
         was_training = self.training
         self.eval()
         try:
-            new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator,
-                                   use_cache))
+            for tokens in self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator,
+                                      use_cache):
+                for row, token, i in zip(rows, tokens.tolist(), range(len(rows))):
+                    row.append(token)
+                    for seq in stop:
+                        if stopped_at[i] is None and row[-len(seq):] == seq:
+                            stopped_at[i] = len(row) - len(seq)
+                if stop and all(at is not None for at in stopped_at):
+                    break
         finally:
             self.train(was_training)
-        out = torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
-        return out[0].tolist() if as_list else out
+        out = torch.cat([idx, torch.tensor(rows, dtype=torch.long, device=idx.device)], dim=1)
+        if as_list:
+            ids = out[0].tolist()
+            return ids[:idx.size(1) + stopped_at[0]] if stopped_at[0] is not None else ids
+        return out
 
 
 class MiniTransformer(GPT):

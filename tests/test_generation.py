@@ -197,3 +197,15 @@ def test_cli_bad_input_is_one_clear_line(run_dir, args, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
     assert __import__("re").search(message, lines[0])
+
+
+def test_generate_stops_at_a_token_sequence():
+    model = GPT(tiny_config()).eval()
+    full = model.generate([1, 2, 3], 20, temperature=0)
+    new = full[3:]
+    stop = new[4:6]
+    cut = model.generate([1, 2, 3], 20, temperature=0, stop=[stop, [99]])
+    first = next(i for i in range(len(new)) if new[i:i + 2] == stop)
+    assert cut == full[:3 + first]
+    batch = model.generate(torch.tensor([[1, 2, 3]] * 2), 20, temperature=0, stop=[stop])
+    assert batch.shape == (2, 3 + first + 2)  # ended once every row produced the sequence
