@@ -216,14 +216,15 @@ def build_config(values: dict, name: str = "default") -> Config:
     sections = {}
     for section, table in values.items():
         if section not in SECTIONS:
-            _resolve_key(f"{section}.x")  # raises: unknown section
+            raise ConfigError(f"unknown section [{section}]{_suggest(str(section), list(SECTIONS))}; "
+                              f"valid sections: {', '.join(SECTIONS)}")
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table of keys, got {table!r}")
         checked = {}
-        for name_, value in table.items():
-            key = f"{section}.{name_}"
+        for field_name, value in table.items():
+            key = f"{section}.{field_name}"
             _resolve_key(key)
-            checked[name_] = _check_value(key, _field_type(section, name_), value)
+            checked[field_name] = _check_value(key, _field_type(section, field_name), value)
         sections[section] = checked
     try:
         return Config(**{s: cls(**sections.get(s, {})) for s, cls in SECTIONS.items()}, name=name)

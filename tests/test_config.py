@@ -36,7 +36,7 @@ def test_int_in_toml_is_accepted_for_float(tmp_path):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[trian]\nlr = 1e-3\n", r"unknown section 'trian'.*did you mean 'train'"),
+    ("[trian]\nlr = 1e-3\n", r"unknown section \[trian\].*did you mean 'train'"),
     ("[train]\nlrr = 1e-3\n", r"unknown key 'train.lrr' \(did you mean 'lr'\?\); valid keys"),
     ("[train]\nbatch_size = \"big\"\n", r"train.batch_size must be int, got str 'big'"),
     ("[train]\nbatch_size = 3.5\n", r"train.batch_size must be int, got float"),
