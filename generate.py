@@ -13,7 +13,7 @@ import torch
 
 from minigpt.checkpoint import latest_run, load_checkpoint, model_from_checkpoint
 from minigpt.cli import ArgumentParser
-from minigpt.generation import check_generation_args, generate_text
+from minigpt.generation import check_generation_args, encode_prompt, generate_text
 from minigpt.heatmap import layers_image, write_png
 from minigpt.inspection import inspect_prompt
 from minigpt.training import resolve_device
@@ -71,18 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     del state
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
 
+    ids = encode_prompt(tokenizer, prompt, model.config.context_length, args.drop_unknown)
+    head = tokenizer.decode(ids) if prompt else ""  # the prompt as the model sees it
     if args.save_attention:
-        seen = inspect_prompt(model, tokenizer, prompt, drop_unknown=args.drop_unknown)
+        seen = inspect_prompt(model, tokenizer, ids)
         cell = max(8, 320 // len(seen.tokens))  # about 320 pixels per head
         write_png(args.save_attention, layers_image(seen.attentions, cell, tokens=seen.tokens))
         print(f"wrote {args.save_attention}: {len(seen.attentions)} layers x "
               f"{seen.attentions[0].size(0)} heads over the tokens {seen.tokens}", file=sys.stderr)
     with torch.inference_mode():
-        pieces = generate_text(model, tokenizer, prompt, args.max_new_tokens, args.temperature,
+        pieces = generate_text(model, tokenizer, ids, args.max_new_tokens, args.temperature,
                                top_k, top_p, args.num_samples, args.seed, args.stop,
                                args.drop_unknown, use_cache=not args.no_kv_cache)
         if args.num_samples == 1:
-            print(tokenizer.decode(tokenizer.encode(prompt)) if prompt else "", end="", flush=True)
+            print(head, end="", flush=True)
             for piece in pieces:
                 print(piece.text, end="", flush=True)
             print()
@@ -90,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
             texts = [""] * args.num_samples
             for piece in pieces:
                 texts[piece.index] += piece.text
-            head = tokenizer.decode(tokenizer.encode(prompt)) if prompt else ""
             for i, text in enumerate(texts):
                 print(f"--- sample {i + 1} ---\n{head}{text}")
     return 0

@@ -68,17 +68,20 @@ def _first_stop(text: str, stop: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200,
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str | list[int],
+                  max_new_tokens: int = 200,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                   num_samples: int = 1, seed: int | None = None, stop: Sequence[str] = (),
                   drop_unknown: bool = False, use_cache: bool = True) -> Iterator[Piece]:
     """Yield the new text of each sample as it is produced, num_samples decoded in one batch.
 
-    A sample ends at the first occurrence of any stop string (which is not yielded); text that
-    could still turn into a stop string is held back until it cannot.
+    prompt is text, or token ids already made by encode_prompt. A sample ends at the first
+    occurrence of any stop string (which is not yielded); text that could still turn into a stop
+    string is held back until it cannot.
     """
     check_generation_args(max_new_tokens, temperature, top_k, top_p, num_samples)
-    ids = encode_prompt(tokenizer, prompt, model.config.context_length, drop_unknown)
+    ids = (prompt if isinstance(prompt, list)
+           else encode_prompt(tokenizer, prompt, model.config.context_length, drop_unknown))
     device = model.token_emb.weight.device
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device)

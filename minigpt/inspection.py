@@ -45,10 +45,12 @@ def logit_lens(model: GPT, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def inspect_prompt(model: GPT, tokenizer: Tokenizer, prompt: str, top_k: int = 5,
+def inspect_prompt(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], top_k: int = 5,
                    drop_unknown: bool = False) -> PromptInspection:
+    """prompt is text, or token ids already made by encode_prompt."""
     model.eval()
-    ids = encode_prompt(tokenizer, prompt, model.config.context_length, drop_unknown)
+    ids = (prompt if isinstance(prompt, list)
+           else encode_prompt(tokenizer, prompt, model.config.context_length, drop_unknown))
     device = model.token_emb.weight.device
     seen = model.inspect(torch.tensor([ids], device=device))
     hidden = [seen.embeddings[0], *(h[0] for h in seen.hidden_states)]  # L + 1 of (T, C)

@@ -197,3 +197,12 @@ def test_tokenizer_dict_with_wrong_types_is_a_clear_error():
         tokenizer_from_dict({"kind": "word", "words": 5})
     with pytest.raises(ValueError):
         tokenizer_from_dict({"kind": "bpe", "merges": [[1]]})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_drop_unknown_echoes_the_prompt_the_model_saw(trained, capsys):
+    code, out, err = run_generate(capsys, "--checkpoint", str(trained), "--prompt",
+                                  "the \U0001F408 cat", "--max-new-tokens", "2", "--drop-unknown",
+                                  "--seed", "0")
+    assert code == 0, err
+    assert out.startswith("the  cat") and "\U0001F408" not in out
