@@ -1,14 +1,17 @@
 """Benchmarks: training throughput, generation speed and the device's matmul peak, as a table + JSON.
 
     python -m minigpt.bench                        # peak, train and generate on the best device
-    python -m minigpt.bench train --steps 50       # training only
+    python -m minigpt.bench train --rounds 5       # training only, 5 interleaved rounds
     python -m minigpt.bench generate --new-tokens 1000 --batch-sizes 1 8
     python -m minigpt.bench --device cpu --json bench.json
 
 Training is measured per variant in a fresh subprocess (so peak memory is that variant's own):
-`eager` (no compile, plain for-loop AdamW: the baseline), `fused` (fused AdamW) and `compiled`
-(fused AdamW + torch.compile; its compile time is reported apart). Speed-ups are ratios to `eager`
-measured in the same run. FLOPs per token follow the usual 6 * matmul params + 12 * L * T * C.
+`eager` (no compile, plain for-loop AdamW: the baseline), `fused` (fused AdamW), `tuned` (what
+train.py does on the device: fused AdamW and, on CPU, malloc kept from returning freed memory to
+the OS) and `compiled` (tuned + torch.compile; its compile time is reported apart). Shared
+machines are noisy, so the variants run in turn, `--rounds` times, and each figure is the median
+over rounds; speed-ups are ratios to `eager` measured in the same run. FLOPs per token follow
+the usual 6 * matmul params + 12 * L * T * C.
 """
 
 import argparse
@@ -25,17 +28,18 @@ import torch
 
 from minigpt.config import TrainConfig
 from minigpt.model import GPT, ModelConfig
-from minigpt.training import lm_loss, make_optimizer, resolve_device
+from minigpt.training import keep_freed_memory, lm_loss, make_optimizer, resolve_device
 
-# name: (model, batch size). cpu_recipe is the well-known CPU Tiny Shakespeare recipe,
-# gpu_recipe the well-known 6-layer GPU one (dropout 0 here: speed does not depend on it).
+# name: (model, batch size). cpu_recipe is the well-known CPU Tiny Shakespeare recipe
+# (configs/shakespeare_char_cpu_baseline.toml), gpu_recipe the well-known 6-layer GPU one
+# (dropout 0 here: speed does not depend on it). Both without biases, as in those recipes.
 MODELS = {
     "cpu_recipe": (ModelConfig(vocab_size=65, context_length=64, embed_dim=128, num_heads=4,
-                               num_layers=4), 12),
+                               num_layers=4, bias=False), 12),
     "gpu_recipe": (ModelConfig(vocab_size=65, context_length=256, embed_dim=384, num_heads=6,
-                               num_layers=6), 64),
+                               num_layers=6, bias=False), 64),
 }
-VARIANTS = ("eager", "fused", "compiled")
+VARIANTS = ("eager", "fused", "tuned", "compiled")
 
 
 def flops_per_token(cfg: ModelConfig) -> float:
@@ -75,13 +79,15 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
               max_seconds: float = 30.0) -> dict:
     """Median step time of one model/variant; run in its own process by `bench_train`."""
     cfg, batch_size = MODELS[model_name]
+    if variant in ("tuned", "compiled") and device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
     if variant == "eager":
         params = list({id(p): p for p in model.parameters()}.values())
         optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
     else:
-        optimizer = make_optimizer(model, TrainConfig(), device)
+        optimizer = make_optimizer(model, TrainConfig())
     forward = torch.compile(model) if variant == "compiled" else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     tokens = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1), device=device)
@@ -100,12 +106,14 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
         step()
     _sync(device)
     warmup_s = time.perf_counter() - start
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = []
     while len(times) < steps and (len(times) < 3 or sum(times) < max_seconds):
         start = time.perf_counter()
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     step_s = statistics.median(times)
     tokens_per_step = batch_size * cfg.context_length
     peak_mb = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
@@ -114,22 +122,39 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
             "ms_per_step": step_s * 1000, "tokens_per_sec": tokens_per_step / step_s,
             "gflops": flops_per_token(cfg) * tokens_per_step / step_s / 1e9,
             "timed_steps": len(times), "warmup_s": warmup_s, "peak_memory_mb": peak_mb,
+            "page_faults_per_step": faults / len(times),
             "memory_kind": "max allocated" if device.type == "cuda" else "peak RSS"}
 
 
 def bench_train(models: list[str], variants: list[str], steps: int, device: torch.device,
-                max_seconds: float) -> list:
-    rows = []
-    for model_name in models:
-        for variant in variants:
+                max_seconds: float, rounds: int = 1) -> list:
+    """One row per model and variant: the median over `rounds` fresh processes, run in turn
+    (eager, fused, ..., eager, fused, ...) so that a noisy spell hits every variant alike."""
+    runs = {(m, v): [] for m in models for v in variants}
+    errors = {}
+    for _ in range(rounds):
+        for model_name, variant in runs:
+            if (model_name, variant) in errors:
+                continue
             command = [sys.executable, "-m", "minigpt.bench", "_train_one", model_name, variant,
                        str(steps), str(max_seconds), str(device)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
-                reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
-                rows.append({"model": model_name, "variant": variant, "error": reason})
+                errors[model_name, variant] = (done.stderr.strip().splitlines() or ["failed"])[-1]
                 continue
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            runs[model_name, variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = []
+    for (model_name, variant), results in runs.items():
+        if (model_name, variant) in errors:
+            rows.append({"model": model_name, "variant": variant,
+                         "error": errors[model_name, variant]})
+            continue
+        row = dict(results[0])
+        for key in ("ms_per_step", "tokens_per_sec", "gflops", "warmup_s", "peak_memory_mb",
+                    "page_faults_per_step"):
+            row[key] = statistics.median(r[key] for r in results)
+        row["rounds_ms_per_step"] = [r["ms_per_step"] for r in results]
+        rows.append(row)
     return rows
 
 
@@ -164,9 +189,10 @@ def print_report(report: dict) -> None:
     if peak:
         print(f"matmul peak: {peak['gflops']:.0f} GFLOP/s ({peak['dtype']}, {peak['size']}^3)")
     if report.get("train"):
-        print("\ntraining (median step)")
+        rounds = max(len(r.get("rounds_ms_per_step", [])) for r in report["train"])
+        print(f"\ntraining (median step, median of {rounds} rounds)")
         print(f"{'model':12} {'variant':9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
-              f"{'of peak':>8} {'vs eager':>8} {'warmup s':>8} {'memory MB':>10}")
+              f"{'of peak':>8} {'vs eager':>8} {'warmup s':>8} {'memory MB':>10} {'faults/step':>11}")
         eager = {r["model"]: r for r in report["train"]
                  if r["variant"] == "eager" and "error" not in r}
         for r in report["train"]:
@@ -178,7 +204,7 @@ def print_report(report: dict) -> None:
             share = r["gflops"] / peak["gflops"] if peak else float("nan")
             print(f"{r['model']:12} {r['variant']:9} {r['ms_per_step']:8.1f} "
                   f"{r['tokens_per_sec']:9,.0f} {r['gflops']:8.1f} {share:8.0%} {ratio:7.2f}x "
-                  f"{r['warmup_s']:8.1f} {r['peak_memory_mb']:10.0f}")
+                  f"{r['warmup_s']:8.1f} {r['peak_memory_mb']:10.0f} {r['page_faults_per_step']:11.0f}")
     if report.get("generate"):
         print("\ngeneration (tokens/s, all samples together)")
         print(f"{'model':12} {'batch':>5} {'tokens':>6} {'KV cache':>9} {'recompute':>9} {'ratio':>7}")
@@ -202,11 +228,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per variant")
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="stop timing a variant after this long (at least 3 steps)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times each variant is measured, in turn; figures are medians")
     parser.add_argument("--generate-model", default="gpu_recipe", choices=list(MODELS))
     parser.add_argument("--new-tokens", type=int, default=1000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be at least 1")
     device = resolve_device(args.device)
     report = {"device": str(device), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -215,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         report["peak"] = matmul_peak(device)
     if args.what in ("all", "train"):
         report["train"] = bench_train(args.models, args.variants, args.steps, device,
-                                      args.max_seconds)
+                                      args.max_seconds, args.rounds)
     if args.what in ("all", "generate"):
         report["generate"] = bench_generate(args.generate_model, args.new_tokens,
                                             args.batch_sizes, device)

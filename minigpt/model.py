@@ -336,6 +336,20 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @staticmethod
+    def count_params(cfg: ModelConfig) -> int:
+        """num_params() of GPT(cfg), without building it: sizes are checked before allocating."""
+        C, F, b = cfg.embed_dim, cfg.ffn_mult * cfg.embed_dim, int(cfg.bias)
+
+        def linear(n_in: int, n_out: int) -> int:
+            return n_in * n_out + b * n_out
+
+        norm = C + b * C
+        block = linear(C, 3 * C) + linear(C, C) + linear(C, F) + linear(F, C) + 2 * norm
+        total = cfg.num_layers * block + cfg.vocab_size * C * (1 if cfg.tie_weights else 2)
+        total += norm if cfg.norm_placement == "pre" else 0
+        return total + (cfg.context_length * C if cfg.pos_encoding == "learned" else 0)
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; non_embedding leaves out token/position embeddings and the head."""
         params = {id(p): p for p in self.parameters()}  # tied weights count once

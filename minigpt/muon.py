@@ -10,6 +10,8 @@ group with its own lr.
 
 import torch
 
+from minigpt.optim import Optimizer
+
 # Coefficients of the quintic Newton-Schulz iteration (from the Muon write-up above): they push
 # singular values into roughly [0.7, 1.2] in 5 steps, which is close enough to 1 for training.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -28,7 +30,7 @@ def orthogonalise(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.mT if tall else x
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(Optimizer):
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95,
                  betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
                  weight_decay: float = 0.0):
@@ -37,7 +39,7 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self) -> None:
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if group["muon"]:

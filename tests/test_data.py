@@ -9,12 +9,14 @@ import torch
 
 import minigpt.data as data_module
 from minigpt.config import DataConfig
+from minigpt.corpus import load_corpus
 from minigpt.data import (
     SHAKESPEARE_SHA256,
     DataError,
     download_shakespeare,
     get_batch,
     prepare_data,
+    token_dtype,
 )
 
 SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -88,6 +90,19 @@ def test_batches_are_shifted_windows_and_seeded():
     assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
     again, _ = get_batch(tokens, 5, 16, torch.Generator().manual_seed(3))
     assert torch.equal(x, again)
+
+
+def test_tokens_are_stored_compactly_and_batches_are_int64(tmp_path):
+    assert [token_dtype(n) for n in (65, 256, 257, 32768, 32769)] == [
+        torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32]
+    cfg = DataConfig(dataset="embedded", tokenizer="char", cache_dir=str(tmp_path))
+    for _ in range(2):  # tokenized, then read back from the cache
+        data = prepare_data(cfg, context_length=32)
+        assert data.train.dtype == data.val.dtype == torch.uint8
+    x, y = get_batch(data.train, 4, 32, torch.Generator().manual_seed(0))
+    assert x.dtype == y.dtype == torch.int64
+    text = data.tokenizer.decode(x[0].tolist())
+    assert text in load_corpus()
 
 
 class FakeResponse(io.BytesIO):

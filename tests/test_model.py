@@ -122,6 +122,16 @@ def test_param_count_counts_untied_head_and_learned_positions():
     assert tied.num_params() - tied.num_params(non_embedding=True) == 23 * 32 + 16 * 32
 
 
+@pytest.mark.parametrize("options", [
+    {}, {"bias": False}, {"tie_weights": False}, {"pos_encoding": "rope"},
+    {"pos_encoding": "sinusoidal", "norm_placement": "post", "ffn_mult": 2},
+    {"bias": False, "tie_weights": False, "pos_encoding": "learned", "num_layers": 3},
+])
+def test_count_params_matches_the_built_model(options):
+    cfg = tiny_config(**options)
+    assert GPT.count_params(cfg) == GPT(cfg).num_params()
+
+
 def test_weight_tying_shares_one_tensor():
     model = GPT(tiny_config(tie_weights=True))
     assert model.head.weight is model.token_emb.weight

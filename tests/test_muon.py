@@ -24,7 +24,7 @@ def test_orthogonalise_sets_singular_values_near_one(shape):
 
 def test_muon_groups_cover_every_parameter_once():
     model = GPT(tiny_config(tie_weights=False))
-    optimizer = make_optimizer(model, TrainConfig(optimizer="muon"), torch.device("cpu"))
+    optimizer = make_optimizer(model, TrainConfig(optimizer="muon"))
     assert isinstance(optimizer, Muon)
     names = {id(p): n for n, p in model.named_parameters()}
     muon, adam_matrices, others = (
@@ -37,8 +37,7 @@ def test_muon_groups_cover_every_parameter_once():
 
 def test_muon_fits_a_batch():
     model = GPT(tiny_config())
-    optimizer = make_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3, muon_lr=0.02),
-                               torch.device("cpu"))
+    optimizer = make_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3, muon_lr=0.02))
     idx = torch.randint(0, 23, (4, 17))
     for _ in range(150):
         loss = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())

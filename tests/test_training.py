@@ -36,7 +36,7 @@ def test_lr_schedule_endpoints():
 def test_weight_decay_only_on_matrices():
     model = GPT(ModelConfig(vocab_size=20, context_length=8, embed_dim=16, num_heads=2,
                             num_layers=1, tie_weights=False))
-    decay, no_decay = make_optimizer(model, TrainConfig(), torch.device("cpu")).param_groups
+    decay, no_decay = make_optimizer(model, TrainConfig()).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
