@@ -61,6 +61,8 @@ class TrainConfig:
     muon_lr: float = _help("peak learning rate of the muon matrices (train.lr is for the rest)",
                            0.02)
     weight_decay: float = _help("AdamW weight decay, on weight matrices only", 0.1)
+    decay_embeddings: bool = _help("apply weight decay to the token/position embeddings too, "
+                                   "as nanoGPT does", False)
     beta1: float = _help("AdamW beta1", 0.9)
     beta2: float = _help("AdamW beta2", 0.99)
     grad_clip: float = _help("clip the gradient norm to this (0 disables clipping)", 1.0)

@@ -131,12 +131,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def make_optimizer(model: GPT, cfg: TrainConfig) -> Optimizer:
     """AdamW with weight decay on weight matrices only: not on biases and LayerNorm gains (which
     set scales, not features) and not on the token/position embeddings (rows of rare tokens would
-    shrink towards zero between their updates). With optimizer = "muon", the matrices inside the
-    blocks get Muon instead. Each group keeps its peak rate as "initial_lr" for the schedule.
-    Both are minigpt.optim optimizers: torch.optim's would import torch._dynamo (+70 MB)."""
-    no_decay = {id(model.token_emb.weight)}
-    if isinstance(model.pos_emb, LearnedPositionalEncoding):
-        no_decay.add(id(model.pos_emb.weight))
+    shrink towards zero between their updates), unless decay_embeddings. With optimizer =
+    "muon", the matrices inside the blocks get Muon instead. Each group keeps its peak rate as
+    "initial_lr" for the schedule. Both are minigpt.optim optimizers: torch.optim's would import
+    torch._dynamo (+70 MB)."""
+    no_decay = set()
+    if not cfg.decay_embeddings:
+        no_decay.add(id(model.token_emb.weight))
+        if isinstance(model.pos_emb, LearnedPositionalEncoding):
+            no_decay.add(id(model.pos_emb.weight))
     params = {id(p): p for p in model.parameters()}.values()  # tied weights once
     matrices = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
     others = [p for p in params if p.dim() < 2 or id(p) in no_decay]

