@@ -99,11 +99,11 @@ def prepare_data(cfg: DataConfig, context_length: int) -> Dataset:
     cached = _read_token_cache(cache_file)
     if cached is not None:
         tokenizer, tokens = cached
+        tokens = tokens.to(token_dtype(tokenizer.vocab_size))  # caches from older versions: int64
     else:
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.bpe_vocab_size)
         tokens = torch.tensor(tokenizer.encode(text), dtype=token_dtype(tokenizer.vocab_size))
         _write_token_cache(cache_file, tokenizer, tokens)
-    tokens = tokens.to(token_dtype(tokenizer.vocab_size))  # caches from older versions: int64
     n_val = int(len(tokens) * cfg.val_fraction)
     train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
     for split, part in (("validation", val), ("training", train)):

@@ -435,7 +435,7 @@ class GPT(nn.Module):
                 logits = self(idx[:, -window:])[:, -1]
             next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             yield next_token
-            idx = torch.cat([idx, next_token[:, None]], dim=1)
+            idx = torch.cat([idx[:, 1 - window:], next_token[:, None]], dim=1)  # the last window
             if cache is None or step == max_new_tokens - 1:
                 continue
             if cache.length == window and self.rope is None:

@@ -69,17 +69,23 @@ class AdamW(Optimizer):
         devices = {p.device for group in self.param_groups for p in group["params"]}
         self.fused = all(fused_supported(d) for d in devices) if fused is None else fused
 
+    def _step_device(self, p: torch.Tensor) -> torch.device:
+        # The fused kernel wants the step count beside the parameter; the others on the CPU.
+        return p.device if self.fused else torch.device("cpu")
+
     def _state(self, p: torch.Tensor) -> dict:
-        state = self.state.setdefault(p, {})
+        state = self.state[p]
         if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=self._step_device(p))
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
-        # The fused kernel wants the step count beside the parameter; the others on the CPU.
-        device = p.device if self.fused else torch.device("cpu")
-        step = state.get("step", 0.0)
-        if not isinstance(step, torch.Tensor) or step.device != device:
-            state["step"] = torch.as_tensor(step, dtype=torch.float32).to(device)
         return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():  # saved by a fused or an unfused optimizer
+            step = torch.as_tensor(state["step"], dtype=torch.float32)
+            state["step"] = step.to(self._step_device(p))
 
     @torch.no_grad()
     def step(self) -> None:
