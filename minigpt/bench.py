@@ -4,6 +4,7 @@
     python -m minigpt.bench train --rounds 5       # training only, 5 interleaved rounds
     python -m minigpt.bench generate --new-tokens 1000 --batch-sizes 1 8
     python -m minigpt.bench --device cpu --json bench.json
+    python -m minigpt.bench speedrun --config configs/shakespeare_char.toml --target 1.48
 
 Training is measured per variant in a fresh subprocess (so peak memory is that variant's own):
 `eager` (no compile, plain for-loop AdamW: the baseline), `fused` (fused AdamW), `tuned` (what
@@ -12,9 +13,13 @@ the OS) and `compiled` (tuned + torch.compile; its compile time is reported apar
 machines are noisy, so the variants run in turn, `--rounds` times, and each figure is the median
 over rounds; speed-ups are ratios to `eager` measured in the same run. FLOPs per token follow
 the usual 6 * matmul params + 12 * L * T * C.
+
+`speedrun` trains a config (as train.py would, in this process) until its val loss reaches
+--target and reports the time that took (data, compile and evaluations included), the median
+training tokens/s and the MFU: achieved FLOP/s over the card's bf16 datasheet peak on CUDA, and
+over the matmul peak measured here.
 """
 
-import argparse
 import json
 import platform
 import resource
@@ -26,9 +31,10 @@ from dataclasses import asdict
 
 import torch
 
-from minigpt.config import TrainConfig
+from minigpt.cli import ArgumentParser, run_cli
+from minigpt.config import TrainConfig, load_config
 from minigpt.model import GPT, ModelConfig
-from minigpt.training import keep_freed_memory, lm_loss, make_optimizer, resolve_device
+from minigpt.training import keep_freed_memory, lm_loss, make_optimizer, resolve_device, train
 
 # name: (model, batch size). cpu_recipe is the well-known CPU Tiny Shakespeare recipe
 # (configs/shakespeare_char_cpu_baseline.toml), gpu_recipe the well-known 6-layer GPU one
@@ -40,6 +46,9 @@ MODELS = {
                                num_layers=6, bias=False), 64),
 }
 VARIANTS = ("eager", "fused", "tuned", "compiled")
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (TFLOP/s; the larger published figures
+# assume 2:4 sparsity). The first name found in torch.cuda.get_device_name() wins.
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
 
 
 def flops_per_token(cfg: ModelConfig) -> float:
@@ -182,6 +191,40 @@ def bench_generate(model_name: str, new_tokens: int, batch_sizes: list[int],
     return rows
 
 
+def datasheet_peak_tflops(device: torch.device) -> float | None:
+    """The card's dense bf16 peak, if it is one we know; None on CPU or an unknown card."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops for key, tflops in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def speedrun(config: str | None, target: float, overrides: dict[str, str]) -> tuple[dict, dict]:
+    """Train `config` until val loss <= target (or max_steps); time it and its MFU.
+    Returns the device's matmul peak and the speedrun's figures."""
+    cfg = load_config(config, {**overrides, "train.target_val_loss": str(target)})
+    device = resolve_device(cfg.train.device)
+    peak = matmul_peak(device)
+    start = time.perf_counter()
+    result = train(cfg, progress=False, log=print)
+    wall_s = time.perf_counter() - start
+    with open(result.run_dir / "config.json") as f:  # the vocabulary size comes from the data
+        model_cfg = ModelConfig(**json.load(f)["model"])
+    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * model_cfg.context_length
+    tokens_per_sec = tokens_per_step / statistics.median(result.step_seconds)
+    flops = flops_per_token(model_cfg) * tokens_per_sec
+    datasheet = datasheet_peak_tflops(device)
+    reached = result.target_step
+    return peak, {
+        "config": cfg.name, "run_dir": str(result.run_dir), "compile": cfg.train.compile,
+        "target": target, "reached_at_step": reached,
+        "time_to_target_s": result.val_seconds[reached] if reached is not None else None,
+        "steps": result.step, "wall_s": wall_s, "best_val_loss": result.best_val_loss,
+        "val_losses": result.val_losses, "tokens_per_sec": tokens_per_sec,
+        "tflops": flops / 1e12, "mfu_datasheet": flops / (datasheet * 1e12) if datasheet else None,
+        "mfu_measured_peak": flops / (peak["gflops"] * 1e9)}
+
+
 def print_report(report: dict) -> None:
     peak = report.get("peak")
     print(f"device: {report['device']} ({report['machine']}), torch {report['torch']}, "
@@ -205,6 +248,19 @@ def print_report(report: dict) -> None:
             print(f"{r['model']:12} {r['variant']:9} {r['ms_per_step']:8.1f} "
                   f"{r['tokens_per_sec']:9,.0f} {r['gflops']:8.1f} {share:8.0%} {ratio:7.2f}x "
                   f"{r['warmup_s']:8.1f} {r['peak_memory_mb']:10.0f} {r['page_faults_per_step']:11.0f}")
+    if report.get("speedrun"):
+        r = report["speedrun"]
+        reached = (f"reached at step {r['reached_at_step']}, {r['time_to_target_s']:.1f} s after "
+                   f"start" if r["reached_at_step"] is not None
+                   else f"not reached in {r['steps']} steps")
+        print(f"\nspeedrun {r['config']}: val <= {r['target']} {reached}; best val "
+              f"{r['best_val_loss']:.4f}, {r['wall_s']:.1f} s in all (compile "
+              f"{'on' if r['compile'] else 'off'})")
+        mfu = [f"{r['mfu_measured_peak']:.1%} of the measured matmul peak"]
+        if r["mfu_datasheet"] is not None:
+            mfu.insert(0, f"MFU {r['mfu_datasheet']:.1%} of the bf16 datasheet peak")
+        print(f"training: {r['tokens_per_sec']:,.0f} tokens/s (median step), "
+              f"{r['tflops']:.2f} TFLOP/s; " + ", ".join(mfu))
     if report.get("generate"):
         print("\ngeneration (tokens/s, all samples together)")
         print(f"{'model':12} {'batch':>5} {'tokens':>6} {'KV cache':>9} {'recompute':>9} {'ratio':>7}")
@@ -220,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(train_one(model_name, variant, int(steps), torch.device(device),
                                    float(max_seconds))))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "peak", "train", "generate"])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=["all", "peak", "train", "generate", "speedrun"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -233,16 +290,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generate-model", default="gpu_recipe", choices=list(MODELS))
     parser.add_argument("--new-tokens", type=int, default=1000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--config", help="speedrun: the TOML config to train")
+    parser.add_argument("--target", type=float, default=1.48,
+                        help="speedrun: the val loss to reach")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="speedrun: config overrides, e.g. train.max_steps=3000")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps must be at least 1")
-    device = resolve_device(args.device)
+    if args.what == "speedrun" and args.target <= 0:
+        parser.error("--target must be a val loss > 0")
+    bad = [item for item in args.set if "=" not in item]
+    if bad:
+        parser.error(f"--set takes KEY=VALUE, got {bad[0]!r}")
+    overrides = dict(item.split("=", 1) for item in args.set)
+    if args.device != "auto":
+        overrides.setdefault("train.device", args.device)
+    device = resolve_device(overrides.get("train.device", args.device))
     report = {"device": str(device), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "models": {name: {**asdict(cfg), "batch_size": b} for name, (cfg, b) in MODELS.items()}}
     if args.what in ("all", "peak", "train"):
         report["peak"] = matmul_peak(device)
+    if args.what == "speedrun":
+        report["peak"], report["speedrun"] = speedrun(args.config, args.target, overrides)
     if args.what in ("all", "train"):
         report["train"] = bench_train(args.models, args.variants, args.steps, device,
                                       args.max_seconds, args.rounds)
@@ -256,4 +328,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda: main() or 0)

@@ -68,6 +68,8 @@ class TrainConfig:
     grad_clip: float = _help("clip the gradient norm to this (0 disables clipping)", 1.0)
     eval_interval: int = _help("evaluate (and save best.pt) every this many steps", 100)
     eval_batches: int = _help("batches averaged for each train/val loss estimate", 20)
+    target_val_loss: float = _help("stop once an evaluation's val loss is at or below this "
+                                   "(0: train for all max_steps)", 0.0)
     checkpoint_interval: int = _help("save last.pt every this many steps", 100)
     sample_tokens: int = _help("tokens of sample text logged at each eval (0: none)", 60)
     sample_prompt: str = _help("prompt of the logged samples (empty: the data's first token)",
@@ -88,7 +90,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         for name in ["warmup_steps", "weight_decay", "grad_clip", "sample_tokens", "threads",
-                     "min_lr"]:
+                     "min_lr", "target_val_loss"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ["lr", "muon_lr"]:

@@ -48,7 +48,10 @@ class TrainResult:
     best_val_loss: float
     losses: list[float] = field(default_factory=list)  # train loss of each step of this process
     val_losses: dict[int, float] = field(default_factory=dict)  # step -> val loss
+    val_seconds: dict[int, float] = field(default_factory=dict)  # step -> s since train() began
+    step_seconds: list[float] = field(default_factory=list)  # each step's time, evals excluded
     stopped_by: str | None = None  # the signal name when interrupted
+    target_step: int | None = None  # the step whose val loss reached train.target_val_loss
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -290,6 +293,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
     progress: show a tqdm bar. log: receives the run's header lines (train.py prints them).
     on_step: called with (step, max_steps) after each optimizer step, e.g. for a progress display.
     """
+    started = time.perf_counter()
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world_size = 0, 1
     if distributed:
@@ -429,6 +433,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                     on_step(step, tc.max_steps)
 
                 now = time.perf_counter()
+                result.step_seconds.append(now - t_last)
                 tokens_per_sec = tokens_per_step / (now - t_last)
                 t_last = now
                 bar.update(1)
@@ -443,6 +448,9 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 if step % tc.eval_interval == 0 or step == tc.max_steps:
                     losses = estimate_loss(model, data, cfg, device, autocast)
                     result.val_losses[step] = losses["val"]
+                    result.val_seconds[step] = time.perf_counter() - started
+                    if tc.target_val_loss > 0 and losses["val"] <= tc.target_val_loss:
+                        result.target_step = step  # every rank sees the same val loss
                     improved = losses["val"] < best_val
                     best_val = min(best_val, losses["val"])
                     if master:
@@ -454,9 +462,17 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                             f"val {losses['val']:.4f}" + (" (best)" if improved else ""))
                         log_samples_and_attention(writer, model, data, probe, tc, step)
                     t_last = time.perf_counter()  # evaluation time is not training speed
+                if result.target_step == step:
+                    if master:
+                        say(f"val {result.val_losses[step]:.4f} <= train.target_val_loss "
+                            f"{tc.target_val_loss} at step {step}, "
+                            f"{result.val_seconds[step]:.1f} s after start: stopping")
+                        checkpoint("last.pt")
+                    break
                 if master and (step % tc.checkpoint_interval == 0 or step == tc.max_steps):
                     checkpoint("last.pt")
-            if stop.signal_name is not None or step < tc.max_steps:
+            if result.target_step is None and (stop.signal_name is not None
+                                               or step < tc.max_steps):
                 result.stopped_by = stop.signal_name or f"stop_at={stop_at}"
                 if master:
                     checkpoint("last.pt")

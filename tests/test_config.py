@@ -57,6 +57,7 @@ def test_bad_config_files_fail_naming_the_key(tmp_path, text, message):
 @pytest.mark.parametrize("key,value,message", [
     ("train.lr", "fast", r"train.lr must be float, got 'fast'"),
     ("train.compile", "maybe", r"train.compile must be true or false"),
+    ("train.target_val_loss", "-1", r"train.target_val_loss must be >= 0"),
     ("model.norm_placement", "mid", r"must be one of \['pre', 'post'\]"),
     ("nosection.x", "1", r"unknown section 'nosection'"),
     ("train", "1", r"unknown key 'train'; valid keys in \[train\]"),

@@ -79,6 +79,31 @@ def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
     assert model.config.vocab_size == tokenizer.vocab_size
 
 
+def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(tmp_path):
+    options = {"train.max_steps": 24, "train.eval_interval": 4, "train.lr": 3e-3}
+    full = train(run_config(tmp_path, **options, **{"train.run_name": "full"}), progress=False)
+    assert full.target_step is None and full.step == 24 and len(full.step_seconds) == 24
+    assert list(full.val_seconds) == list(full.val_losses) == [4, 8, 12, 16, 20, 24]
+    assert all(a < b for a, b in zip(list(full.val_seconds.values()),
+                                      list(full.val_seconds.values())[1:]))
+    # A target between the val losses at steps 8 and 12: the same run stops after step 12's eval.
+    target = (full.val_losses[8] + full.val_losses[12]) / 2
+    assert full.val_losses[12] < target < min(full.val_losses[s] for s in (4, 8))
+    lines = []
+    early = train(run_config(tmp_path, **options, **{"train.run_name": "early",
+                                                      "train.target_val_loss": target}),
+                  progress=False, log=lines.append)
+    assert early.target_step == 12 and early.step == 12 and early.stopped_by is None
+    assert early.losses == full.losses[:12]
+    assert any("<= train.target_val_loss" in line and "at step 12" in line for line in lines)
+    state = load_checkpoint(tmp_path / "runs" / "early" / "last.pt")
+    assert state["step"] == 12 and state["best_val_loss"] == early.val_losses[12]
+    unreachable = train(run_config(tmp_path, **options, **{"train.run_name": "never",
+                                                            "train.target_val_loss": 1e-3}),
+                        progress=False)
+    assert unreachable.target_step is None and unreachable.step == 24
+
+
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     train(run_config(tmp_path), progress=False)
     state = load_checkpoint(tmp_path / "runs" / "test" / "last.pt")
