@@ -9,7 +9,9 @@
 Training is measured per variant in a fresh subprocess (so peak memory is that variant's own):
 `eager` (no compile, plain for-loop AdamW: the baseline), `fused` (fused AdamW), `tuned` (what
 train.py does on the device: fused AdamW and, on CPU, malloc kept from returning freed memory to
-the OS) and `compiled` (tuned + torch.compile; its compile time is reported apart). Shared
+the OS), `compiled` (tuned + torch.compile; its compile time is reported apart) and `floor`: the
+step's matmuls alone (forward and both gradients, attention scores included) run back to back on
+cache-warm operands, a bound that no implementation of the same maths beats on the device. Shared
 machines are noisy, so the variants run in turn, `--rounds` times, and each figure is the median
 over rounds; speed-ups are ratios to `eager` measured in the same run. FLOPs per token follow
 the usual 6 * matmul params + 12 * L * T * C.
@@ -45,7 +47,7 @@ MODELS = {
     "gpu_recipe": (ModelConfig(vocab_size=65, context_length=256, embed_dim=384, num_heads=6,
                                num_layers=6, bias=False), 64),
 }
-VARIANTS = ("eager", "fused", "tuned", "compiled")
+VARIANTS = ("eager", "fused", "tuned", "compiled", "floor")
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (TFLOP/s; the larger published figures
 # assume 2:4 sparsity). The first name found in torch.cuda.get_device_name() wins.
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
@@ -57,6 +59,21 @@ def flops_per_token(cfg: ModelConfig) -> float:
     matmul_params = cfg.num_layers * (4 + 2 * cfg.ffn_mult) * cfg.embed_dim ** 2
     matmul_params += cfg.embed_dim * cfg.vocab_size  # the output head
     return 6 * matmul_params + 12 * cfg.num_layers * cfg.context_length * cfg.embed_dim
+
+
+def step_matmuls(cfg: ModelConfig, batch_size: int) -> list[tuple[int, int, int, int]]:
+    """(batch, m, k, n) of every matmul in one training step: FLOPs = flops_per_token * tokens."""
+    tokens, T, C = batch_size * cfg.context_length, cfg.context_length, cfg.embed_dim
+    hidden = cfg.ffn_mult * C
+    linears = [(C, 3 * C), (C, C), (C, hidden), (hidden, C)] * cfg.num_layers + [(C, cfg.vocab_size)]
+    shapes = []
+    for fan_in, fan_out in linears:  # forward, gradient of the input, gradient of the weight
+        shapes += [(1, tokens, fan_in, fan_out), (1, tokens, fan_out, fan_in),
+                   (1, fan_out, tokens, fan_in)]
+    heads, head_dim = batch_size * cfg.num_heads, C // cfg.num_heads
+    for _ in range(cfg.num_layers):  # Q K^T and P V; backward: dP, dV, dQ, dK
+        shapes += [(heads, T, head_dim, T)] * 2 + [(heads, T, T, head_dim)] * 4
+    return shapes
 
 
 def _sync(device: torch.device) -> None:
@@ -84,10 +101,8 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> di
             "gflops": 2 * size ** 3 / statistics.median(times) / 1e9}
 
 
-def train_one(model_name: str, variant: str, steps: int, device: torch.device,
-              max_seconds: float = 30.0) -> dict:
-    """Median step time of one model/variant; run in its own process by `bench_train`."""
-    cfg, batch_size = MODELS[model_name]
+def training_step(cfg: ModelConfig, batch_size: int, variant: str, device: torch.device):
+    """One optimizer step of the model on a fixed batch, as `variant` runs it."""
     if variant in ("tuned", "compiled") and device.type == "cpu":
         keep_freed_memory()
     torch.manual_seed(0)
@@ -109,7 +124,30 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    return step
 
+
+def matmul_floor_step(cfg: ModelConfig, batch_size: int, device: torch.device):
+    """The step's matmuls alone, one pair of operands per distinct shape (so cache-warm)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shapes = step_matmuls(cfg, batch_size)
+    operands = {(b, m, k, n): (torch.randn(b, m, k, device=device, dtype=dtype),
+                               torch.randn(b, k, n, device=device, dtype=dtype))
+                for b, m, k, n in set(shapes)}
+    matmuls = [operands[shape] for shape in shapes]
+
+    def step():
+        for a, b in matmuls:
+            torch.bmm(a, b)
+    return step
+
+
+def train_one(model_name: str, variant: str, steps: int, device: torch.device,
+              max_seconds: float = 30.0) -> dict:
+    """Median step time of one model/variant; run in its own process by `bench_train`."""
+    cfg, batch_size = MODELS[model_name]
+    step = (matmul_floor_step(cfg, batch_size, device) if variant == "floor"
+            else training_step(cfg, batch_size, variant, device))
     start = time.perf_counter()
     for _ in range(3):  # warm-up, compilation included
         step()

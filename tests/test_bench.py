@@ -15,6 +15,17 @@ def test_flops_per_token_of_the_cpu_recipe():
     assert bench.flops_per_token(bench.MODELS["cpu_recipe"][0]) == 6 * (786_432 + 8_320) + 393_216
 
 
+def test_floor_runs_exactly_the_matmuls_of_a_training_step():
+    for cfg, batch_size in bench.MODELS.values():
+        shapes = bench.step_matmuls(cfg, batch_size)
+        # 3 per linear layer (forward, grad input, grad weight), 6 for attention, per layer
+        assert len(shapes) == cfg.num_layers * (4 * 3 + 6) + 3
+        flops = sum(2 * b * m * k * n for b, m, k, n in shapes)
+        assert flops == bench.flops_per_token(cfg) * batch_size * cfg.context_length
+    row = bench.train_one("cpu_recipe", "floor", steps=2, device=torch.device("cpu"))
+    assert row["variant"] == "floor" and row["timed_steps"] == 2 and row["ms_per_step"] > 0
+
+
 def test_train_one_measures_a_step():
     row = bench.train_one("cpu_recipe", "fused", steps=2, device=torch.device("cpu"))
     assert row["timed_steps"] == 2 and row["ms_per_step"] > 0 and row["peak_memory_mb"] > 0
