@@ -98,6 +98,10 @@ def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(tmp_path):
     assert any("<= train.target_val_loss" in line and "at step 12" in line for line in lines)
     state = load_checkpoint(tmp_path / "runs" / "early" / "last.pt")
     assert state["step"] == 12 and state["best_val_loss"] == early.val_losses[12]
+    run_dir = tmp_path / "runs" / "early"  # resumed without the target, it trains on exactly
+    rest = train(resume_config(run_dir, {"train.target_val_loss": "0"}), resume=run_dir,
+                 progress=False)
+    assert rest.step == 24 and early.losses + rest.losses == full.losses
     unreachable = train(run_config(tmp_path, **options, **{"train.run_name": "never",
                                                             "train.target_val_loss": 1e-3}),
                         progress=False)
