@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from minigpt.checkpoint import CheckpointError, latest_run, load_checkpoint, model_from_checkpoint
+from minigpt.checkpoint import CheckpointError, latest_run, load
 from minigpt.config import load_config
 from minigpt.generation import generate_text
 from minigpt.inspection import inspect_prompt
@@ -28,7 +28,7 @@ OUT_DIR = os.environ.get("MINIGPT_RUNS", "runs")
 @st.cache_resource(show_spinner="Loading the checkpoint...")
 def load_model(path: str, modified: float):
     """(model, tokenizer), cached per file and modification time so widgets respond at once."""
-    return model_from_checkpoint(load_checkpoint(path))
+    return load(path)
 
 
 def default_checkpoint() -> str:

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from minigpt.checkpoint import latest_run, load_checkpoint, model_from_checkpoint
+from minigpt.checkpoint import load
 from minigpt.cli import ArgumentParser
 from minigpt.generation import check_generation_args, encode_prompt, generate_text
 from minigpt.heatmap import layers_image, write_png
@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         except UnicodeDecodeError:
             raise ValueError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
     device = resolve_device(args.device)
-    state = load_checkpoint(args.checkpoint or latest_run(), map_location=device)
-    model, tokenizer = model_from_checkpoint(state, device)
-    del state
+    model, tokenizer = load(args.checkpoint, device)
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
 
     ids = encode_prompt(tokenizer, prompt, model.config.context_length, args.drop_unknown)

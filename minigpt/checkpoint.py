@@ -116,8 +116,7 @@ def model_from_checkpoint(state: dict, device="cpu") -> tuple[GPT, Tokenizer]:
     if tokenizer.vocab_size != cfg.vocab_size:
         raise CheckpointError(f"checkpoint's tokenizer has {tokenizer.vocab_size} tokens but its "
                               f"model expects {cfg.vocab_size}; the file is inconsistent")
-    with torch.device("meta"):
-        size = GPT(cfg).num_params()  # counted without allocating anything
+    size = GPT.count_params(cfg)  # counted without building anything
     if size > MAX_PARAMS:
         raise CheckpointError(f"checkpoint's model config asks for {size:,} parameters, more than "
                               f"minigpt loads ({MAX_PARAMS:,}); the file is not trustworthy")

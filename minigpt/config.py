@@ -172,9 +172,7 @@ def _check_value(key: str, tp, value):
             return None
         tp = next(t for t in typing.get_args(tp) if t is not type(None))
     if typing.get_origin(tp) is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+        _check_choice(key, value, typing.get_args(tp))
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

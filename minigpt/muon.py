@@ -4,13 +4,13 @@ Each step takes the (Nesterov) momentum of a matrix's gradient and replaces it b
 semi-orthogonal matrix (all singular values 1), found with a few Newton-Schulz iterations, so
 every direction of the update moves at the same rate. https://kellerjordan.github.io/posts/muon/
 
-Parameters in groups with "muon": False (embeddings, head, biases, norms) get plain AdamW, each
-group with its own lr.
+Parameters in groups with "muon": False (embeddings, head, biases, norms) get AdamW (minigpt.optim's,
+on torch's fused kernel), each group with its own lr.
 """
 
 import torch
 
-from minigpt.optim import Optimizer
+from minigpt.optim import AdamW
 
 # Coefficients of the quintic Newton-Schulz iteration (from the Muon write-up above): they push
 # singular values into roughly [0.7, 1.2] in 5 steps, which is close enough to 1 for training.
@@ -30,23 +30,20 @@ def orthogonalise(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.mT if tall else x
 
 
-class Muon(Optimizer):
+class Muon(AdamW):
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95,
                  betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        defaults = dict(lr=lr, momentum=momentum, betas=betas, eps=eps,
-                        weight_decay=weight_decay, muon=True)
-        super().__init__(params, defaults)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, muon=True)
 
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
             if group["muon"]:
-                self._muon_step(params, group)
+                self._muon_step([p for p in group["params"] if p.grad is not None], group)
             else:
-                for p in params:
-                    self._adamw_update(p, self.state[p], group)
+                self._adamw_step(group)
 
     def _muon_step(self, params, group):
         """Nesterov momentum, orthogonalised; matrices of one shape in one batched call."""
@@ -63,18 +60,3 @@ class Muon(Optimizer):
             for (p, _), update in zip(items, updates):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * scale)
-
-    @staticmethod
-    def _adamw_update(p, state, group):
-        if "exp_avg" not in state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        step = state["step"]
-        state["exp_avg"].lerp_(p.grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        denom = (state["exp_avg_sq"] / (1 - beta2 ** step)).sqrt_().add_(group["eps"])
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** step))

@@ -1,4 +1,4 @@
-"""Optimizers without torch.optim.Optimizer: AdamW on torch's fused kernel, and the base Muon uses.
+"""Optimizers without torch.optim.Optimizer: AdamW on torch's fused kernel, which Muon extends.
 
 torch.optim.Optimizer imports torch._dynamo the first time a parameter group is added: about
 70 MB of resident memory and a second of start-up, a fifth of a small CPU run's footprint. The
@@ -64,8 +64,10 @@ class AdamW(Optimizer):
     kernel per group where torch has it for the device (CPU since torch 2.4, CUDA)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01, fused: bool | None = None):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+                 eps: float = 1e-8, weight_decay: float = 0.01, fused: bool | None = None,
+                 **defaults):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      **defaults))
         devices = {p.device for group in self.param_groups for p in group["params"]}
         self.fused = all(fused_supported(d) for d in devices) if fused is None else fused
 
@@ -84,15 +86,18 @@ class AdamW(Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         for p, state in self.state.items():  # saved by a fused or an unfused optimizer
-            step = torch.as_tensor(state["step"], dtype=torch.float32)
-            state["step"] = step.to(self._step_device(p))
+            if "step" in state:
+                step = torch.as_tensor(state["step"], dtype=torch.float32)
+                state["step"] = step.to(self._step_device(p))
 
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+            self._adamw_step(group)
+
+    def _adamw_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
             states = [self._state(p) for p in params]
             beta1, beta2 = group["betas"]
             adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],

@@ -63,12 +63,12 @@ def resolve_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA GPU is available; use --train.device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -434,7 +434,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
 
                 now = time.perf_counter()
                 result.step_seconds.append(now - t_last)
-                tokens_per_sec = tokens_per_step / (now - t_last)
+                tokens_per_sec = tokens_per_step / result.step_seconds[-1]
                 t_last = now
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}",
