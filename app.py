@@ -15,9 +15,11 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from minigpt.checkpoint import CheckpointError, latest_run, load
+from minigpt.checkpoint import latest_run, load
 from minigpt.config import load_config
+from minigpt.errors import CheckpointError, MiniGPTError
 from minigpt.generation import generate_text
+from minigpt.heatmap import PALETTE, colours
 from minigpt.inspection import inspect_prompt
 from minigpt.training import train
 
@@ -59,7 +61,7 @@ def attention_chart(weights: torch.Tensor, tokens: list[str]) -> alt.Chart:
     return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
         x=alt.X("key:N", sort=labels, title="attends to (key)"),
         y=alt.Y("query:N", sort=labels, title="token (query)"),
-        color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis")),
+        color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE))),
         tooltip=["query", "key", alt.Tooltip("weight:Q", format=".3f")],
     ).properties(height=max(200, 22 * len(tokens)))
 
@@ -76,10 +78,9 @@ def token_probabilities(model, tokenizer, prompt_ids: list[int], new_ids: list[i
                          "probability": p.tolist()})
 
 
-def main() -> None:
-    st.set_page_config(page_title="minigpt", layout="wide")
-    st.title("minigpt: look inside a small GPT")
-
+def choose_model():
+    """The sidebar's checkpoint box (and the button that trains one): (model, tokenizer), or
+    None when there is nothing to show yet."""
     st.sidebar.header("Model")
     path = st.sidebar.text_input("Checkpoint (run directory or .pt file)",
                                  value=default_checkpoint(), key="checkpoint")
@@ -89,94 +90,125 @@ def main() -> None:
     if not path:
         st.info("No checkpoint yet: train the default tiny model from the sidebar, or run "
                 "`python train.py` and reload.")
-        return
+        return None
     try:
         resolved = Path(path)
         modified = max((p.stat().st_mtime for p in resolved.glob("*.pt")), default=0.0) \
             if resolved.is_dir() else (resolved.stat().st_mtime if resolved.exists() else 0.0)
         model, tokenizer = load_model(path, modified)
-    except (CheckpointError, OSError, ValueError) as err:
+    except (MiniGPTError, OSError) as err:
         st.error(f"Cannot load that checkpoint: {err}")
-        return
+        return None
     cfg = model.config
     st.sidebar.caption(f"{model.num_params():,} parameters; {cfg.num_layers} layers x "
                        f"{cfg.num_heads} heads, {cfg.embed_dim} dims, {cfg.pos_encoding} positions, "
                        f"{cfg.norm_placement}-norm; {tokenizer.kind} tokenizer, "
                        f"{tokenizer.vocab_size} tokens")
+    return model, tokenizer
 
+
+def sampling_controls(vocab_size: int) -> dict:
     st.sidebar.header("Sampling")
-    temperature = st.sidebar.slider("temperature", 0.0, 2.0, 0.8, 0.05, key="temperature")
-    top_k = st.sidebar.slider("top-k (0 = all)", 0, min(200, tokenizer.vocab_size), 0, key="top_k")
-    top_p = st.sidebar.slider("top-p (1 = all)", 0.05, 1.0, 1.0, 0.05, key="top_p")
-    max_new_tokens = st.sidebar.slider("max new tokens", 1, 300, 40, key="max_new_tokens")
-    seed = int(st.sidebar.number_input("seed", 0, 2**31 - 1, 0, key="seed"))
+    return {
+        "temperature": st.sidebar.slider("temperature", 0.0, 2.0, 0.8, 0.05, key="temperature"),
+        "top_k": st.sidebar.slider("top-k (0 = all)", 0, min(200, vocab_size), 0, key="top_k")
+        or None,
+        "top_p": st.sidebar.slider("top-p (1 = all)", 0.05, 1.0, 1.0, 0.05, key="top_p"),
+        "max_new_tokens": st.sidebar.slider("max new tokens", 1, 300, 40, key="max_new_tokens"),
+        "seed": int(st.sidebar.number_input("seed", 0, 2**31 - 1, 0, key="seed")),
+    }
 
-    prompt = st.text_input("Prompt", value="the cat sat on", key="prompt")
-    try:
-        seen = inspect_prompt(model, tokenizer, prompt)
-    except ValueError as err:
-        st.error(f"That prompt cannot be used: {err}")
-        return
 
+def generation_section(model, tokenizer, prompt: str, controls: dict) -> None:
+    """The Generate button, the streamed text, and the probability of each generated token."""
     if st.button("Generate", key="generate", type="primary"):
-        pieces = generate_text(model, tokenizer, prompt, max_new_tokens, temperature,
-                               top_k or None, top_p, seed=seed)
+        pieces = generate_text(model, tokenizer, prompt, **controls)
         placeholder = st.empty()  # the text streams here, then gives way to the full text below
         with placeholder:
             text = st.write_stream(piece.text for piece in pieces)
         placeholder.empty()
         st.session_state["generated"] = (prompt, text)
-    if st.session_state.get("generated", (None,))[0] == prompt:
-        generated = st.session_state["generated"][1]
-        st.markdown("**Generated text** (prompt, then the model's continuation)")
-        st.code(prompt + generated, language=None, wrap_lines=True)
-        prompt_ids = tokenizer.encode(prompt) if prompt else []
-        new_ids = tokenizer.encode(tokenizer.decode(prompt_ids) + generated)[len(prompt_ids):]
-        if new_ids and prompt_ids:
-            with st.expander("Token-by-token probabilities of the generated text"):
-                table = token_probabilities(model, tokenizer, prompt_ids, new_ids)
-                table.index = [f"{i}:{token!r}" for i, token in enumerate(table["token"])]
-                st.bar_chart(table, y="probability", x_label="generated token",
-                             y_label="probability when chosen", sort=False)
+    if st.session_state.get("generated", (None,))[0] != prompt:
+        return
+    generated = st.session_state["generated"][1]
+    st.markdown("**Generated text** (prompt, then the model's continuation)")
+    st.code(prompt + generated, language=None, wrap_lines=True)
+    prompt_ids = tokenizer.encode(prompt) if prompt else []
+    new_ids = tokenizer.encode(tokenizer.decode(prompt_ids) + generated)[len(prompt_ids):]
+    if new_ids and prompt_ids:
+        with st.expander("Token-by-token probabilities of the generated text"):
+            table = token_probabilities(model, tokenizer, prompt_ids, new_ids)
+            table.index = [f"{i}:{token!r}" for i, token in enumerate(table["token"])]
+            st.bar_chart(table, y="probability", x_label="generated token",
+                         y_label="probability when chosen", sort=False, color=PALETTE[2])
 
+
+def attention_view(seen, cfg) -> None:
+    layer = st.selectbox("layer", range(cfg.num_layers), key="layer")
+    columns = st.columns(min(cfg.num_heads, 4))
+    for head in range(cfg.num_heads):
+        with columns[head % len(columns)]:
+            st.caption(f"layer {layer}, head {head}")
+            st.altair_chart(attention_chart(seen.attentions[layer][head], seen.tokens),
+                            width="stretch")
+
+
+def layers_view(seen, cfg) -> None:
+    st.markdown("**Logit lens**: the most likely next token read from each layer's output "
+                "(through the final norm and head). Layer 0 is the embeddings.")
+    lens = pd.DataFrame(
+        {f"{i}:{tok!r}": [f"{layer.tokens[i][0]!r} {layer.probs[i, 0]:.2f}"
+                          for layer in seen.logit_lens]
+         for i, tok in enumerate(seen.tokens)},
+        index=[f"layer {layer.layer}" for layer in seen.logit_lens])
+    st.dataframe(lens, key="lens")
+    st.markdown("**How much each block changed each token** (relative size of its update)")
+    change = pd.DataFrame(seen.layer_change.T.numpy(),
+                          columns=[f"block {i + 1}" for i in range(cfg.num_layers)])
+    change.index = [f"{i}:{t!r}" for i, t in enumerate(seen.tokens)]
+    st.bar_chart(change, color=colours(cfg.num_layers))
+
+
+def temperature_view(seen, tokenizer) -> None:
+    st.markdown("The next-token distribution after the prompt, `softmax(logits / T)`, "
+                "for a few temperatures: low T sharpens it, high T flattens it.")
+    logits = seen.next_token_probs.log()
+    top = seen.next_token_probs.topk(min(10, tokenizer.vocab_size)).indices
+    rows = []
+    for t in (0.5, 1.0, 2.0):
+        probs = torch.softmax(logits / t, dim=-1)
+        rows += [{"token": repr(tokenizer.decode([i])), "temperature": t,
+                  "probability": float(probs[i])} for i in top.tolist()]
+    st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+        x=alt.X("token:N", sort=None), y="probability:Q",
+        color=alt.Color("temperature:O", scale=alt.Scale(range=colours(3))),
+        xOffset="temperature:O", tooltip=["token", "temperature", "probability"]),
+        width="stretch")
+
+
+def main() -> None:
+    st.set_page_config(page_title="minigpt", layout="wide")
+    st.title("minigpt: look inside a small GPT")
+    loaded = choose_model()
+    if loaded is None:
+        return
+    model, tokenizer = loaded
+    controls = sampling_controls(tokenizer.vocab_size)
+    prompt = st.text_input("Prompt", value="the cat sat on", key="prompt")
+    try:
+        seen = inspect_prompt(model, tokenizer, prompt)
+    except MiniGPTError as err:
+        st.error(f"That prompt cannot be used: {err}")
+        return
+    generation_section(model, tokenizer, prompt, controls)
     attention_tab, layers_tab, temperature_tab = st.tabs(
         ["Attention", "Layer outputs", "Temperature"])
     with attention_tab:
-        layer = st.selectbox("layer", range(cfg.num_layers), key="layer")
-        columns = st.columns(min(cfg.num_heads, 4))
-        for head in range(cfg.num_heads):
-            with columns[head % len(columns)]:
-                st.caption(f"layer {layer}, head {head}")
-                st.altair_chart(attention_chart(seen.attentions[layer][head], seen.tokens),
-                                width="stretch")
+        attention_view(seen, model.config)
     with layers_tab:
-        st.markdown("**Logit lens**: the most likely next token read from each layer's output "
-                    "(through the final norm and head). Layer 0 is the embeddings.")
-        lens = pd.DataFrame(
-            {f"{i}:{tok!r}": [f"{layer.tokens[i][0]!r} {layer.probs[i, 0]:.2f}"
-                              for layer in seen.logit_lens]
-             for i, tok in enumerate(seen.tokens)},
-            index=[f"layer {layer.layer}" for layer in seen.logit_lens])
-        st.dataframe(lens, key="lens")
-        st.markdown("**How much each block changed each token** (relative size of its update)")
-        change = pd.DataFrame(seen.layer_change.T.numpy(),
-                              columns=[f"block {i + 1}" for i in range(cfg.num_layers)])
-        change.index = [f"{i}:{t!r}" for i, t in enumerate(seen.tokens)]
-        st.bar_chart(change)
+        layers_view(seen, model.config)
     with temperature_tab:
-        st.markdown("The next-token distribution after the prompt, `softmax(logits / T)`, "
-                    "for a few temperatures: low T sharpens it, high T flattens it.")
-        logits = seen.next_token_probs.log()
-        top = seen.next_token_probs.topk(min(10, tokenizer.vocab_size)).indices
-        rows = []
-        for t in (0.5, 1.0, 2.0):
-            probs = torch.softmax(logits / t, dim=-1)
-            rows += [{"token": repr(tokenizer.decode([i])), "temperature": str(t),
-                      "probability": float(probs[i])} for i in top.tolist()]
-        st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
-            x=alt.X("token:N", sort=None), y="probability:Q", color="temperature:N",
-            xOffset="temperature:N", tooltip=["token", "temperature", "probability"]),
-            width="stretch")
+        temperature_view(seen, tokenizer)
 
 
 main()

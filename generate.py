@@ -13,10 +13,11 @@ import torch
 
 from minigpt.checkpoint import load
 from minigpt.cli import ArgumentParser
+from minigpt.errors import InputError
 from minigpt.generation import check_generation_args, encode_prompt, generate_text
-from minigpt.heatmap import layers_image, write_png
+from minigpt.heatmap import layers_image
 from minigpt.inspection import inspect_prompt
-from minigpt.training import resolve_device
+from minigpt.runtime import resolve_device
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -52,19 +53,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt text: --prompt, or the contents of --prompt-file."""
+    if not args.prompt_file:
+        return args.prompt or ""
+    if args.prompt is not None:
+        raise InputError("give --prompt or --prompt-file, not both")
+    try:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise InputError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
+    except OSError as err:
+        raise InputError(f"prompt file {args.prompt_file} cannot be read: "
+                         f"{err.strerror or err}") from None
+
+
+def save_attention(path: str, seen) -> None:
+    """Every layer's attention over the prompt as one PNG: a row of heads per layer."""
+    try:
+        layers_image(seen.attentions, seen.tokens).save(path, format="PNG")
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+    print(f"wrote {path}: {len(seen.attentions)} layers x {seen.attentions[0].size(0)} heads over "
+          f"the tokens {seen.tokens}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     top_k, top_p = args.top_k or None, args.top_p
     check_generation_args(args.max_new_tokens, args.temperature, top_k, top_p, args.num_samples)
-    prompt = args.prompt or ""
-    if args.prompt_file:
-        if args.prompt is not None:
-            raise ValueError("give --prompt or --prompt-file, not both")
-        try:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompt = f.read()
-        except UnicodeDecodeError:
-            raise ValueError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
+    prompt = read_prompt(args)
     device = resolve_device(args.device)
     model, tokenizer = load(args.checkpoint, device)
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
@@ -72,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = encode_prompt(tokenizer, prompt, model.config.context_length, args.drop_unknown)
     head = tokenizer.decode(ids) if prompt else ""  # the prompt as the model sees it
     if args.save_attention:
-        seen = inspect_prompt(model, tokenizer, ids)
-        cell = max(8, 320 // len(seen.tokens))  # about 320 pixels per head
-        write_png(args.save_attention, layers_image(seen.attentions, cell, tokens=seen.tokens))
-        print(f"wrote {args.save_attention}: {len(seen.attentions)} layers x "
-              f"{seen.attentions[0].size(0)} heads over the tokens {seen.tokens}", file=sys.stderr)
+        save_attention(args.save_attention, inspect_prompt(model, tokenizer, ids))
     with torch.inference_mode():
         pieces = generate_text(model, tokenizer, ids, args.max_new_tokens, args.temperature,
                                top_k, top_p, args.num_samples, args.seed, args.stop,

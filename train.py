@@ -15,6 +15,8 @@ from tqdm import tqdm
 
 from minigpt.cli import ArgumentParser
 from minigpt.config import describe_keys, load_config
+from minigpt.errors import ConfigError
+from minigpt.runtime import tune_process
 from minigpt.training import resume_config, train
 
 
@@ -46,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if args.resume:
         if args.config:
-            raise SystemExit("error: --resume takes its config from the run; drop --config")
+            raise ConfigError("--resume takes its config from the run; drop --config")
         cfg = resume_config(args.resume, overrides)
     else:
         default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
         cfg = load_config(args.config or (default if os.path.isfile(default) else None), overrides)
+    tune_process()  # process-wide speed settings (glibc keeps freed memory; TF32 on CUDA)
     result = train(cfg, resume=args.resume, progress=not args.quiet, log=tqdm.write)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best val loss {result.best_val_loss:.4f} after {result.step} steps")

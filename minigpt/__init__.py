@@ -6,8 +6,16 @@
 The deck's names work too: `from minigpt import MiniTransformer, SimpleVocab`.
 """
 
-from minigpt.checkpoint import CheckpointError, load
+from minigpt.checkpoint import load
 from minigpt.corpus import load_corpus
+from minigpt.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    InputError,
+    MiniGPTError,
+    TrainingError,
+)
 from minigpt.model import GPT, Inspection, KVCache, MiniTransformer, ModelConfig
 from minigpt.tokenizer import (
     BPETokenizer,
@@ -24,5 +32,5 @@ __all__ = [
     "GPT", "Inspection", "KVCache", "MiniTransformer", "ModelConfig",
     "BPETokenizer", "CharTokenizer", "SimpleVocab", "Tokenizer", "UnknownCharactersError",
     "WordTokenizer", "tokenizer_from_dict", "train_tokenizer", "load_corpus", "load",
-    "CheckpointError",
+    "MiniGPTError", "CheckpointError", "ConfigError", "DataError", "InputError", "TrainingError",
 ]

@@ -6,15 +6,18 @@
     python -m minigpt.bench --device cpu --json bench.json
     python -m minigpt.bench speedrun --config configs/shakespeare_char.toml --target 1.48
 
-Training is measured per variant in a fresh subprocess (so peak memory is that variant's own):
-`eager` (no compile, plain for-loop AdamW: the baseline), `fused` (fused AdamW), `tuned` (what
-train.py does on the device: fused AdamW and, on CPU, malloc kept from returning freed memory to
-the OS), `compiled` (tuned + torch.compile; its compile time is reported apart) and `floor`: the
+Training is measured per variant in a fresh subprocess (so peak memory is that variant's own).
+Every variant but `floor` times `minigpt.training.Trainer.step`, the very step train() runs, on a
+fixed batch: `eager` (torch's for-loop AdamW instead of the fused one: the baseline), `fused` (the
+optimizers train() uses), `tuned` (what train.py runs: fused, plus `minigpt.runtime.tune_process`,
+which on CPU keeps glibc from returning freed memory to the OS), `compiled` (tuned +
+torch.compile; its compile time is reported apart) and `floor`: the
 step's matmuls alone (forward and both gradients, attention scores included) run back to back on
 cache-warm operands, a bound that no implementation of the same maths beats on the device. Shared
 machines are noisy, so the variants run in turn, `--rounds` times, and each figure is the median
-over rounds; speed-ups are ratios to `eager` measured in the same run. FLOPs per token follow
-the usual 6 * matmul params + 12 * L * T * C.
+over rounds; speed-ups are ratios to `eager` measured in the same run. FLOPs per token are
+`GPT.flops_per_token`: 6 per matmul weight + 12 * L * T * C (the tests check it against
+torch.utils.flop_counter on a real step).
 
 `speedrun` trains a config (as train.py would, in this process) until its val loss reaches
 --target and reports the time that took (data, compile and evaluations included), the median
@@ -35,8 +38,10 @@ import torch
 
 from minigpt.cli import ArgumentParser, run_cli
 from minigpt.config import TrainConfig, load_config
+from minigpt.errors import InputError
 from minigpt.model import GPT, ModelConfig
-from minigpt.training import keep_freed_memory, lm_loss, make_optimizer, resolve_device, train
+from minigpt.runtime import Runtime, resolve_device, tune_process
+from minigpt.training import Trainer, train
 
 # name: (model, batch size). cpu_recipe is the well-known CPU Tiny Shakespeare recipe
 # (configs/shakespeare_char_cpu_baseline.toml), gpu_recipe the well-known 6-layer GPU one
@@ -53,16 +58,9 @@ VARIANTS = ("eager", "fused", "tuned", "compiled", "floor")
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
 
 
-def flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token: 6 per matmul weight (forward + backward) plus attention scores."""
-    # per layer: qkv 3 C^2, attention output C^2, feed-forward 2 * ffn_mult * C^2
-    matmul_params = cfg.num_layers * (4 + 2 * cfg.ffn_mult) * cfg.embed_dim ** 2
-    matmul_params += cfg.embed_dim * cfg.vocab_size  # the output head
-    return 6 * matmul_params + 12 * cfg.num_layers * cfg.context_length * cfg.embed_dim
-
-
 def step_matmuls(cfg: ModelConfig, batch_size: int) -> list[tuple[int, int, int, int]]:
-    """(batch, m, k, n) of every matmul in one training step: FLOPs = flops_per_token * tokens."""
+    """(batch, m, k, n) of every matmul in one training step: their FLOPs, 2 * b * m * k * n
+    each, add up to GPT.flops_per_token * tokens."""
     tokens, T, C = batch_size * cfg.context_length, cfg.context_length, cfg.embed_dim
     hidden = cfg.ffn_mult * C
     linears = [(C, 3 * C), (C, C), (C, hidden), (hidden, C)] * cfg.num_layers + [(C, cfg.vocab_size)]
@@ -102,29 +100,20 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> di
 
 
 def training_step(cfg: ModelConfig, batch_size: int, variant: str, device: torch.device):
-    """One optimizer step of the model on a fixed batch, as `variant` runs it."""
-    if variant in ("tuned", "compiled") and device.type == "cpu":
-        keep_freed_memory()
+    """One call of `Trainer.step` on a fixed batch, set up as `variant` says."""
+    if variant in ("tuned", "compiled"):
+        tune_process()
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
+    train_cfg = TrainConfig(compile=variant == "compiled", device=str(device))
+    optimizers = None
     if variant == "eager":
-        params = list({id(p): p for p in model.parameters()}.values())
-        optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
-    else:
-        optimizer = make_optimizer(model, TrainConfig())
-    forward = torch.compile(model) if variant == "compiled" else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        optimizers = [torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, foreach=False)]
+        optimizers[0].param_groups[0]["initial_lr"] = train_cfg.lr
+    trainer = Trainer(model, train_cfg, Runtime.from_config(train_cfg), optimizers)
     tokens = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1), device=device)
-    x, y = tokens[:, :-1], tokens[:, 1:]
-
-    def step():
-        with autocast:
-            loss = lm_loss(forward(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    batch = tokens[:, :-1], tokens[:, 1:]
+    return lambda: trainer.step(lambda: batch)
 
 
 def matmul_floor_step(cfg: ModelConfig, batch_size: int, device: torch.device):
@@ -167,7 +156,7 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"model": model_name, "variant": variant, "batch_size": batch_size,
             "ms_per_step": step_s * 1000, "tokens_per_sec": tokens_per_step / step_s,
-            "gflops": flops_per_token(cfg) * tokens_per_step / step_s / 1e9,
+            "gflops": GPT.flops_per_token(cfg) * tokens_per_step / step_s / 1e9,
             "timed_steps": len(times), "warmup_s": warmup_s, "peak_memory_mb": peak_mb,
             "page_faults_per_step": faults / len(times),
             "memory_kind": "max allocated" if device.type == "cuda" else "peak RSS"}
@@ -242,6 +231,7 @@ def speedrun(config: str | None, target: float, overrides: dict[str, str]) -> tu
     Returns the device's matmul peak and the speedrun's figures."""
     cfg = load_config(config, {**overrides, "train.target_val_loss": str(target)})
     device = resolve_device(cfg.train.device)
+    tune_process()  # as train.py does
     peak = matmul_peak(device)
     start = time.perf_counter()
     result = train(cfg, progress=False, log=print)
@@ -250,7 +240,7 @@ def speedrun(config: str | None, target: float, overrides: dict[str, str]) -> tu
         model_cfg = ModelConfig(**json.load(f)["model"])
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * model_cfg.context_length
     tokens_per_sec = tokens_per_step / statistics.median(result.step_seconds)
-    flops = flops_per_token(model_cfg) * tokens_per_sec
+    flops = GPT.flops_per_token(model_cfg) * tokens_per_sec
     datasheet = datasheet_peak_tflops(device)
     reached = result.target_step
     return peak, {
@@ -360,8 +350,11 @@ def main(argv: list[str] | None = None) -> None:
         report["generate"] = bench_generate(args.generate_model, args.new_tokens,
                                             args.batch_sizes, device)
     print_report(report)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
+    try:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    except OSError as err:
+        raise InputError(f"cannot write {args.json}: {err.strerror or err}") from None
     print(f"\nwrote {args.json}")
 
 

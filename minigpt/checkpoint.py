@@ -9,49 +9,33 @@ it and renames it over the old one, so a crash mid-save leaves the previous chec
     model, tokenizer = load("runs/default-20261127-101500")   # best.pt of a run, or a .pt file
 """
 
-import os
 import pickle
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
+from minigpt.errors import CheckpointError
+from minigpt.files import atomic_write
 from minigpt.model import GPT, ModelConfig
 from minigpt.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "minigpt"
-VERSION = 1
+# 1: one optimizer state dict under "optimizer". 2: a list of them (one per torch.optim
+# optimizer) under "optimizers". Both load; see minigpt.training for resuming a version 1 run.
+VERSION = 2
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
 MAX_PARAMS = 20_000_000_000
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged, foreign or unusable."""
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write path through write(file): into a temporary file beside it, synced, then renamed over
-    it, so readers (and a crash) see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write state (plus format and version) to path atomically."""
-    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
+    """Write state (plus format and version) to path atomically: a failed save (a full disk, a
+    kill) leaves the previous file as it was."""
+    try:
+        atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
+    except OSError as err:
+        raise CheckpointError(f"could not save {path}: {err.strerror or err}; the previous "
+                              f"checkpoint there, if any, is unchanged") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -1,6 +1,7 @@
-"""What the command-line entries share: user errors become one line on stderr, not a traceback.
+"""What the command-line entry points share: a user error is one line on stderr, not a traceback.
 
-Set MINIGPT_DEBUG=1 to see the full traceback instead.
+Only minigpt's own user errors (minigpt.errors.MiniGPTError) and interrupts are caught: anything
+else is a bug and keeps its traceback. Set MINIGPT_DEBUG=1 to see the traceback of a user error too.
 """
 
 import argparse
@@ -8,16 +9,14 @@ import os
 import sys
 from collections.abc import Callable
 
-from minigpt.training import TrainingError
-
-USER_ERRORS = (ValueError, TrainingError, OSError)
+from minigpt.errors import MiniGPTError
 
 
 def run_cli(main: Callable[[], int]) -> None:
-    """Run main() and exit with its code; known errors print `error: ...` and exit 1."""
+    """Run main() and exit with its code; a user error prints `error: ...` and exits 1."""
     try:
         code = main()
-    except USER_ERRORS as err:
+    except MiniGPTError as err:
         if os.environ.get("MINIGPT_DEBUG"):
             raise
         message = " ".join(str(err).split()) or type(err).__name__

@@ -16,11 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from minigpt.errors import ConfigError
 from minigpt.model import ModelConfig
-
-
-class ConfigError(ValueError):
-    """A configuration the user wrote cannot be used."""
 
 
 def _help(text: str, default):
@@ -211,6 +208,8 @@ def _read_toml(path: Path) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
 
 
 def build_config(values: dict, name: str = "default") -> Config:
@@ -228,10 +227,7 @@ def build_config(values: dict, name: str = "default") -> Config:
             _resolve_key(key)
             checked[field_name] = _check_value(key, _field_type(section, field_name), value)
         sections[section] = checked
-    try:
-        return Config(**{s: cls(**sections.get(s, {})) for s, cls in SECTIONS.items()}, name=name)
-    except ValueError as err:  # a section's own validation
-        raise ConfigError(str(err)) from None
+    return Config(**{s: cls(**sections.get(s, {})) for s, cls in SECTIONS.items()}, name=name)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None) -> Config:

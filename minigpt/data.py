@@ -17,18 +17,15 @@ from pathlib import Path
 
 import torch
 
-from minigpt.checkpoint import atomic_write
 from minigpt.config import DataConfig
 from minigpt.corpus import load_corpus
+from minigpt.errors import DataError
+from minigpt.files import atomic_write
 from minigpt.tokenizer import Tokenizer, tokenizer_from_dict, train_tokenizer
 
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                    "tinyshakespeare/input.txt")
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-
-
-class DataError(ValueError):
-    """The training text cannot be used."""
 
 
 @dataclass
@@ -59,7 +56,11 @@ def download_shakespeare(directory: Path, url: str = SHAKESPEARE_URL) -> Path:
     if digest != SHAKESPEARE_SHA256:
         raise DataError(f"downloaded Tiny Shakespeare has SHA-256 {digest}, expected "
                         f"{SHAKESPEARE_SHA256}; pass a trusted local copy with --data.path FILE")
-    atomic_write(path, lambda f: f.write(payload))
+    try:
+        atomic_write(path, lambda f: f.write(payload))
+    except OSError as err:
+        raise DataError(f"could not store Tiny Shakespeare in {directory} ({err.strerror or err}); "
+                        f"choose a writable --data.cache_dir") from None
     return path
 
 
@@ -72,6 +73,8 @@ def read_text(path: str | Path) -> str:
         raise DataError(f"data file {path} not found; check --data.path")
     try:
         text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise DataError(f"data file {path} cannot be read: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
         raise DataError(f"data file {path} is not valid UTF-8 text (byte {err.start}); "
                         f"convert it to UTF-8 first") from None

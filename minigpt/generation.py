@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from minigpt.errors import InputError
 from minigpt.model import GPT
 from minigpt.sampling import check_sampling_args
 from minigpt.tokenizer import CharTokenizer, Tokenizer, warn_unknown_words
@@ -29,12 +30,12 @@ class Piece:
 
 def check_generation_args(max_new_tokens: int, temperature: float, top_k: int | None,
                           top_p: float | None, num_samples: int) -> None:
-    """Raise ValueError for controls that have no meaning (before any model is loaded)."""
+    """Raise InputError for controls that have no meaning (before any model is loaded)."""
     check_sampling_args(temperature, top_k, top_p)
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        raise InputError(f"num_samples must be >= 1, got {num_samples}")
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, context_length: int,
@@ -55,7 +56,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, context_length: int,
     warn_unknown_words(tokenizer, prompt)
     ids = tokenizer.encode(prompt)
     if not ids:
-        raise ValueError("the prompt holds no tokens; give a prompt with some text")
+        raise InputError("the prompt holds no tokens; give a prompt with some text")
     if len(ids) > context_length:
         warnings.warn(f"the prompt has {len(ids)} tokens; keeping its last {context_length} "
                       f"(the model's context_length)", stacklevel=2)

@@ -1,124 +1,122 @@
-"""Pictures with torch alone: a colour map, attention heatmaps, and a PNG writer.
+"""Pictures, drawn with Pillow: attention heatmaps labelled with their tokens, and position tables.
 
-    image = attention_image(seen.attentions[0])    # (3, H, W) uint8, heads side by side
-    image = label_tokens(image, seen.tokens, cell=8, num_heads=4)   # tokens on both axes
-    write_png("attention.png", image)
+    image = attention_image(seen.attentions[0], seen.tokens)   # one layer, heads side by side
+    image = layers_image(seen.attentions, seen.tokens)          # one row of heads per layer
+    image.save("attention.png")
+    writer.add_image("attention/layer1", to_tensor(image))      # TensorBoard takes (3, H, W)
 
-Images are (3, height, width) uint8 tensors, the layout TensorBoard's add_image takes. Only the
-token labels need a font: they are drawn with Pillow (installed with TensorBoard) when present,
-and left out otherwise.
+PALETTE is minigpt's one colour scale, low to high: these pictures and the app's charts use it.
 """
 
-import struct
-import zlib
-from pathlib import Path
+import math
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
-# A dark-blue -> teal -> green -> yellow ramp (perceptually ordered, readable in grey).
-_RAMP = torch.tensor([
-    [0.05, 0.03, 0.25],
-    [0.17, 0.25, 0.53],
-    [0.10, 0.50, 0.56],
-    [0.25, 0.72, 0.45],
-    [0.72, 0.85, 0.20],
-    [0.99, 0.91, 0.15],
-])
+# Dark blue -> teal -> green -> yellow: brightness rises along it, so it reads in grey too.
+PALETTE = ("#0d0840", "#2b4087", "#1a808f", "#40b873", "#b8d933", "#fce826")
+GAP = 6  # pixels between heads and between layers
+TITLE = 16  # pixels of the line above each row of heads
 
 
-def colormap(values: torch.Tensor) -> torch.Tensor:
-    """Map values in [0, 1] (any shape S) to RGB floats (S..., 3) by linear interpolation."""
-    x = values.float().clamp(0, 1) * (len(_RAMP) - 1)
-    low = x.floor().long().clamp(max=len(_RAMP) - 2)
-    frac = (x - low).unsqueeze(-1)
-    return _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def colour(value: float) -> tuple[int, int, int]:
+    """The palette's colour at value in [0, 1] (clamped), interpolated between its stops."""
+    x = min(max(value, 0.0), 1.0) * (len(PALETTE) - 1)
+    low = min(int(x), len(PALETTE) - 2)
+    a, b = _rgb(PALETTE[low]), _rgb(PALETTE[low + 1])
+    return tuple(round(ca + (cb - ca) * (x - low)) for ca, cb in zip(a, b))
+
+
+def colours(n: int) -> list[str]:
+    """n colours spread evenly along the palette, low to high, as "#rrggbb" (for chart series)."""
+    return ["#{:02x}{:02x}{:02x}".format(*colour(i / max(n - 1, 1))) for i in range(n)]
+
+
+_LUT = [channel for level in range(256) for channel in colour(level / 255)]
+
+
+def _font(size: int = 11) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
 
 
 def heatmap(matrix: torch.Tensor, cell: int = 8, vmin: float | None = None,
-            vmax: float | None = None) -> torch.Tensor:
-    """(R, C) matrix -> (3, R * cell, C * cell) uint8 image, scaled to [vmin, vmax]."""
+            vmax: float | None = None) -> Image.Image:
+    """(R, C) matrix -> an RGB image of R x C square cells of `cell` pixels, values scaled from
+    [vmin, vmax] (default: the matrix's own range) onto the palette."""
     matrix = matrix.detach().float().cpu()
     vmin = matrix.min().item() if vmin is None else vmin
     vmax = matrix.max().item() if vmax is None else vmax
-    scaled = (matrix - vmin) / max(vmax - vmin, 1e-12)
-    rgb = colormap(scaled).permute(2, 0, 1)  # (3, R, C)
-    rgb = rgb.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
-    return (rgb * 255).round().to(torch.uint8)
+    levels = ((matrix - vmin) / max(vmax - vmin, 1e-12)).nan_to_num(0.0).clamp(0, 1) * 255
+    rows, cols = matrix.shape
+    image = Image.frombytes("P", (cols, rows), bytes(levels.round().to(torch.uint8).flatten().tolist()))
+    image.putpalette(_LUT)
+    return image.convert("RGB").resize((cols * cell, rows * cell), Image.Resampling.NEAREST)
 
 
-def attention_image(weights: torch.Tensor, cell: int = 8, gap: int = 4) -> torch.Tensor:
-    """One layer's attention weights (H, T, T) -> heads tiled left to right, white gaps between.
-
-    Rows are queries (tokens top to bottom), columns keys (left to right); weights in [0, 1].
-    """
-    heads = [heatmap(w, cell, vmin=0.0, vmax=1.0) for w in weights]
-    spacer = torch.full((3, heads[0].size(1), gap), 255, dtype=torch.uint8)
-    parts = [p for head in heads for p in (head, spacer)][:-1]
-    return torch.cat(parts, dim=2)
+def _label(token: str) -> str:
+    return repr(token)[1:-1][:10]  # newlines and spaces visible, long tokens cut
 
 
-def label_tokens(image: torch.Tensor, tokens: list[str], cell: int, num_heads: int,
-                 gap: int = 4) -> torch.Tensor:
-    """Add the tokens along both axes of an attention_image: queries down the left, keys along the
-    top of every head. Returns the image unchanged when Pillow is not installed."""
-    try:
-        from PIL import Image, ImageDraw, ImageFont
-    except ImportError:
-        return image
-    font = ImageFont.load_default()
-    labels = [repr(t)[1:-1][:10] for t in tokens]
-    margin = 6 + max(int(font.getlength(label)) for label in labels)
-    _, height, width = image.shape
-    canvas = Image.new("RGB", (width + margin, height + margin), "white")
-    canvas.paste(Image.frombytes("RGB", (width, height),
-                                 bytes(image.permute(1, 2, 0).flatten().tolist())), (margin, margin))
+def _rotated_text(text: str, width: int, height: int, font) -> Image.Image:
+    """text written left to right in a width x height box, turned to read bottom to top."""
+    box = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(box).text((3, height // 2), text, fill="black", font=font, anchor="lm")
+    return box.rotate(90, expand=True)
+
+
+def attention_image(weights: torch.Tensor, tokens: list[str] | None = None,
+                    cell: int | None = None, title: str = "") -> Image.Image:
+    """One layer's attention weights (H, T, T) in [0, 1]: the heads side by side, each titled,
+    queries top to bottom and keys left to right, with the tokens along both axes when given.
+    Where cells are narrower than the text, every n-th token is labelled."""
+    num_heads, T, _ = weights.shape
+    cell = cell or max(4, min(24, 240 // T))
+    font = _font()
+    labels = [_label(t) for t in tokens] if tokens is not None else []
+    margin = 6 + max((int(font.getlength(label)) for label in labels), default=-6)
+    every = math.ceil(12 / cell)  # the font is about 12 pixels high
+    side = T * cell
+    top = TITLE + margin
+    canvas = Image.new("RGB", (margin + num_heads * (side + GAP) - GAP, top + side), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, label in enumerate(labels):
-        y = margin + i * cell + cell // 2
-        draw.text((margin - 3, y), label, fill="black", font=font, anchor="rm")
-        column = Image.new("RGB", (margin, cell), "white")
-        ImageDraw.Draw(column).text((3, cell // 2), label, fill="black", font=font, anchor="lm")
-        column = column.rotate(90, expand=True)
-        for head in range(num_heads):
-            x = margin + head * (len(tokens) * cell + gap) + i * cell
-            canvas.paste(column, (x, 0))
-    pixels = torch.tensor(list(canvas.tobytes()), dtype=torch.uint8)
-    return pixels.view(height + margin, width + margin, 3).permute(2, 0, 1).contiguous()
+    for head in range(num_heads):
+        x = margin + head * (side + GAP)
+        canvas.paste(heatmap(weights[head], cell, vmin=0.0, vmax=1.0), (x, top))
+        draw.text((x + side // 2, 2), f"{title} head {head}".strip(), fill="black", font=font,
+                  anchor="ma")
+        for i in range(0, len(labels), every):
+            canvas.paste(_rotated_text(labels[i], margin, cell, font), (x + i * cell, TITLE))
+    for i in range(0, len(labels), every):
+        draw.text((margin - 3, top + i * cell + cell // 2), labels[i], fill="black", font=font,
+                  anchor="rm")
+    return canvas
 
 
-def layers_image(attentions: list[torch.Tensor], cell: int = 8, gap: int = 4,
-                 tokens: list[str] | None = None) -> torch.Tensor:
-    """Every layer's attention (a list of (H, T, T)): one row of heads per layer, top to bottom,
-    with the tokens along both axes of each row when given."""
-    rows = [attention_image(w, cell, gap) for w in attentions]
-    if tokens is not None:
-        rows = [label_tokens(row, tokens, cell, w.size(0), gap) for row, w in zip(rows, attentions)]
-    spacer = torch.full((3, gap, rows[0].size(2)), 255, dtype=torch.uint8)
-    return torch.cat([p for row in rows for p in (row, spacer)][:-1], dim=1)
+def layers_image(attentions: list[torch.Tensor], tokens: list[str] | None = None,
+                 cell: int | None = None) -> Image.Image:
+    """Every layer's attention (a list of (H, T, T)): a row of heads per layer, layer 1 on top."""
+    rows = [attention_image(w, tokens, cell, title=f"layer {i + 1},")
+            for i, w in enumerate(attentions)]
+    canvas = Image.new("RGB", (max(r.width for r in rows),
+                               sum(r.height for r in rows) + GAP * (len(rows) - 1)), "white")
+    y = 0
+    for row in rows:
+        canvas.paste(row, (0, y))
+        y += row.height + GAP
+    return canvas
 
 
-def positional_encoding_image(table: torch.Tensor, cell: int = 2) -> torch.Tensor:
-    """The sinusoidal table (positions, C) in [-1, 1]: one row per position."""
-    return heatmap(table, cell, vmin=-1.0, vmax=1.0)
+def positional_encoding_image(table: torch.Tensor, cell: int = 2) -> Image.Image:
+    """A (positions, C) position table, one row per position, scaled symmetrically about 0."""
+    limit = table.detach().abs().max().item()
+    return heatmap(table, cell, vmin=-limit, vmax=limit)
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
-    """Encode a (3, H, W) uint8 image as PNG (8-bit RGB, no filtering)."""
-    if image.dtype != torch.uint8 or image.dim() != 3 or image.size(0) != 3:
-        raise ValueError(f"expected a (3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
-    _, height, width = image.shape
-    pixels = bytes(image.permute(1, 2, 0).flatten().tolist())  # row-major RGB triples
-    stride = width * 3
-    raw = b"".join(b"\x00" + pixels[y * stride:(y + 1) * stride] for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
-            + chunk(b"IEND", b""))
-
-
-def write_png(path: str | Path, image: torch.Tensor) -> None:
-    Path(path).write_bytes(png_bytes(image))
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as the (3, H, W) uint8 tensor TensorBoard's add_image takes."""
+    pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+    return pixels.view(image.height, image.width, 3).permute(2, 0, 1)

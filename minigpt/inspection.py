@@ -6,7 +6,7 @@
     seen.logit_lens[layer]          # top next-token guesses read from that layer's output
     seen.layer_change               # (L, T): how much each block changed each position
 
-Plain tensors and dataclasses only; pictures are drawn by minigpt.heatmap or the app.
+Plain tensors and dataclasses only; pictures are drawn by minigpt.heatmap (Pillow) or the app.
 """
 
 from dataclasses import dataclass

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minigpt.errors import ConfigError
 from minigpt.sampling import check_sampling_args, sample_next
 
 POS_ENCODINGS = ("sinusoidal", "learned", "rope")
@@ -24,7 +25,7 @@ NORM_PLACEMENTS = ("pre", "post")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape and options of a GPT. Validated on construction; errors are ValueErrors."""
+    """Shape and options of a GPT. Validated on construction (ConfigError, a ValueError)."""
 
     vocab_size: int | None = field(
         default=None, metadata={"help": "number of token ids (set from the tokenizer)"})
@@ -51,21 +52,21 @@ class ModelConfig:
         for name in sizes:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads "
                 f"({self.num_heads}); try num_heads in {_divisors(self.embed_dim)}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(f"model.pos_encoding must be one of {POS_ENCODINGS}, "
+            raise ConfigError(f"model.pos_encoding must be one of {POS_ENCODINGS}, "
                              f"got {self.pos_encoding!r}")
         if self.norm_placement not in NORM_PLACEMENTS:
-            raise ValueError(f"model.norm_placement must be one of {NORM_PLACEMENTS}, "
+            raise ConfigError(f"model.norm_placement must be one of {NORM_PLACEMENTS}, "
                              f"got {self.norm_placement!r}")
         if self.pos_encoding == "rope" and self.head_dim % 2:
-            raise ValueError(f"rope needs an even head_dim, got {self.head_dim} "
+            raise ConfigError(f"rope needs an even head_dim, got {self.head_dim} "
                              f"(embed_dim / num_heads)")
 
     @property
@@ -78,7 +79,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown model option(s) {unknown}; valid: {sorted(known)}")
+            raise ConfigError(f"unknown model option(s) {unknown}; valid: {sorted(known)}")
         return cls(**values)
 
 
@@ -102,29 +103,61 @@ def sinusoidal_table(num_positions: int, embed_dim: int) -> torch.Tensor:
     return table.float()
 
 
-class SinusoidalPositionalEncoding(nn.Module):
+class PositionalEncoding(nn.Module):
+    """How the model knows where each token is. One interface for every kind:
+
+    - `embed(x, start)` adds position information to the token embeddings x (B, T, C) of
+      positions start .. start + T - 1 (absolute encodings);
+    - `rotation(start, length)` gives what attention rotates queries and keys by, or None;
+    - `vectors()` is the (positions, C) table added to the embeddings, for pictures, or None;
+    - `relative` says attention depends on distances only, so decoding may run past the context
+      with a rolling window of keys.
+
+    This base class adds nothing: a model built with it has no position information at all.
+    """
+
+    relative = False
+
+    def embed(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        return x
+
+    def rotation(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None
+
+    def vectors(self) -> torch.Tensor | None:
+        return None
+
+
+class SinusoidalPositionalEncoding(PositionalEncoding):
     """Fixed sine/cosine position stamps added to the (scaled) token embeddings."""
 
     def __init__(self, context_length: int, embed_dim: int):
         super().__init__()
         self.register_buffer("table", sinusoidal_table(context_length, embed_dim), persistent=False)
 
-    def forward(self, start: int, length: int) -> torch.Tensor:
-        return self.table[start:start + length]  # (T, C)
+    def embed(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        # The paper scales embeddings by sqrt(C) so that the fixed stamps do not drown them.
+        return x * math.sqrt(x.size(-1)) + self.table[start:start + x.size(1)]
+
+    def vectors(self) -> torch.Tensor:
+        return self.table
 
 
-class LearnedPositionalEncoding(nn.Module):
+class LearnedPositionalEncoding(PositionalEncoding):
     """One trained vector per position (GPT-2)."""
 
     def __init__(self, context_length: int, embed_dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(context_length, embed_dim))
 
-    def forward(self, start: int, length: int) -> torch.Tensor:
-        return self.weight[start:start + length]  # (T, C)
+    def embed(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        return x + self.weight[start:start + x.size(1)]
+
+    def vectors(self) -> torch.Tensor:
+        return self.weight
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(PositionalEncoding):
     """Rotary position embedding (RoPE), https://arxiv.org/abs/2104.09864.
 
     Rotates each (first half, second half) pair of q and k channels by an angle proportional to the
@@ -132,15 +165,27 @@ class RotaryEmbedding(nn.Module):
     run past context_length with a rolling window of keys.
     """
 
+    relative = True
+
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
 
-    def angles(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotation(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the angles of positions start .. start + length - 1, (T, D/2) each."""
         positions = torch.arange(start, start + length, device=self.inv_freq.device).float()
         angles = torch.outer(positions, self.inv_freq)  # (T, D/2)
         return angles.cos(), angles.sin()
+
+
+def positional_encoding(cfg: "ModelConfig") -> PositionalEncoding:
+    """The encoding cfg.pos_encoding names."""
+    if cfg.pos_encoding == "sinusoidal":
+        return SinusoidalPositionalEncoding(cfg.context_length, cfg.embed_dim)
+    if cfg.pos_encoding == "learned":
+        return LearnedPositionalEncoding(cfg.context_length, cfg.embed_dim)
+    return RotaryEmbedding(cfg.head_dim)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -220,15 +265,15 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)  # W_out
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0,
+    def forward(self, x, rotation=None, cache: KVCache | None = None, layer: int = 0,
                 return_weights: bool = False):
         """x (B, T, C) -> (B, T, C), and the weights (B, H, T, S) when return_weights is set."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
                    for t in (q, k, v))  # (B, H, T, D) each: heads become a batch dimension
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if rotation is not None:  # rope: positions enter here, as a rotation of q and k
+            q, k = apply_rotary(q, *rotation), apply_rotary(k, *rotation)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, S, D)
         dropout = self.dropout if self.training else 0.0
@@ -272,13 +317,13 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x, rope=None, cache=None, layer=0, return_weights=False):
+    def forward(self, x, rotation=None, cache=None, layer=0, return_weights=False):
         if self.pre_norm:
-            attn_out, weights = self.attn(self.norm1(x), rope, cache, layer, return_weights)
+            attn_out, weights = self.attn(self.norm1(x), rotation, cache, layer, return_weights)
             x = x + attn_out
             x = x + self.ffn(self.norm2(x))
         else:
-            attn_out, weights = self.attn(x, rope, cache, layer, return_weights)
+            attn_out, weights = self.attn(x, rotation, cache, layer, return_weights)
             x = self.norm1(x + attn_out)
             x = self.norm2(x + self.ffn(x))
         return x, weights
@@ -306,13 +351,7 @@ class GPT(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (use the tokenizer's vocab_size)")
         self.config = cfg
         self.token_emb = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-        self.pos_emb = self.rope = None
-        if cfg.pos_encoding == "sinusoidal":
-            self.pos_emb = SinusoidalPositionalEncoding(cfg.context_length, cfg.embed_dim)
-        elif cfg.pos_encoding == "learned":
-            self.pos_emb = LearnedPositionalEncoding(cfg.context_length, cfg.embed_dim)
-        else:
-            self.rope = RotaryEmbedding(cfg.head_dim)
+        self.pos_emb = positional_encoding(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         # Post-norm blocks already end in a LayerNorm; pre-norm needs one before the head.
@@ -350,47 +389,48 @@ class GPT(nn.Module):
         total += norm if cfg.norm_placement == "pre" else 0
         return total + (cfg.context_length * C if cfg.pos_encoding == "learned" else 0)
 
+    @staticmethod
+    def flops_per_token(cfg: ModelConfig) -> int:
+        """Training FLOPs per token (forward and backward) at full context: 6 per weight that
+        multiplies activations (2 forward, 4 backward) plus 12 * L * T * C for the attention scores
+        Q K^T and their use P V. Norms, softmax and the optimizer are left out, as is usual."""
+        matmul_weights = cfg.num_layers * (4 + 2 * cfg.ffn_mult) * cfg.embed_dim ** 2
+        matmul_weights += cfg.embed_dim * cfg.vocab_size  # the output head
+        return 6 * matmul_weights + 12 * cfg.num_layers * cfg.context_length * cfg.embed_dim
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The token embedding (and the head, when tied) and learned position vectors."""
+        return [self.token_emb.weight, *self.pos_emb.parameters()]
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; non_embedding leaves out token/position embeddings and the head."""
         params = {id(p): p for p in self.parameters()}  # tied weights count once
         if non_embedding:
-            for p in (self.token_emb.weight, self.head.weight):
+            for p in [*self.embedding_parameters(), self.head.weight]:
                 params.pop(id(p), None)
-            if isinstance(self.pos_emb, LearnedPositionalEncoding):
-                params.pop(id(self.pos_emb.weight))
         return sum(p.numel() for p in params.values())
 
-    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
-        T = idx.size(1)
-        if self.rope is None and start + T > self.config.context_length:
+    def _run(self, idx, cache: KVCache | None = None, return_weights: bool = False):
+        start, T = 0, idx.size(1)
+        if cache is not None:
+            overflow = cache.length + T - cache.capacity
+            if overflow > 0:
+                if not self.pos_emb.relative or overflow > cache.length:
+                    raise ValueError("KV cache is full; reset it and prefill the last window")
+                cache.evict(overflow)  # relative positions: a rolling window stays exact
+            start = cache.position
+        if not self.pos_emb.relative and start + T > self.config.context_length:
             raise ValueError(f"sequence reaches position {start + T} but the model's "
                              f"context_length is {self.config.context_length}; crop the input")
-        x = self.token_emb(idx)  # (B, T, C)
-        if isinstance(self.pos_emb, SinusoidalPositionalEncoding):
-            # The paper scales embeddings by sqrt(C) so the fixed stamps do not drown them.
-            x = x * math.sqrt(self.config.embed_dim) + self.pos_emb(start, T)
-        elif self.pos_emb is not None:
-            x = x + self.pos_emb(start, T)
-        return self.dropout(x)
-
-    def _run(self, idx, cache: KVCache | None = None, return_weights: bool = False):
-        start = 0
-        if cache is not None:
-            overflow = cache.length + idx.size(1) - cache.capacity
-            if overflow > 0:
-                if self.rope is None or overflow > cache.length:
-                    raise ValueError("KV cache is full; reset it and prefill the last window")
-                cache.evict(overflow)  # rope: a rolling window is exact relative attention
-            start = cache.position
-        x = self._embed(idx, start)
-        rope = self.rope.angles(start, idx.size(1)) if self.rope is not None else None
+        x = self.dropout(self.pos_emb.embed(self.token_emb(idx), start))  # (B, T, C)
+        rotation = self.pos_emb.rotation(start, T)
         embeddings, attentions, hidden_states = x, [], []
         for layer, block in enumerate(self.blocks):
-            x, weights = block(x, rope, cache, layer, return_weights)
+            x, weights = block(x, rotation, cache, layer, return_weights)
             attentions.append(weights)
             hidden_states.append(x)
         if cache is not None:
-            cache.advance(idx.size(1))
+            cache.advance(T)
         logits = self.head(self.final_norm(x))  # (B, T, V)
         return logits, embeddings, attentions, hidden_states
 
@@ -416,10 +456,12 @@ class GPT(nn.Module):
         """Yield max_new_tokens next-token batches (B,), continuing idx (B, T).
 
         With use_cache, the prompt is processed once and each step feeds one token. Past
-        context_length, rope models keep a rolling window of the last context_length keys (exactly
-        what recomputing on the cropped window gives); absolute encodings re-prefill the last half
-        window when the cache fills, so that cost is paid once every context_length / 2 tokens.
-        Without the cache, every step recomputes the last context_length tokens.
+        context_length, relative (rope) models drop the oldest cached keys and values, a rolling
+        window (with one layer this equals recomputing the cropped window; deeper layers' cached
+        keys were computed while the dropped tokens were still visible, so there it differs
+        slightly); absolute encodings re-prefill the last half window when the cache fills, so
+        that cost is paid once every context_length / 2 tokens. Without the cache, every step
+        recomputes the last context_length tokens.
         """
         check_sampling_args(temperature, top_k, top_p)
         if max_new_tokens < 0:
@@ -438,49 +480,58 @@ class GPT(nn.Module):
             idx = torch.cat([idx[:, 1 - window:], next_token[:, None]], dim=1)  # the last window
             if cache is None or step == max_new_tokens - 1:
                 continue
-            if cache.length == window and self.rope is None:
+            if cache.length == window and not self.pos_emb.relative:
                 cache.reset()
                 logits = self(idx[:, -(window // 2 + 1):], cache)[:, -1]
             else:
                 logits = self(next_token[:, None], cache)[:, -1]
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0,
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 stop: Sequence[Sequence[int]] = ()):
-        """Sample up to max_new_tokens tokens after idx; returns idx with them appended.
+                 stop: Sequence[Sequence[int]] = (), pad_id: int = -1) -> torch.Tensor:
+        """Sample up to max_new_tokens tokens after idx (B, T); returns idx with them appended.
 
-        idx is a (B, T) tensor, or a plain list of ints (then a list comes back), as in the deck.
-        stop: token-id sequences; generation ends once every row has produced one of them, and a
-        plain-list result is cut just before it. (Stop *strings* are handled on text, by
+        stop: token-id sequences. A row ends just before the first stop sequence it produces (the
+        sequence is not returned), and generation ends once every row has ended. Rows that end
+        before the longest one are filled up with pad_id: -1 by default, which is no token's id, so
+        `row[row >= 0]` gives a row back. (Stop *strings* are handled on text, by
         minigpt.generation.generate_text, since token boundaries need not match them.)
         """
-        as_list = isinstance(idx, list)
-        if as_list:
-            idx = torch.tensor([idx], dtype=torch.long, device=self.token_emb.weight.device)
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            raise TypeError("GPT.generate takes a (B, T) tensor of token ids (the deck's "
+                            "MiniTransformer.generate also takes a plain list)")
         stop = [list(s) for s in stop if len(s)]
-        rows = [[] for _ in range(idx.size(0))]  # new tokens of each row
-        stopped_at = [None] * idx.size(0)  # where each row's first stop sequence begins
+        rows = [[] for _ in range(idx.size(0))]  # the new tokens of each row
+        ends: list[int | None] = [None] * idx.size(0)  # where each row's first stop sequence begins
         was_training = self.training
         self.eval()
         try:
             for tokens in self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator,
                                       use_cache):
-                for row, token, i in zip(rows, tokens.tolist(), range(len(rows))):
-                    row.append(token)
-                    for seq in stop:
-                        if stopped_at[i] is None and row[-len(seq):] == seq:
-                            stopped_at[i] = len(row) - len(seq)
-                if stop and all(at is not None for at in stopped_at):
+                for i, token in enumerate(tokens.tolist()):
+                    rows[i].append(token)
+                    if ends[i] is None:
+                        ends[i] = _stop_start(rows[i], stop)
+                if stop and None not in ends:
                     break
         finally:
             self.train(was_training)
-        out = torch.cat([idx, torch.tensor(rows, dtype=torch.long, device=idx.device)], dim=1)
-        if as_list:
-            ids = out[0].tolist()
-            return ids[:idx.size(1) + stopped_at[0]] if stopped_at[0] is not None else ids
-        return out
+        kept = [row if end is None else row[:end] for row, end in zip(rows, ends)]
+        new = torch.full((idx.size(0), max(map(len, kept))), pad_id, dtype=torch.long,
+                         device=idx.device)
+        for i, row in enumerate(kept):
+            new[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        return torch.cat([idx, new], dim=1)
+
+
+def _stop_start(row: list[int], stops: list[list[int]]) -> int | None:
+    """Where a stop sequence that row ends with begins, or None."""
+    for seq in stops:
+        if row[-len(seq):] == seq:
+            return len(row) - len(seq)
+    return None
 
 
 class MiniTransformer(GPT):
@@ -492,3 +543,11 @@ class MiniTransformer(GPT):
         options = {"pos_encoding": "sinusoidal", "norm_placement": "post", **options}
         super().__init__(ModelConfig(vocab_size=vocab_size, embed_dim=embed_dim,
                                      num_heads=num_heads, num_layers=num_layers, **options))
+
+    def generate(self, idx: torch.Tensor | list[int], max_new_tokens: int, **options):
+        """The deck's form as well: idx may be a plain list of token ids, and then the ids come
+        back as a list (the prompt, then the new tokens, cut before a stop sequence)."""
+        if not isinstance(idx, list):
+            return super().generate(idx, max_new_tokens, **options)
+        batch = torch.tensor([idx], dtype=torch.long, device=self.token_emb.weight.device)
+        return super().generate(batch, max_new_tokens, **options)[0].tolist()

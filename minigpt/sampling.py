@@ -6,15 +6,17 @@ logits) or of shape (B,) (chosen token ids). They never modify their input.
 
 import torch
 
+from minigpt.errors import InputError
+
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ValueError for sampling controls that have no meaning."""
+    """Raise InputError (a ValueError) for sampling controls that have no meaning."""
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+        raise InputError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 or None disables it), got {top_k}")
+        raise InputError(f"top_k must be >= 0 (0 or None disables it), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {top_p}")
+        raise InputError(f"top_p must be in (0, 1] (1 disables it), got {top_p}")
 
 
 def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:

@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Protocol
 
 from minigpt.corpus import load_corpus
+from minigpt.errors import InputError
 
 
 class Tokenizer(Protocol):
@@ -29,7 +30,7 @@ class Tokenizer(Protocol):
     def to_dict(self) -> dict: ...
 
 
-class UnknownCharactersError(ValueError):
+class UnknownCharactersError(InputError):
     """Text holds characters a char tokenizer never saw in its training text."""
 
     def __init__(self, unknown: list[str]):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import run_config
 
+from minigpt import checkpoint
 from minigpt.checkpoint import (
     CheckpointError,
     latest_run,
@@ -113,9 +114,21 @@ def test_absurd_model_config_is_refused_before_allocating(trained):
         model_from_checkpoint(state)
 
 
-def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
+def test_a_save_that_dies_half_way_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     path = tmp_path / "x.pt"
-    save_checkpoint(path, {"model": {}, "model_config": {}, "tokenizer": {}})
     save_checkpoint(path, {"model": {"w": torch.ones(1)}, "model_config": {}, "tokenizer": {}})
+    before = path.read_bytes()
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(before[: len(before) // 2])  # as far as a killed process might have got
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model": {"w": torch.zeros(1)}, "model_config": {}, "tokenizer": {}})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+    monkeypatch.undo()
+    save_checkpoint(path, {"model": {"w": torch.full((1,), 2.0)}, "model_config": {},
+                           "tokenizer": {}})
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
-    assert load_checkpoint(path)["model"]["w"].item() == 1.0
+    assert load_checkpoint(path)["model"]["w"].item() == 2.0

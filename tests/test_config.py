@@ -79,13 +79,20 @@ def test_missing_config_file():
         load_config("nowhere.toml")
 
 
-def test_config_files_are_data_never_code(tmp_path):
+def test_config_values_are_data_never_code(tmp_path):
+    """Values that Python would evaluate (to run a command, or to compute a number) are refused or
+    kept as plain text, from the command line and from TOML alike."""
     marker = tmp_path / "pwned"
-    text = f'[train]\nrun_name = "__import__(\'os\').system(\'touch {marker}\')"\n'
-    with pytest.raises(ConfigError, match="run_name must be a plain name"):
-        load_config(write(tmp_path, text))
-    cfg = load_config(write(tmp_path, '[train]\nsample_prompt = "__import__(\'os\')"\n'))
-    assert cfg.train.sample_prompt == "__import__('os')"
+    payload = f"__import__('os').system('touch {marker}')"
+    for key, text in [("train.lr", f"{payload} or 1e-3"), ("train.max_steps", "10 * 10"),
+                      ("train.compile", f"{payload} == 0"), ("model.embed_dim", "2 ** 7")]:
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, {key: text})
+    with pytest.raises(ConfigError, match="train.lr must be float"):
+        load_config(write(tmp_path, '[train]\nlr = "2 * 1e-3"\n'))
+    cfg = load_config(write(tmp_path, f'[train]\nsample_prompt = "{payload}"\n'),
+                      {"data.path": payload})
+    assert cfg.train.sample_prompt == payload and cfg.data.path == payload
     assert not marker.exists()
 
 

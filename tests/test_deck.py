@@ -2,7 +2,9 @@
 
 import re
 
-from minigpt import MiniTransformer, SimpleVocab, load_corpus
+from minigpt import MiniTransformer, SimpleVocab
+from minigpt.config import DataConfig
+from minigpt.data import prepare_data
 
 
 def test_deck_live_demo_runs_and_prints_words(capsys):
@@ -32,8 +34,12 @@ def test_deck_model_size():
     assert model.config.pos_encoding == "sinusoidal" and model.config.norm_placement == "post"
 
 
-def test_simple_vocab_covers_the_embedded_corpus():
+def test_simple_vocab_is_the_default_models_vocabulary_and_marks_unknown_words(tmp_path):
     vocab = SimpleVocab()
-    assert 100 <= vocab.vocab_size <= 500
-    ids = vocab.encode(load_corpus()[:5000])
-    assert vocab.unk_id not in ids
+    default_run = prepare_data(DataConfig(cache_dir=str(tmp_path)), context_length=64).tokenizer
+    assert vocab.words == default_run.words  # the deck's vocab is what train.py trains with
+    ids = vocab.encode("The cat sat on the mat.")
+    assert vocab.unk_id not in ids and vocab.decode(ids) == "the cat sat on the mat."
+    ids = vocab.encode("the cat sat on the zeppelin")
+    assert ids[-1] == vocab.unk_id and ids[:-1].count(vocab.unk_id) == 0
+    assert vocab.decode(ids) == "the cat sat on the <unk>"

@@ -10,7 +10,7 @@ import torch
 from conftest import VARIANTS, run_config, tiny_config
 from torch.testing import assert_close
 
-from minigpt import GPT, CharTokenizer
+from minigpt import GPT, CharTokenizer, MiniTransformer
 from minigpt.generation import encode_prompt, generate_text
 from minigpt.tokenizer import UnknownCharactersError, WordTokenizer
 from minigpt.training import train
@@ -77,19 +77,30 @@ def test_generate_without_cache_is_the_recompute_reference():
     assert torch.equal(model.generate(prompt, 30, temperature=0, use_cache=False), expected)
 
 
-def test_generate_accepts_a_plain_list_and_restores_training_mode():
+def test_generate_is_tensor_in_tensor_out_and_restores_training_mode():
     model = GPT(tiny_config()).train()
-    out = model.generate([1, 2, 3], max_new_tokens=4)
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    out = model.generate(prompt, max_new_tokens=4)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 7) and out.dtype == torch.long
+    assert torch.equal(out[:, :3], prompt) and model.training
+    with pytest.raises(TypeError, match=r"a \(B, T\) tensor of token ids"):
+        model.generate([1, 2, 3], max_new_tokens=4)
+
+
+def test_the_decks_list_form_lives_on_mini_transformer():
+    model = MiniTransformer(vocab_size=23, embed_dim=32, num_heads=4, num_layers=2)
+    out = model.generate([1, 2, 3], max_new_tokens=4, temperature=0)
     assert isinstance(out, list) and len(out) == 7 and out[:3] == [1, 2, 3]
-    assert model.training
+    as_tensor = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, temperature=0)
+    assert as_tensor[0].tolist() == out
 
 
 def test_generate_rejects_bad_controls():
     model = GPT(tiny_config())
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
-        model.generate([1], max_new_tokens=-1)
+        model.generate(torch.tensor([[1]]), max_new_tokens=-1)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
-        model.generate([1], max_new_tokens=1, temperature=-1)
+        model.generate(torch.tensor([[1]]), max_new_tokens=1, temperature=-1)
 
 
 # ----------------------------------------------------------------------------- text level
@@ -199,13 +210,30 @@ def test_cli_bad_input_is_one_clear_line(run_dir, args, message):
     assert __import__("re").search(message, lines[0])
 
 
+def first_at(row: list[int], seq: list[int]) -> int | None:
+    return next((i for i in range(len(row)) if row[i:i + len(seq)] == seq), None)
+
+
 def test_generate_stops_at_a_token_sequence():
     model = GPT(tiny_config()).eval()
-    full = model.generate([1, 2, 3], 20, temperature=0)
-    new = full[3:]
+    prompt = torch.tensor([[1, 2, 3]])
+    new = model.generate(prompt, 20, temperature=0)[0, 3:].tolist()
     stop = new[4:6]
-    cut = model.generate([1, 2, 3], 20, temperature=0, stop=[stop, [99]])
-    first = next(i for i in range(len(new)) if new[i:i + 2] == stop)
-    assert cut == full[:3 + first]
-    batch = model.generate(torch.tensor([[1, 2, 3]] * 2), 20, temperature=0, stop=[stop])
-    assert batch.shape == (2, 3 + first + 2)  # ended once every row produced the sequence
+    cut = model.generate(prompt, 20, temperature=0, stop=[stop, [99]])
+    assert cut[0].tolist() == [1, 2, 3] + new[:first_at(new, stop)]  # cut before the sequence
+
+
+def test_rows_that_stop_early_are_padded():
+    model = GPT(tiny_config()).eval()
+    prompts = torch.tensor([[1, 2, 3], [7, 8, 9]])
+    rows = [model.generate(p[None], 20, temperature=0)[0, 3:].tolist() for p in prompts]
+    stop = rows[0][2:4]
+    ends = [first_at(row, stop) for row in rows]
+    assume_differs = ends[0] != ends[1]
+    out = model.generate(prompts, 20, temperature=0, stop=[stop], pad_id=-1)
+    kept = [row[:end] if end is not None else row for row, end in zip(rows, ends)]
+    assert out.shape == (2, 3 + max(map(len, kept)))
+    for i, row in enumerate(kept):
+        assert out[i, 3:3 + len(row)].tolist() == row
+        assert (out[i, 3 + len(row):] == -1).all()
+    assert assume_differs  # the rows really ended at different places

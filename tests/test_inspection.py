@@ -1,23 +1,22 @@
-"""Looking inside: attention maps, layer outputs, the logit lens, and pictures without extra packages."""
-
-import struct
-import zlib
+"""Looking inside: attention maps, layer outputs, the logit lens, and the pictures of them."""
 
 import pytest
 import torch
 from conftest import tiny_config
+from PIL import Image
 from torch.testing import assert_close
 
 from minigpt import GPT, CharTokenizer
 from minigpt.heatmap import (
+    GAP,
+    TITLE,
     attention_image,
-    colormap,
+    colour,
+    colours,
     heatmap,
-    label_tokens,
     layers_image,
-    png_bytes,
     positional_encoding_image,
-    write_png,
+    to_tensor,
 )
 from minigpt.inspection import inspect_prompt, logit_lens
 from minigpt.model import sinusoidal_table
@@ -54,75 +53,101 @@ def test_last_layer_of_the_logit_lens_is_the_model_output(model_and_tokenizer):
     assert_close(logit_lens(model, seen.hidden_states[-1]), model(ids)[0], rtol=1e-5, atol=1e-5)
 
 
-def test_colormap_endpoints_and_monotone_brightness():
-    rgb = colormap(torch.linspace(0, 1, 11))
-    assert rgb.shape == (11, 3)
-    brightness = rgb.sum(-1)
-    assert (brightness[1:] > brightness[:-1]).all()
-    assert_close(colormap(torch.tensor([-5.0, 7.0])), colormap(torch.tensor([0.0, 1.0])))
+def luminance(rgb) -> float:
+    r, g, b = rgb
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
-def test_heatmap_scales_cells():
-    image = heatmap(torch.tensor([[0.0, 1.0], [0.5, 0.25]]), cell=3)
-    assert image.shape == (3, 6, 6) and image.dtype == torch.uint8
-    assert torch.equal(image[:, 0, 0], image[:, 2, 2])  # one cell, one colour
-    assert image[:, 0, 3].sum() > image[:, 0, 0].sum()  # 1.0 is brighter than 0.0
+def test_palette_runs_dark_to_bright_and_clamps():
+    assert colour(0.0) == (0x0D, 0x08, 0x40) and colour(1.0) == (0xFC, 0xE8, 0x26)
+    assert colour(-3.0) == colour(0.0) and colour(9.0) == colour(1.0)
+    ramp = [colour(i / 20) for i in range(21)]
+    assert all(luminance(a) < luminance(b) for a, b in zip(ramp, ramp[1:]))
+    assert colours(3) == ["#0d0840", "#{:02x}{:02x}{:02x}".format(*colour(0.5)), "#fce826"]
 
 
-def test_attention_image_tiles_heads_with_gaps():
-    weights = torch.softmax(torch.randn(4, 5, 5), -1)
-    image = attention_image(weights, cell=2, gap=3)
-    assert image.shape == (3, 10, 4 * 10 + 3 * 3)
-    assert (image[:, :, 10:13] == 255).all()
+def pixels(image: Image.Image) -> list[tuple[int, int, int]]:
+    data = image.convert("RGB").tobytes()
+    return [tuple(data[i:i + 3]) for i in range(0, len(data), 3)]
+
+
+def close_to(pixel, expected, tolerance=3) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, expected))
+
+
+def test_heatmap_cells_take_the_palette_colour_of_their_value():
+    matrix = torch.tensor([[0.0, 1.0, 0.5], [0.25, 0.75, 0.1]])
+    image = heatmap(matrix, cell=4, vmin=0.0, vmax=1.0)
+    assert image.size == (12, 8) and image.mode == "RGB"
+    for r in range(2):
+        for c in range(3):
+            corners = {image.getpixel((4 * c + dx, 4 * r + dy)) for dx in (0, 3) for dy in (0, 3)}
+            assert len(corners) == 1  # one cell, one colour
+            assert close_to(corners.pop(), colour(matrix[r, c].item()))
+
+
+def test_attention_image_draws_each_head_where_its_title_says():
+    weights = torch.softmax(torch.randn(3, 5, 5) * 3, -1)
+    image = attention_image(weights, cell=10)
+    side = 5 * 10
+    assert image.size == (3 * side + 2 * GAP, TITLE + side)
+    for head in range(3):
+        x0 = head * (side + GAP)
+        for q, k in [(0, 0), (4, 2), (2, 1)]:
+            pixel = image.getpixel((x0 + k * 10 + 5, TITLE + q * 10 + 5))
+            assert close_to(pixel, colour(weights[head, q, k].item()))
+        title = image.crop((x0, 0, x0 + side, TITLE))
+        assert min(luminance(p) for p in pixels(title)) < 100  # dark text: "head N"
+    gap = image.crop((side, TITLE, side + GAP, TITLE + side))
+    assert set(pixels(gap)) == {(255, 255, 255)}
+
+
+def test_token_labels_add_one_margin_and_leave_the_heatmaps_as_they_were():
+    weights = torch.softmax(torch.randn(2, 3, 3), -1)
+    plain = attention_image(weights, cell=12)
+    labelled = attention_image(weights, ["the", "cat", "sat"], cell=12)
+    margin = labelled.width - plain.width
+    assert margin > 5 and labelled.height - plain.height == margin
+    heatmaps = labelled.crop((margin, TITLE + margin, labelled.width, labelled.height))
+    assert pixels(heatmaps) == pixels(plain.crop((0, TITLE, plain.width, plain.height)))
+    left = labelled.crop((0, TITLE + margin, margin, labelled.height))
+    above = labelled.crop((margin, TITLE, labelled.width, TITLE + margin))
+    assert min(map(luminance, pixels(left))) < 100 and min(map(luminance, pixels(above))) < 100
+
+
+def test_long_prompts_label_every_nth_token():
+    tokens = [f"t{i}" for i in range(60)]
+    image = attention_image(torch.softmax(torch.randn(1, 60, 60), -1), tokens)
+    plain = attention_image(torch.softmax(torch.randn(1, 60, 60), -1))
+    margin = image.width - plain.width
+    cell = plain.width // 60
+    rows = [image.crop((0, TITLE + margin + i * cell, margin, TITLE + margin + (i + 1) * cell))
+            for i in range(60)]
+    inked = [min(map(luminance, pixels(row))) < 100 for row in rows]
+    assert inked[0] and 10 < sum(inked) < 60  # some rows labelled, not every one (they'd overlap)
+
+
+def test_layers_image_stacks_a_titled_row_per_layer(tmp_path):
+    attentions = [torch.softmax(torch.randn(2, 4, 4), -1) for _ in range(3)]
+    image = layers_image(attentions, ["a", "b", "c", "d"], cell=8)
+    row = attention_image(attentions[0], ["a", "b", "c", "d"], cell=8, title="layer 1,")
+    assert image.size == (row.width, 3 * row.height + 2 * GAP)
+    assert pixels(image.crop((0, 0, row.width, row.height))) == pixels(row)
+    image.save(tmp_path / "layers.png")
+    with Image.open(tmp_path / "layers.png") as decoded:
+        assert decoded.format == "PNG" and decoded.size == image.size
+        assert pixels(decoded) == pixels(image)
 
 
 def test_positional_encoding_image_rows_differ():
     image = positional_encoding_image(sinusoidal_table(16, 32), cell=1)
-    assert image.shape == (3, 16, 32)
-    rows = {tuple(image[:, r].flatten().tolist()) for r in range(16)}
+    assert image.size == (32, 16)
+    rows = {tuple(pixels(image.crop((0, r, 32, r + 1)))) for r in range(16)}
     assert len(rows) == 16  # every position's fingerprint is unique
 
 
-def test_png_is_valid_and_decodes_to_the_pixels(tmp_path):
-    image = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
-    data = png_bytes(image)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
-    assert (width, height, depth, colour) == (7, 5, 8, 2)
-    idat_len = struct.unpack(">I", data[33:37])[0]
-    raw = zlib.decompress(data[41:41 + idat_len])
-    rows = [raw[y * 22 + 1:(y + 1) * 22] for y in range(5)]
-    assert bytes(b"".join(rows)) == bytes(image.permute(1, 2, 0).flatten().tolist())
-    write_png(tmp_path / "x.png", image)
-    assert (tmp_path / "x.png").read_bytes() == data
-
-
-def test_png_rejects_non_images():
-    with pytest.raises(ValueError, match=r"expected a \(3, H, W\) uint8 image"):
-        png_bytes(torch.zeros(5, 5))
-
-
-def test_token_labels_add_margins_and_leave_the_heatmap_intact():
-    weights = torch.softmax(torch.randn(2, 3, 3), -1)
-    grid = attention_image(weights, cell=10, gap=4)
-    labelled = label_tokens(grid, ["the", "cat", "sat"], cell=10, num_heads=2, gap=4)
-    margin = labelled.size(1) - grid.size(1)
-    assert margin > 5 and labelled.size(2) - grid.size(2) == margin
-    assert torch.equal(labelled[:, margin:, margin:], grid)
-    assert (labelled[:, :margin, margin:] < 128).any()  # some dark text above the heads
-
-
-def test_token_labels_are_skipped_without_pillow(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "PIL", None)
-    grid = attention_image(torch.softmax(torch.randn(1, 2, 2), -1))
-    assert torch.equal(label_tokens(grid, ["a", "b"], cell=8, num_heads=1), grid)
-
-
-def test_layers_image_stacks_labelled_layers():
-    attentions = [torch.softmax(torch.randn(2, 4, 4), -1) for _ in range(3)]
-    plain = layers_image(attentions, cell=8)
-    labelled = layers_image(attentions, cell=8, tokens=["a", "b", "c", "d"])
-    assert plain.shape == (3, 3 * 32 + 2 * 4, 2 * 32 + 4)
-    assert labelled.size(1) > plain.size(1) and labelled.size(2) > plain.size(2)
+def test_to_tensor_is_the_layout_tensorboard_takes():
+    image = heatmap(torch.rand(3, 5), cell=2)
+    tensor = to_tensor(image)
+    assert tensor.shape == (3, 6, 10) and tensor.dtype == torch.uint8
+    assert tuple(tensor[:, 4, 7].tolist()) == image.getpixel((7, 4))

@@ -9,7 +9,13 @@ from conftest import tiny_config
 from torch.testing import assert_close
 
 from minigpt import GPT, ModelConfig
-from minigpt.model import RotaryEmbedding, apply_rotary, explicit_attention, sinusoidal_table
+from minigpt.model import (
+    PositionalEncoding,
+    RotaryEmbedding,
+    apply_rotary,
+    explicit_attention,
+    sinusoidal_table,
+)
 
 
 def test_forward_shape(variant_model):
@@ -71,12 +77,41 @@ def test_sinusoidal_encoding_is_a_buffer_not_a_parameter():
     assert "pos_emb.table" not in model.state_dict()
 
 
+@pytest.mark.parametrize("kind", ["sinusoidal", "learned", "rope"])
+def test_position_encodings_share_one_interface(kind):
+    """embed() for absolute encodings, rotation() for relative ones, vectors() for pictures."""
+    model = GPT(tiny_config(pos_encoding=kind))
+    pos = model.pos_emb
+    assert isinstance(pos, PositionalEncoding) and pos.relative == (kind == "rope")
+    x = torch.randn(2, 5, 32)
+    shifted = pos.embed(x, start=3)
+    if kind == "rope":
+        assert torch.equal(shifted, x) and pos.vectors() is None
+        cos, sin = pos.rotation(3, 5)
+        assert cos.shape == sin.shape == (5, 4)  # (T, head_dim / 2)
+    else:
+        table = pos.vectors()
+        assert table.shape == (16, 32) and pos.rotation(3, 5) is None
+        scale = math.sqrt(32) if kind == "sinusoidal" else 1.0  # the paper scales embeddings
+        assert_close(shifted, x * scale + table[3:8])
+
+
+def test_the_base_encoding_gives_no_position_information():
+    """With PositionalEncoding itself, a one-layer model cannot tell positions apart: permuting
+    earlier tokens does not change the last position's output (attention sees them as a set)."""
+    model = GPT(tiny_config(num_layers=1)).eval()
+    a, b = torch.tensor([[3, 4, 5, 6]]), torch.tensor([[5, 3, 4, 6]])
+    assert not torch.allclose(model(a)[0, -1], model(b)[0, -1])  # learned positions: it can
+    model.pos_emb = PositionalEncoding()
+    assert_close(model(a)[0, -1], model(b)[0, -1])
+
+
 def test_rope_preserves_norms_and_depends_on_relative_position_only():
     rope = RotaryEmbedding(head_dim=16)
     q, k = torch.randn(2, 1, 1, 1, 16).unbind(0)
 
     def rotated(x, pos):
-        return apply_rotary(x, *rope.angles(pos, 1))
+        return apply_rotary(x, *rope.rotation(pos, 1))
 
     assert_close(rotated(q, 37).norm(), q.norm())
     score = (rotated(q, 10) * rotated(k, 4)).sum()

@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,13 +12,16 @@ import pytest
 import torch
 from conftest import run_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.testing import assert_close
 
 import minigpt.training as training
 from minigpt.checkpoint import load, load_checkpoint
 from minigpt.config import TrainConfig
+from minigpt.errors import CheckpointError, TrainingError
+from minigpt.generation import generate_text
 from minigpt.model import GPT, ModelConfig
-from minigpt.training import TrainingError, lr_at, make_optimizer, resume_config, train
+from minigpt.training import lr_at, resume_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,23 +35,6 @@ def test_lr_schedule_endpoints():
     assert lr_at(110, cfg) == pytest.approx(1e-4)  # ends at min_lr
     assert lr_at(500, cfg) == pytest.approx(1e-4)  # and stays there
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 120))
-
-
-def test_weight_decay_only_on_matrices():
-    model = GPT(ModelConfig(vocab_size=20, context_length=8, embed_dim=16, num_heads=2,
-                            num_layers=1, tie_weights=False))
-    decay, no_decay = make_optimizer(model, TrainConfig()).param_groups
-    names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names[id(p)] for p in decay["params"]}
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert "blocks.0.attn.qkv.weight" in decayed and "head.weight" in decayed
-    assert not decayed & {"token_emb.weight", "pos_emb.weight", "blocks.0.attn.qkv.bias",
-                          "blocks.0.norm1.weight"}
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    decay, _ = make_optimizer(model, TrainConfig(decay_embeddings=True)).param_groups
-    decayed = {names[id(p)] for p in decay["params"]}
-    assert {"token_emb.weight", "pos_emb.weight", "head.weight"} <= decayed
-    assert "blocks.0.norm1.weight" not in decayed
 
 
 def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
@@ -64,19 +51,38 @@ def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
     for tag in ("train/loss", "val/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec"):
         assert tag in tags["scalars"], tag
     assert any("config" in t for t in tags["tensors"]) and any("sample" in t for t in tags["tensors"])
-    assert {"attention/layer0", "attention/layer1", "positions/learned"} <= set(tags["images"])
-    assert len(events.Images("attention/layer0")) == 3  # one per eval: watch patterns form
+    assert {"attention/layer1", "attention/layer2", "positions/learned"} <= set(tags["images"])
+    assert len(events.Images("attention/layer1")) == 3  # one per eval: watch patterns form
     train_loss = [e.value for e in events.Scalars("train/loss")]
     assert len(train_loss) == 24 and train_loss[-1] < train_loss[0] - 1.0
     val = [e.value for e in events.Scalars("val/loss")]
     assert len(val) == 3 and val[-1] < val[0]
-    # the HParams tab: hyperparameters written with the final metrics
-    hparams = EventAccumulator(str(run_dir)).Reload()
-    assert hparams.Tags()["scalars"]
+    hparams, metrics = logged_hparams(run_dir)
+    assert hparams["train.max_steps"] == 24 and hparams["model.embed_dim"] == 32
+    assert hparams["data.tokenizer"] == "word" and hparams["train.lr"] == pytest.approx(3e-3)
+    assert metrics["hparam/best_val_loss"] == pytest.approx(min(val), abs=1e-6)
+    assert metrics["hparam/final_train_loss"] == pytest.approx(train_loss[-1], abs=1e-6)
     state = load_checkpoint(run_dir / "last.pt")
     assert state["step"] == 24 and state["best_val_loss"] == pytest.approx(min(val), abs=1e-6)
     model, tokenizer = load(run_dir)
     assert model.config.vocab_size == tokenizer.vocab_size
+
+
+def logged_hparams(run_dir: Path) -> tuple[dict, dict]:
+    """What TensorBoard's HParams tab shows for a run: its hyperparameters, and its metrics."""
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    content = events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    start = HParamsPluginData.FromString(content).session_start_info
+    hparams = {}
+    for key, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        hparams[key] = getattr(value, kind)
+    metrics = {}
+    for tag in ("hparam/best_val_loss", "hparam/final_train_loss"):
+        [event] = events.Scalars(tag)
+        metrics[tag] = event.value
+    return hparams, metrics
 
 
 def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(tmp_path):
@@ -108,14 +114,18 @@ def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(tmp_path):
     assert unreachable.target_step is None and unreachable.step == 24
 
 
-def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
-    train(run_config(tmp_path), progress=False)
-    state = load_checkpoint(tmp_path / "runs" / "test" / "last.pt")
+def test_checkpoint_round_trip_gives_the_trained_models_logits_and_text(tmp_path):
+    result = train(run_config(tmp_path), progress=False)
+    trained = result.model.eval()
     model, tokenizer = load(tmp_path / "runs" / "test" / "last.pt")
-    reference = GPT(model.config)
-    reference.load_state_dict(state["model"])
+    assert model is not trained and model.config == trained.config
     idx = torch.tensor([tokenizer.encode("the cat sat on the mat")])
-    assert_close(model(idx), reference.eval()(idx), rtol=0, atol=0)
+    assert_close(model(idx), trained(idx), rtol=0, atol=0)
+    untrained = GPT(model.config).eval()
+    assert not torch.allclose(untrained(idx), trained(idx))  # so the comparison can fail
+    texts = ["".join(piece.text for piece in generate_text(m, tokenizer, "the cat", 12, seed=5))
+             for m in (model, trained)]
+    assert texts[0] == texts[1] and texts[0]
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
@@ -126,9 +136,10 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert_close(torch.tensor(accum.losses), torch.tensor(big.losses), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_continues_exactly(tmp_path, grad_accum):
-    options = {"train.max_steps": 12, "train.grad_accum": grad_accum, "model.dropout": 0.1}
+@pytest.mark.parametrize("grad_accum,optimizer", [(1, "adamw"), (2, "adamw"), (1, "muon")])
+def test_resume_continues_exactly(tmp_path, grad_accum, optimizer):
+    options = {"train.max_steps": 12, "train.grad_accum": grad_accum, "model.dropout": 0.1,
+               "train.optimizer": optimizer}
     straight = train(run_config(tmp_path, **options, **{"train.run_name": "straight"}),
                      progress=False)
     first = train(run_config(tmp_path, **options, **{"train.run_name": "paused"}), stop_at=6,
@@ -203,8 +214,36 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
-    assert load_checkpoint(tmp_path / "runs" / "test" / "last.pt")["step"] == 8
-    initial = GPT(ModelConfig(**{**load_checkpoint(tmp_path / "runs" / "test" / "last.pt")
-                                 ["model_config"]}))
-    assert not torch.equal(initial.state_dict()["blocks.0.attn.qkv.weight"],
-                           weights[0]["blocks.0.attn.qkv.weight"])
+    state = load_checkpoint(tmp_path / "runs" / "test" / "last.pt")
+    assert state["step"] == 8
+    torch.manual_seed(state["config"]["train"]["seed"])  # the weights train() started from
+    initial = GPT(ModelConfig(**state["model_config"])).state_dict()
+    assert initial.keys() == weights[0].keys()
+    assert all(not torch.equal(initial[name], weights[0][name]) for name in initial
+               if "norm" not in name and "bias" not in name)
+
+
+def copy_run(name: str, tmp_path: Path, monkeypatch) -> Path:
+    """A run directory saved by minigpt before checkpoint format 2 (commit 4811976)."""
+    run_dir = tmp_path / name
+    shutil.copytree(ROOT / "tests" / "data" / name, run_dir)
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    return run_dir
+
+
+def test_a_version_1_adamw_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    run_dir = copy_run("v1-adamw", tmp_path, monkeypatch)
+    result = train(resume_config(run_dir), resume=run_dir, progress=False)
+    assert result.step == 8
+    # The losses of steps 5-8 when that version trained the same 8 steps without stopping.
+    straight = [3.3888566493988037, 3.370572090148926, 3.356903314590454, 3.3346452713012695]
+    assert result.losses == pytest.approx(straight, rel=1e-5)
+
+
+def test_a_version_1_muon_run_samples_but_cannot_resume(tmp_path, monkeypatch):
+    run_dir = copy_run("v1-muon", tmp_path, monkeypatch)
+    model, tokenizer = load(run_dir)
+    assert "".join(p.text for p in generate_text(model, tokenizer, "the", 5, seed=0))
+    with pytest.raises(CheckpointError, match="optimizer state does not fit .* cannot be resumed"):
+        train(resume_config(run_dir), resume=run_dir, progress=False)
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 4  # untouched

@@ -1,0 +1,29 @@
+"""The errors a user can cause and fix: bad settings, unusable files, a run that cannot go on.
+
+Every one of them derives from `MiniGPTError`. The command-line entry points (minigpt.cli.run_cli)
+print such an error as one line and exit 1; any other exception is a bug and keeps its traceback.
+"""
+
+
+class MiniGPTError(Exception):
+    """Something the user can fix; the message says what is wrong and how to fix it."""
+
+
+class ConfigError(MiniGPTError, ValueError):
+    """A setting (config file, --section.key, model option) cannot be used."""
+
+
+class DataError(MiniGPTError, ValueError):
+    """The training text cannot be used."""
+
+
+class CheckpointError(MiniGPTError, ValueError):
+    """A checkpoint or run directory is missing, damaged, foreign or unusable."""
+
+
+class InputError(MiniGPTError, ValueError):
+    """A prompt, a file given on the command line or a sampling control cannot be used."""
+
+
+class TrainingError(MiniGPTError, RuntimeError):
+    """Training cannot go on (a non-finite loss, an unusable run directory)."""

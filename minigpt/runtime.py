@@ -1,0 +1,167 @@
+"""Where training runs: the device, the autocast precision, and this process's place in a
+DistributedDataParallel job. `Runtime.from_config(cfg.train)` resolves all of it once, so the
+training loop asks `runtime.master` or `runtime.autocast()` instead of checking flags.
+
+    runtime = Runtime.from_config(cfg.train)   # torchrun's RANK/WORLD_SIZE/LOCAL_RANK, if set
+    runtime.start()                            # joins the process group under torchrun
+    train_model = runtime.wrap(model, compile=False)
+
+`tune_process()` holds the process-wide speed settings; entry points (train.py, the benchmark)
+opt into it, library code never calls it.
+"""
+
+import contextlib
+import ctypes
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from minigpt.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps, checked to exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("the device is cuda but no CUDA GPU is available; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"there is no {device}: this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("the device is mps but MPS is not available; use cpu")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: bf16/fp16 on CUDA, fp32 elsewhere (CPU bf16 is far slower here)."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision fp16 needs a CUDA device; use fp32 or bf16")
+    return DTYPES[name]
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on the device (the machine's RAM for cpu and mps)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype = torch.float32  # autocast dtype; fp32 means no autocast
+    rank: int = 0
+    world_size: int = 1
+    distributed: bool = False  # started by torchrun: gradients are all-reduced by DDP
+
+    @classmethod
+    def from_config(cls, tc) -> "Runtime":
+        """From train.device / train.precision / train.threads and torchrun's environment."""
+        distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        rank = int(os.environ["RANK"]) if distributed else 0
+        device = resolve_device(tc.device)
+        if distributed and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        if tc.threads:  # asked for explicitly by the config
+            torch.set_num_threads(tc.threads)
+        return cls(device, resolve_precision(tc.precision, device), rank,
+                   int(os.environ["WORLD_SIZE"]) if distributed else 1, distributed)
+
+    @property
+    def master(self) -> bool:
+        """Rank 0: the process that writes checkpoints and logs."""
+        return self.rank == 0
+
+    def autocast(self):
+        """Mixed precision for the forward pass, or nothing in fp32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def start(self) -> None:
+        """Join the process group of a torchrun job (NCCL on CUDA, gloo on CPU)."""
+        if self.distributed:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def wrap(self, model: nn.Module, compile: bool = False) -> nn.Module:
+        """The module to train: torch.compile'd if asked, inside DDP under torchrun."""
+        if compile:
+            model = torch.compile(model)
+        if self.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        return model
+
+    def sync_gradients(self, model: nn.Module, sync: bool):
+        """Context for one backward pass: under DDP, all-reduce gradients only when sync is set
+        (the last micro-batch of a step); elsewhere nothing."""
+        if self.distributed and not sync:
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step frees and re-allocates the same activation buffers (1-2 MB each for the CPU
+    recipe). By default glibc serves blocks that large with fresh mmap calls and returns them at
+    free, so every step page-faults its activations in again (about 1,000 faults per step of the
+    CPU recipe, 8 with this: `python -m minigpt.bench train`, variants fused vs tuned). Peak
+    memory is unchanged: the same buffers are reused. Returns False where the C library is not
+    glibc (macOS, Windows, musl), which keeps its own behaviour.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+    return (mallopt(M_MMAP_THRESHOLD, 32 * 2**20) == 1  # the largest threshold glibc allows
+            and mallopt(M_TRIM_THRESHOLD, 256 * 2**20) == 1)
+
+
+def tune_process() -> None:
+    """Process-wide speed settings for a process that trains: glibc keeps freed memory
+    (`keep_freed_memory`) and CUDA matmuls may use TF32. They change the whole process, so only
+    entry points call this (train.py, `python -m minigpt.bench`), never library code: the demo app,
+    which also trains, runs without them."""
+    keep_freed_memory()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
