@@ -20,17 +20,27 @@ from minigpt.runtime import tune_process
 from minigpt.training import resume_config, train
 
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
+
+
+def default_config_path() -> str | None:
+    """configs/default.toml beside train.py, what runs without --config (None if it is gone)."""
+    return DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser = ArgumentParser(
         usage="%(prog)s [--config FILE] [--resume RUN_DIR] [--quiet] [--section.key VALUE ...]",
         description="Train a GPT. Settings come from --config (TOML), then --section.key VALUE "
-                    "overrides.", formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "overrides. The defaults shown are those of configs/default.toml, which runs "
+                    "when no --config is given.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a TOML config file (default: configs/default.toml)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last.pt (train.* keys may change)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     group = parser.add_argument_group("config keys (--section.key VALUE)")
-    for key, default, text in describe_keys():
+    for key, default, text in describe_keys(load_config(default_config_path())):
         group.add_argument(f"--{key}", dest=key, metavar="VALUE", default=argparse.SUPPRESS,
                            help=f"{text} (default: {default!r})")
     args, unknown = parser.parse_known_args(argv)
@@ -51,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--resume takes its config from the run; drop --config")
         cfg = resume_config(args.resume, overrides)
     else:
-        default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
-        cfg = load_config(args.config or (default if os.path.isfile(default) else None), overrides)
+        cfg = load_config(args.config or default_config_path(), overrides)
     tune_process()  # process-wide speed settings (glibc keeps freed memory; TF32 on CUDA)
     result = train(cfg, resume=args.resume, progress=not args.quiet, log=tqdm.write)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -244,11 +244,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
     return build_config(values, name)
 
 
-def describe_keys() -> list[tuple[str, object, str]]:
-    """(key, default, help) for every settable key, for --help."""
-    rows = []
-    for section in SECTIONS:
-        for f in config_fields(section):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            rows.append((f"{section}.{f.name}", default, f.metadata.get("help", "")))
-    return rows
+def describe_keys(base: Config | None = None) -> list[tuple[str, object, str]]:
+    """(key, default, help) for every settable key, for --help; the defaults are base's values
+    (a loaded config file) or else the dataclass defaults."""
+    base = base or Config()
+    return [(f"{section}.{f.name}", getattr(getattr(base, section), f.name),
+             f.metadata.get("help", "")) for section in SECTIONS for f in config_fields(section)]

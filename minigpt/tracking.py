@@ -55,7 +55,7 @@ class TensorBoardLog:
         if sample is not None:
             self.writer.add_text("sample", sample, step)
         for layer, weights in enumerate(attentions, start=1):
-            image = attention_image(weights, probe_tokens, cell=12, title=f"layer {layer},")
+            image = attention_image(weights, probe_tokens, title=f"layer {layer},")
             self.writer.add_image(f"attention/layer{layer}", to_tensor(image), step)
 
     def close(self, config: dict, best_val_loss: float, final_train_loss: float | None) -> None:

@@ -218,8 +218,9 @@ class Run:
                                 f"{err.strerror or err}; choose a writable --train.out_dir") from None
         board = TensorBoardLog(self.dir)
         board.start(config, self.probe_tokens(), self.step)
-        if self.cfg.model.pos_encoding == "sinusoidal":
-            board.positions("sinusoidal", self.trainer.model.pos_emb.vectors(), self.step)
+        table = self.trainer.model.pos_emb.vectors()
+        if table is not None:
+            board.positions(self.cfg.model.pos_encoding, table, self.step)
         model, tokenizer = self.trainer.model, self.data.tokenizer
         log(f"config: {json.dumps(config)}")
         log(f"data: {self.data.source}, {len(self.data.train):,} train / {len(self.data.val):,} "
@@ -350,8 +351,8 @@ def evaluate(run: Run, board: TensorBoardLog, result: TrainResult, say: Callable
     attentions = [weights[0] for weights in model.inspect(ids).attentions]
     model.train()
     board.evaluation(step, losses, sample, attentions, run.probe_tokens())
-    if run.cfg.model.pos_encoding == "learned":
-        board.positions("learned", model.pos_emb.vectors(), step)
+    if any(p.requires_grad for p in model.pos_emb.parameters()):  # a table that is learned
+        board.positions(run.cfg.model.pos_encoding, model.pos_emb.vectors(), step)
 
 
 class StopRequest:

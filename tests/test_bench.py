@@ -80,6 +80,7 @@ def test_generate_benchmark_and_report(tmp_path, capsys):
     assert "KV cache" in printed and "recompute" in printed
 
 
+@pytest.mark.slow  # four fresh processes, 15 s: .ci/run runs it after the default suite
 def test_train_variants_run_in_rounds_and_report_medians(capsys, tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["train", "--models", "cpu_recipe", "--variants", "eager", "tuned", "--steps", "3",

@@ -81,7 +81,9 @@ def test_help_lists_every_key_with_default():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
-    assert "--train.lr VALUE peak learning rate, reached after warmup (default: 0.001)" in text
+    # the defaults of configs/default.toml, which is what runs without --config
+    assert "--train.lr VALUE peak learning rate, reached after warmup (default: 0.002)" in text
+    assert "--train.max_steps VALUE optimizer steps to train for (default: 600)" in text
     assert "--model.pos_encoding" in text and "--data.tokenizer" in text
 
 
