@@ -19,7 +19,6 @@ from minigpt.errors import ConfigError
 from minigpt.runtime import tune_process
 from minigpt.training import resume_config, train
 
-
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
 
 
