@@ -3,11 +3,15 @@
     pip install -e ".[app]"
     streamlit run app.py
 
-Pick a checkpoint (a run directory or .pt file) in the sidebar, or train the default tiny model
-there if you have none; then type a prompt, set the sampling controls and generate.
+It serves this machine only (127.0.0.1, set in .streamlit/config.toml beside this file). Pick one
+of the runs found under runs/ in the sidebar, or train the default tiny model there if you have
+none; then type a prompt, set the sampling controls and generate. A checkpoint can also be opened
+by its path, but only while the app is served on this machine alone.
 """
 
 import os
+import shutil
+import threading
 from pathlib import Path
 
 import altair as alt
@@ -15,9 +19,9 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from minigpt.checkpoint import latest_run, load
+from minigpt.checkpoint import list_runs, load
 from minigpt.config import load_config
-from minigpt.errors import CheckpointError, MiniGPTError
+from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
 from minigpt.heatmap import PALETTE, colours
 from minigpt.inspection import inspect_prompt
@@ -25,6 +29,8 @@ from minigpt.training import train
 
 ROOT = Path(__file__).resolve().parent
 OUT_DIR = os.environ.get("MINIGPT_RUNS", "runs")
+APP_RUN = "app-default"  # the one run the app trains; training again replaces it
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint...")
@@ -33,24 +39,36 @@ def load_model(path: str, modified: float):
     return load(path)
 
 
-def default_checkpoint() -> str:
+@st.cache_resource
+def training_lock() -> threading.Lock:
+    """One lock per server: one training at a time, whoever asks for it."""
+    return threading.Lock()
+
+
+def serving_locally() -> bool:
+    """Whether the server listens on the loopback address only, so every visitor is on this
+    machine (`--server.address 0.0.0.0` shares the app and turns this off)."""
+    return (st.get_option("server.address") or "") in LOOPBACK
+
+
+def train_default_model() -> Path | None:
+    """Train configs/default.toml into runs/app-default (replacing the app's previous run, so the
+    app never holds more than one), with a progress bar; None if a training is already going on."""
+    lock = training_lock()
+    if not lock.acquire(blocking=False):
+        st.sidebar.warning("A training run is already going on; wait for it to finish.")
+        return None
     try:
-        return str(latest_run(OUT_DIR))
-    except CheckpointError:
-        return ""
-
-
-def train_default_model() -> str:
-    """Train configs/default.toml with a progress bar in the page; returns the run directory."""
-    cfg = load_config(ROOT / "configs" / "default.toml", {"train.out_dir": OUT_DIR})
-    bar = st.sidebar.progress(0.0, text="training the default model...")
-
-    def show(step: int, total: int) -> None:
-        bar.progress(step / total, text=f"training: step {step} of {total}")
-
-    result = train(cfg, progress=False, on_step=show)
-    bar.empty()
-    return str(result.run_dir)
+        shutil.rmtree(Path(OUT_DIR) / APP_RUN, ignore_errors=True)
+        cfg = load_config(ROOT / "configs" / "default.toml",
+                          {"train.out_dir": OUT_DIR, "train.run_name": APP_RUN})
+        bar = st.sidebar.progress(0.0, text="training the default model...")
+        result = train(cfg, progress=False, on_step=lambda step, total: bar.progress(
+            step / total, text=f"training: step {step} of {total}"))
+        bar.empty()
+        return result.run_dir
+    finally:
+        lock.release()
 
 
 def attention_chart(weights: torch.Tensor, tokens: list[str]) -> alt.Chart:
@@ -79,23 +97,26 @@ def token_probabilities(model, tokenizer, prompt_ids: list[int], new_ids: list[i
 
 
 def choose_model():
-    """The sidebar's checkpoint box (and the button that trains one): (model, tokenizer), or
-    None when there is nothing to show yet."""
+    """The sidebar's choice of run (and the button that trains one): (model, tokenizer), or None
+    when there is nothing to show yet."""
     st.sidebar.header("Model")
-    path = st.sidebar.text_input("Checkpoint (run directory or .pt file)",
-                                 value=default_checkpoint(), key="checkpoint")
+    runs = list_runs(OUT_DIR)
+    path = st.sidebar.selectbox("Run (newest first)", runs, format_func=lambda run: run.name,
+                                key="run") if runs else None
+    if serving_locally():
+        with st.sidebar.expander("Open a checkpoint by path (this machine only)"):
+            typed = st.text_input("run directory or .pt file", key="checkpoint").strip()
+        path = Path(typed) if typed else path
     if st.sidebar.button("Train the default tiny model (about a minute)", key="train"):
-        path = train_default_model()
-        st.sidebar.success(f"trained {path}")
-    if not path:
-        st.info("No checkpoint yet: train the default tiny model from the sidebar, or run "
-                "`python train.py` and reload.")
+        path = train_default_model() or path
+    if path is None:
+        st.info(f"No trained run in {OUT_DIR}/ yet: train the default tiny model from the sidebar, "
+                f"or run `python train.py` and reload.")
         return None
     try:
-        resolved = Path(path)
-        modified = max((p.stat().st_mtime for p in resolved.glob("*.pt")), default=0.0) \
-            if resolved.is_dir() else (resolved.stat().st_mtime if resolved.exists() else 0.0)
-        model, tokenizer = load_model(path, modified)
+        modified = max((p.stat().st_mtime for p in path.glob("*.pt")), default=0.0) \
+            if path.is_dir() else (path.stat().st_mtime if path.exists() else 0.0)
+        model, tokenizer = load_model(str(path), modified)
     except (MiniGPTError, OSError) as err:
         st.error(f"Cannot load that checkpoint: {err}")
         return None
@@ -107,14 +128,17 @@ def choose_model():
     return model, tokenizer
 
 
-def sampling_controls(vocab_size: int) -> dict:
+def sampling_controls(vocab_size: int, context_length: int) -> dict:
+    """The sampling sliders; new tokens are capped at the model's context length."""
     st.sidebar.header("Sampling")
+    most = min(300, context_length)
     return {
         "temperature": st.sidebar.slider("temperature", 0.0, 2.0, 0.8, 0.05, key="temperature"),
         "top_k": st.sidebar.slider("top-k (0 = all)", 0, min(200, vocab_size), 0, key="top_k")
         or None,
         "top_p": st.sidebar.slider("top-p (1 = all)", 0.05, 1.0, 1.0, 0.05, key="top_p"),
-        "max_new_tokens": st.sidebar.slider("max new tokens", 1, 300, 40, key="max_new_tokens"),
+        "max_new_tokens": st.sidebar.slider("max new tokens", 1, most, min(40, most),
+                                            key="max_new_tokens"),
         "seed": int(st.sidebar.number_input("seed", 0, 2**31 - 1, 0, key="seed")),
     }
 
@@ -193,7 +217,7 @@ def main() -> None:
     if loaded is None:
         return
     model, tokenizer = loaded
-    controls = sampling_controls(tokenizer.vocab_size)
+    controls = sampling_controls(tokenizer.vocab_size, model.config.context_length)
     prompt = st.text_input("Prompt", value="the cat sat on", key="prompt")
     try:
         seen = inspect_prompt(model, tokenizer, prompt)

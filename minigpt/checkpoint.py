@@ -52,13 +52,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def list_runs(out_dir: str | Path = "runs") -> list[Path]:
+    """The run directories directly under out_dir that hold a checkpoint, newest first."""
+    runs = {p.parent for name in CHECKPOINT_NAMES for p in Path(out_dir).glob(f"*/{name}")}
+    return sorted(runs, key=lambda run: max(p.stat().st_mtime for p in run.glob("*.pt")),
+                  reverse=True)
+
+
 def latest_run(out_dir: str | Path = "runs") -> Path:
     """The most recently written run directory under out_dir that holds a checkpoint."""
-    runs = [p.parent for name in CHECKPOINT_NAMES for p in Path(out_dir).glob(f"*/{name}")]
+    runs = list_runs(out_dir)
     if not runs:
         raise CheckpointError(f"no trained run found in {out_dir}/; train one with python train.py "
                               f"or pass --checkpoint PATH")
-    return max(runs, key=lambda run: max(p.stat().st_mtime for p in run.glob("*.pt")))
+    return runs[0]
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -69,12 +76,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
-        if "global" not in detail.lower():
-            raise CheckpointError(f"{path} is damaged or not a checkpoint file ({detail[:80]})") \
-                from None
+        # torch names the refused global ("Unsupported global: GLOBAL posix.system", "Trying to
+        # load unsupported GLOBAL ..."), in words that vary between versions.
+        if "global" not in str(err).lower():
+            raise CheckpointError(f"{path} is damaged or not a checkpoint file") from None
         raise CheckpointError(f"{path} was refused: it holds objects other than tensors and plain "
-                              f"data, which could run code ({detail[:120]})") from None
+                              f"data (such as a function to call), which could run code when "
+                              f"loaded; load checkpoints only from sources you trust") from None
     except Exception as err:  # a damaged zip or pickle fails in many ways, all meaning the same
         raise CheckpointError(f"{path} is truncated or not a checkpoint file "
                               f"({type(err).__name__})") from None
@@ -104,6 +112,12 @@ def model_from_checkpoint(state: dict, device="cpu") -> tuple[GPT, Tokenizer]:
     if size > MAX_PARAMS:
         raise CheckpointError(f"checkpoint's model config asks for {size:,} parameters, more than "
                               f"minigpt loads ({MAX_PARAMS:,}); the file is not trustworthy")
+    bad = [name for name, t in state["model"].items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint weights hold NaN or infinite values ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); the model cannot sample, so use "
+                              f"an earlier checkpoint of the run")
     model = GPT(cfg)
     try:
         model.load_state_dict(state["model"], strict=True)

@@ -1,16 +1,25 @@
-"""The interactive demo, driven headless with Streamlit's AppTest."""
+"""The interactive demo, driven headless with Streamlit's AppTest (and once as a real server)."""
 
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
 from pathlib import Path
 
 import pytest
 from conftest import run_config
 
+import minigpt.training
 from minigpt.checkpoint import load
 from minigpt.generation import generate_text
-from minigpt.training import train
+from minigpt.training import TrainResult, train
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+streamlit_config = pytest.importorskip("streamlit.config")
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -21,34 +30,77 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path):
-    monkeypatch.setenv("MINIGPT_RUNS", str(tmp_path / "no-runs"))
+def serve_as():
+    """Set the address the app believes it is served on (what `--server.address` sets)."""
+    previous = streamlit_config.get_option("server.address")
+    yield lambda address: streamlit_config.set_option("server.address", address)
+    streamlit_config.set_option("server.address", previous)
+
+
+def make_app(monkeypatch, runs: Path) -> AppTest:
+    monkeypatch.setenv("MINIGPT_RUNS", str(runs))
     return AppTest.from_file(APP, default_timeout=60)
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, serve_as):
+    serve_as("127.0.0.1")
+    return make_app(monkeypatch, tmp_path / "no-runs")
+
+
+@pytest.fixture
+def app_with_runs(monkeypatch, run_dir, serve_as):
+    serve_as("127.0.0.1")
+    return make_app(monkeypatch, run_dir.parent)
+
+
+def test_the_app_serves_this_machine_only_by_default():
+    settings = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert settings["server"]["address"] == "127.0.0.1"
+    assert settings["browser"]["gatherUsageStats"] is False
 
 
 def test_without_a_checkpoint_the_app_offers_to_train(app):
     app.run()
     assert not app.exception
-    assert "No checkpoint yet" in app.info[0].value
+    assert "No trained run" in app.info[0].value
     assert app.button(key="train").label.startswith("Train the default tiny model")
 
 
-def test_generating_with_a_fixed_seed_shows_the_expected_text(app, run_dir):
+def test_the_sidebar_offers_the_runs_it_found_newest_first(monkeypatch, tmp_path, run_dir,
+                                                           serve_as):
+    runs = tmp_path / "runs"
+    for name in ("older", "newer"):
+        shutil.copytree(run_dir, runs / name)
+        time.sleep(0.05)
+        (runs / name / "best.pt").touch()
+    (runs / "empty").mkdir()  # no checkpoint: not offered
+    serve_as("0.0.0.0")
+    app = make_app(monkeypatch, runs)
     app.run()
-    app.text_input(key="checkpoint").input(str(run_dir)).run()
+    assert not app.exception
+    assert [Path(option).name for option in app.selectbox(key="run").options] == ["newer", "older"]
+    assert not [t for t in app.text_input if t.key == "checkpoint"]  # shared: no free paths
+    assert app.dataframe  # the newest run is loaded and inspected
+
+
+def test_generating_with_a_fixed_seed_shows_the_expected_text(app_with_runs, run_dir):
+    app = app_with_runs
+    app.run()
     app.text_input(key="prompt").input("the cat sat on").run()
     app.number_input(key="seed").set_value(3).run()
     app.button(key="generate").click().run()
     assert not app.exception
     model, tokenizer = load(run_dir)
-    expected = "".join(p.text for p in generate_text(model, tokenizer, "the cat sat on", 40,
+    length = app.slider(key="max_new_tokens").value  # 16: the test model's context
+    expected = "".join(p.text for p in generate_text(model, tokenizer, "the cat sat on", length,
                                                      0.8, None, 1.0, seed=3))
     assert app.code[0].value == "the cat sat on" + expected
 
 
-def test_attention_layers_and_temperature_views_render(app, run_dir):
+def test_attention_layers_and_temperature_views_render(app_with_runs):
+    app = app_with_runs
     app.run()
-    app.text_input(key="checkpoint").input(str(run_dir)).run()
     assert not app.exception
     assert [tab.label for tab in app.tabs] == ["Attention", "Layer outputs", "Temperature"]
     app.selectbox(key="layer").select(1).run()
@@ -57,10 +109,85 @@ def test_attention_layers_and_temperature_views_render(app, run_dir):
     assert list(lens.index) == ["layer 0", "layer 1", "layer 2"]
 
 
-def test_a_bad_checkpoint_path_shows_an_error_not_a_traceback(app, tmp_path):
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+def test_a_bad_checkpoint_path_shows_a_short_error_without_its_contents(app, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"SECRET-CONTENTS not a checkpoint")
     app.run()
     for path in (str(tmp_path / "missing.pt"), str(tmp_path / "junk.pt")):
         app.text_input(key="checkpoint").input(path).run()
         assert not app.exception
-        assert "Cannot load that checkpoint" in app.error[0].value
+        message = app.error[0].value
+        assert "Cannot load that checkpoint" in message and "SECRET" not in message
+        assert len(message) < 300
+
+
+def test_generation_length_is_capped_by_the_context(app_with_runs, run_dir):
+    app_with_runs.run()
+    model, _ = load(run_dir)
+    assert app_with_runs.slider(key="max_new_tokens").max == model.config.context_length
+
+
+def fake_training(calls: list):
+    """Stands in for train(): writes a run as train() would, at once."""
+    def fake(cfg, **kwargs):
+        run_dir = Path(cfg.train.out_dir) / cfg.train.run_name
+        run_dir.mkdir(parents=True)
+        shutil.copy(calls[0], run_dir / "best.pt")
+        calls.append(run_dir)
+        return TrainResult(run_dir, 8, 1.0)
+    return fake
+
+
+def test_the_app_keeps_one_run_of_its_own(monkeypatch, tmp_path,
+                                                                   run_dir, serve_as):
+    runs = tmp_path / "runs"
+    (runs / "app-default").mkdir(parents=True)
+    (runs / "app-default" / "events.out.tfevents.stale").write_text("left by a stopped server")
+    calls = [run_dir / "best.pt"]
+    monkeypatch.setattr(minigpt.training, "train", fake_training(calls))
+    serve_as("0.0.0.0")
+    app = make_app(monkeypatch, runs)
+    app.run()
+    for _ in range(2):
+        app.button(key="train").click().run()
+        assert not app.exception
+    assert [p.name for p in runs.iterdir()] == ["app-default"]
+    assert sorted(p.name for p in (runs / "app-default").iterdir()) == ["best.pt"]
+    assert len(calls) == 3  # trained twice, into the same directory
+    assert app.selectbox(key="run").options == ["app-default"]
+
+
+@pytest.mark.slow
+def test_started_as_the_readme_says_it_listens_on_loopback_only(tmp_path):
+    """A real `streamlit run app.py` (slow: a server start): reachable on 127.0.0.1, and not on
+    this machine's other address."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))  # picks the outward interface; sends nothing
+        other = probe.getsockname()[0]
+    except OSError:
+        other = None
+    finally:
+        probe.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py",
+                               "--server.headless", "true", "--server.port", str(port)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the app did not start on 127.0.0.1")
+        if other is None or other.startswith("127."):
+            pytest.skip("this machine has no address other than loopback to try")
+        with pytest.raises(OSError):
+            socket.create_connection((other, port), timeout=2).close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,5 +1,6 @@
 """Checkpoint loading: clear errors for missing, damaged, foreign, newer and hostile files."""
 
+import os
 import pickle
 
 import pytest
@@ -86,11 +87,38 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     torch.save({"format": "minigpt", "version": 1, "model": Exploit(marker)}, tmp_path / "evil.pt")
     with open(tmp_path / "evil.pkl", "wb") as f:
         pickle.dump(Exploit(marker), f)
-    with pytest.raises(CheckpointError, match="refused: it holds objects other than tensors"):
+    with pytest.raises(CheckpointError, match="refused: it holds objects .* could run code"):
         load_checkpoint(tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_checkpoint(tmp_path / "evil.pkl")
     assert not marker.exists()
+
+
+class RunsCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_a_command_is_refused_as_such(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"format": "minigpt", "version": 2, "model": RunsCommand(marker)},
+               tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(tmp_path / "evil.pt")
+    message = str(refused.value)
+    assert "could run code" in message and "damaged" not in message
+    assert "touch" not in message  # nothing of the file's contents is echoed
+    assert not marker.exists()
+
+
+def test_non_finite_weights_are_refused(trained):
+    state = load_checkpoint(trained / "last.pt")
+    state["model"]["blocks.0.ffn.fc.weight"][0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values \(blocks.0.ffn.fc.weight\)"):
+        model_from_checkpoint(state)
 
 
 def test_weights_of_the_wrong_shape(trained, tmp_path):
