@@ -82,7 +82,8 @@ def save_attention(path: str, seen) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     top_k, top_p = args.top_k or None, args.top_p
-    check_generation_args(args.max_new_tokens, args.temperature, top_k, top_p, args.num_samples)
+    check_generation_args(args.max_new_tokens, args.temperature, top_k, top_p, args.num_samples,
+                          args.seed, args.stop)
     prompt = read_prompt(args)
     device = resolve_device(args.device)
     model, tokenizer = load(args.checkpoint, device)

@@ -9,6 +9,8 @@ choices. Values are converted by each field's declared type; config files are da
 
 import dataclasses
 import difflib
+import math
+import os
 import tomllib
 import types
 import typing
@@ -19,9 +21,28 @@ from typing import Literal
 from minigpt.errors import ConfigError
 from minigpt.model import ModelConfig
 
+MAX_SAMPLE_TOKENS = 10_000  # tokens of sample text per evaluation
+MAX_BPE_VOCAB = 100_000  # merges are learned one at a time: more would train for hours
+
 
 def _help(text: str, default):
     return field(default=default, metadata={"help": text})
+
+
+def _check_finite(section: str, values) -> None:
+    """NaN and infinity mean nothing for any setting. Checked first, since NaN would slip through
+    the range checks: every comparison with it is false."""
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -37,10 +58,12 @@ class DataConfig:
                            "(empty: $MINIGPT_CACHE or ~/.cache/minigpt)", "")
 
     def __post_init__(self):
+        _check_finite("data", self)
         _check_choice("data.dataset", self.dataset, ("embedded", "shakespeare"))
         _check_choice("data.tokenizer", self.tokenizer, ("char", "word", "bpe"))
-        if self.bpe_vocab_size < 256:
-            raise ConfigError(f"data.bpe_vocab_size must be >= 256, got {self.bpe_vocab_size}")
+        if not 256 <= self.bpe_vocab_size <= MAX_BPE_VOCAB:
+            raise ConfigError(f"data.bpe_vocab_size must be in [256, {MAX_BPE_VOCAB:,}], got "
+                              f"{self.bpe_vocab_size}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -81,6 +104,7 @@ class TrainConfig:
     run_name: str = _help("name of this run's directory (empty: config name and time)", "")
 
     def __post_init__(self):
+        _check_finite("train", self)
         positive = ["batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
                     "checkpoint_interval"]
         for name in positive:
@@ -105,6 +129,14 @@ class TrainConfig:
                               f"got {self.device!r}")
         if "/" in self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"train.run_name must be a plain name, got {self.run_name!r}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"train.seed must be in [0, 2**63), got {self.seed}")
+        if self.sample_tokens > MAX_SAMPLE_TOKENS:
+            raise ConfigError(f"train.sample_tokens must be at most {MAX_SAMPLE_TOKENS:,}, got "
+                              f"{self.sample_tokens}")
+        if self.threads > 4 * usable_cpus():
+            raise ConfigError(f"train.threads must be at most {4 * usable_cpus()} (this machine "
+                              f"has {usable_cpus()} CPUs), got {self.threads}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 
 from minigpt.errors import InputError
 from minigpt.model import GPT
+from minigpt.runtime import device_memory
 from minigpt.sampling import check_sampling_args
 from minigpt.tokenizer import CharTokenizer, Tokenizer, warn_unknown_words
 
@@ -28,14 +29,25 @@ class Piece:
     done: bool = False
 
 
+MAX_NEW_TOKENS = 100_000  # hours of CPU decoding for a small model; more is a slip of the keyboard
+MAX_SAMPLES = 1024
+
+
 def check_generation_args(max_new_tokens: int, temperature: float, top_k: int | None,
-                          top_p: float | None, num_samples: int) -> None:
+                          top_p: float | None, num_samples: int, seed: int | None = None,
+                          stop: Sequence[str] = ()) -> None:
     """Raise InputError for controls that have no meaning (before any model is loaded)."""
     check_sampling_args(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if num_samples < 1:
-        raise InputError(f"num_samples must be >= 1, got {num_samples}")
+    if max_new_tokens > MAX_NEW_TOKENS:
+        raise InputError(f"max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {max_new_tokens}")
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise InputError(f"num_samples must be >= 1 and at most {MAX_SAMPLES}, got {num_samples}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise InputError(f"seed must be in [0, 2**63), got {seed}")
+    if any(not s for s in stop):
+        raise InputError("a stop string must not be empty; give the text that ends a sample")
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, context_length: int,
@@ -64,6 +76,17 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, context_length: int,
     return ids
 
 
+def check_batch_fits(model: GPT, num_samples: int) -> None:
+    """Refuse a batch whose key/value cache and logits would not fit half the device's memory."""
+    cfg, weight = model.config, model.token_emb.weight
+    per_sample = (2 * cfg.num_layers * cfg.context_length * cfg.embed_dim + 2 * cfg.vocab_size)
+    need, total = num_samples * per_sample * weight.element_size(), device_memory(weight.device)
+    if need > total // 2:
+        raise InputError(f"{num_samples} samples need about {need / 2**30:,.1f} GiB for their "
+                         f"key/value caches, more than half the {total / 2**30:,.1f} GiB of "
+                         f"{weight.device}; ask for fewer samples")
+
+
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:
     hits = [text.find(s) for s in stop if s and s in text]
     return min(hits) if hits else None
@@ -80,10 +103,11 @@ def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str | list[int],
     occurrence of any stop string (which is not yielded); text that could still turn into a stop
     string is held back until it cannot.
     """
-    check_generation_args(max_new_tokens, temperature, top_k, top_p, num_samples)
+    check_generation_args(max_new_tokens, temperature, top_k, top_p, num_samples, seed, stop)
     ids = (prompt if isinstance(prompt, list)
            else encode_prompt(tokenizer, prompt, model.config.context_length, drop_unknown))
     device = model.token_emb.weight.device
+    check_batch_fits(model, num_samples)
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed) if seed is not None else generator.seed()

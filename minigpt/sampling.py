@@ -4,6 +4,8 @@ Each function takes logits of shape (B, V) and returns a tensor of the same shap
 logits) or of shape (B,) (chosen token ids). They never modify their input.
 """
 
+import math
+
 import torch
 
 from minigpt.errors import InputError
@@ -11,8 +13,9 @@ from minigpt.errors import InputError
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise InputError (a ValueError) for sampling controls that have no meaning."""
-    if temperature < 0:
-        raise InputError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"temperature must be a finite number >= 0 (0 means greedy), got "
+                         f"{temperature}")
     if top_k is not None and top_k < 0:
         raise InputError(f"top_k must be >= 0 (0 or None disables it), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:

@@ -17,6 +17,7 @@
 Under torchrun it trains with DistributedDataParallel; `minigpt.runtime.Runtime` holds that.
 """
 
+import contextlib
 import json
 import math
 import signal
@@ -160,20 +161,25 @@ class Run:
                                 * cfg.model.context_length)
 
     @classmethod
-    def start(cls, cfg: Config, resume: str | Path | None = None) -> "Run":
+    def start(cls, cfg: Config, resume: str | Path | None = None,
+              stop: "StopRequest | None" = None) -> "Run":
         """Check everything that can fail, then build the model and trainer (and load the
-        checkpoint when resuming). Nothing is written yet."""
+        checkpoint when resuming). Nothing is written yet but the removal of what an interrupted
+        start or save left behind."""
         state = load_resume_state(resume, cfg) if resume is not None else None
         runtime = Runtime.from_config(cfg.train)
         data = prepare_data(cfg.data, cfg.model.context_length)
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
-        check_fits(cfg.model, runtime.device)
+        check_fits(cfg.model, cfg.train, runtime.device)
         probe = probe_ids(data, cfg)
         directory = Path(resume) if resume is not None else new_run_dir(cfg)
+        if runtime.master:
+            clear_unstarted(directory)
         runtime.start()
         torch.manual_seed(cfg.train.seed)
         model = GPT(cfg.model).to(runtime.device)
         run = cls(cfg, runtime, data, Trainer(model, cfg.train, runtime), directory, probe)
+        run.stop = stop or StopRequest()
         if state is not None:
             run.load_state_dict(state)
         return run
@@ -191,11 +197,15 @@ class Run:
         """Write the checkpoint `name` in the run directory (rank 0 only)."""
         if not self.runtime.master:
             return
-        save_checkpoint(self.dir / name, {
+        with self.stop.protected():  # a second Ctrl-C does not cut a save short
+            save_checkpoint(self.dir / name, self.state_dict())
+
+    def state_dict(self) -> dict:
+        return {
             "model": self.trainer.model.state_dict(), "model_config": asdict(self.cfg.model),
             "tokenizer": self.data.tokenizer.to_dict(), "config": self.cfg.to_dict(),
             **self.trainer.state_dict(), "step": self.step, "best_val_loss": self.best_val,
-            "rng": {**self.runtime.rng_state(), "batches": self.batches.get_state()}})
+            "rng": {**self.runtime.rng_state(), "batches": self.batches.get_state()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.trainer.model.load_state_dict(state["model"])
@@ -236,9 +246,13 @@ class Run:
         return [self.data.tokenizer.decode([i]) for i in self.probe]
 
 
-def load_resume_state(run_dir: str | Path, cfg: Config) -> dict:
-    """The last.pt of run_dir, checked to belong to a run of the same model and data."""
-    state = load_checkpoint(Path(run_dir) / "last.pt")
+def load_resume_state(run_dir: str | Path, cfg: Config) -> dict | None:
+    """The newest checkpoint of run_dir (last.pt, else best.pt), checked to belong to a run of the
+    same model and data; None for a run that was stopped before its first checkpoint."""
+    names = [name for name in ("last.pt", "best.pt") if (Path(run_dir) / name).is_file()]
+    if not names:
+        return None
+    state = load_checkpoint(Path(run_dir) / names[0])
     saved = build_config(_settable(state["config"]))
     if (saved.model, saved.data) != (cfg.model, cfg.data):
         raise ConfigError(f"the model/data config differs from the run in {run_dir}; only "
@@ -246,15 +260,24 @@ def load_resume_state(run_dir: str | Path, cfg: Config) -> dict:
     return state
 
 
-def check_fits(cfg: ModelConfig, device: torch.device) -> None:
-    """Refuse, before allocating anything, a model whose weights, gradients and AdamW moments
-    (4 fp32 copies) exceed the device's memory."""
+def check_fits(cfg: ModelConfig, tc: TrainConfig, device: torch.device) -> None:
+    """Refuse, before allocating anything, a run that cannot fit the device: the weights,
+    gradients and AdamW moments (4 fp32 copies), plus a micro-batch's activations, estimated
+    roughly (about 20 C floats per token and layer kept for the backward pass, and the logits)."""
     params = GPT.count_params(cfg)
-    need, total = 16 * params, device_memory(device)
-    if need > total:
+    weights, total = 16 * params, device_memory(device)
+    if weights > total:
         raise ConfigError(f"the model has {params:,} parameters and needs about "
-                          f"{need / 2**30:,.1f} GiB for weights, gradients and optimizer state, more "
-                          f"than the {total / 2**30:,.1f} GiB of {device}; choose a smaller model")
+                          f"{weights / 2**30:,.1f} GiB for weights, gradients and optimizer state, "
+                          f"more than the {total / 2**30:,.1f} GiB of {device}; choose a smaller model")
+    tokens = tc.batch_size * cfg.context_length
+    activations = 4 * tokens * (20 * cfg.num_layers * cfg.embed_dim + 3 * cfg.vocab_size)
+    if weights + activations > total:
+        raise ConfigError(f"a micro-batch of train.batch_size={tc.batch_size} sequences of "
+                          f"{cfg.context_length} tokens needs about {activations / 2**30:,.1f} GiB "
+                          f"of activations, more than the {total / 2**30:,.1f} GiB of {device} "
+                          f"holds; use a smaller train.batch_size (train.grad_accum keeps the "
+                          f"tokens per step)")
 
 
 def probe_ids(data: Dataset, cfg: Config) -> list[int]:
@@ -295,12 +318,32 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
 
 
 def new_run_dir(cfg: Config) -> Path:
+    """The directory of a new run. One that exists but holds no checkpoint is a start that was
+    stopped early: it is used again (re-running the same command goes on from there)."""
     name = cfg.train.run_name or f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(cfg.train.out_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.is_file():
+        raise TrainingError(f"{run_dir} is a file, not a run directory; choose another "
+                            f"--train.run_name or --train.out_dir")
+    if any((run_dir / checkpoint).is_file() for checkpoint in ("last.pt", "best.pt")):
         raise TrainingError(f"run directory {run_dir} already holds a run; continue it with "
                             f"--resume {run_dir} or choose another --train.run_name")
     return run_dir
+
+
+def clear_unstarted(run_dir: Path) -> None:
+    """Remove what a start stopped before its first checkpoint left (config, TensorBoard events)
+    and the temporary files of saves cut short by a kill, so the run starts clean."""
+    if not run_dir.is_dir():
+        return
+    leftovers = [*run_dir.glob(".*.tmp")]
+    if not any((run_dir / name).is_file() for name in ("last.pt", "best.pt")):
+        leftovers += [*run_dir.glob("events.out.tfevents.*"), run_dir / "config.json"]
+    for path in leftovers:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise TrainingError(f"cannot clean up {path}: {err.strerror or err}") from None
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -363,6 +406,7 @@ class StopRequest:
     def __init__(self):
         self.signal_name: str | None = None
         self._previous = {}
+        self._protected = 0
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -371,9 +415,19 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal_name is not None:  # a second Ctrl-C: stop at once
+        if self.signal_name is not None and not self._protected:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+
+    @contextlib.contextmanager
+    def protected(self):
+        """Within this block (a save, the final steps) a second signal is not an abort: the
+        block finishes, so no file is left half-written and no traceback escapes."""
+        self._protected += 1
+        try:
+            yield
+        finally:
+            self._protected -= 1
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -393,15 +447,15 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
     on_step: called with (step, max_steps) after each optimizer step, e.g. for a progress display.
     """
     started = time.perf_counter()
-    run = Run.start(cfg, resume)  # 1. set up the run
-    tc, master = run.cfg.train, run.runtime.master
-    board = run.open_log(log)
-    bar = tqdm(total=tc.max_steps, initial=run.step, disable=not (progress and master),
-               dynamic_ncols=True, unit="step")
-    say = (bar.write if progress else log) if master else (lambda line: None)
-    result = TrainResult(run.dir, run.step, run.best_val)
-    try:
-        with StopRequest() as stop:
+    with StopRequest() as stop:  # from here on, Ctrl-C and SIGTERM end in a resumable last.pt
+        run = Run.start(cfg, resume, stop)  # 1. set up the run
+        tc, master = run.cfg.train, run.runtime.master
+        board = run.open_log(log)
+        bar = tqdm(total=tc.max_steps, initial=run.step, disable=not (progress and master),
+                   dynamic_ncols=True, unit="step")
+        say = (bar.write if progress else log) if master else (lambda line: None)
+        result = TrainResult(run.dir, run.step, run.best_val)
+        try:
             while run.step < min(tc.max_steps, stop_at or tc.max_steps) and not stop.signal_name:
                 lr = lr_at(run.step, tc)
                 run.trainer.set_lr(lr)
@@ -412,8 +466,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 run.step += 1
                 tokens_per_sec = run.tokens_per_step / result.step_seconds[-1]
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}",
-                                refresh=False)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
                 board.step(run.step, loss, lr, grad_norm, tokens_per_sec)
                 if on_step is not None:
                     on_step(run.step, tc.max_steps)
@@ -428,18 +482,21 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 if run.step % tc.checkpoint_interval == 0 or run.step == tc.max_steps:
                     run.save("last.pt")
             if result.target_step is None and run.step < tc.max_steps:  # 4. finish
-                result.stopped_by = stop.signal_name or f"stop_at={stop_at}"
-                run.save("last.pt")
-                say(f"{result.stopped_by}: saved {run.dir / 'last.pt'} at step {run.step}; "
-                    f"continue with: python train.py --resume {run.dir}")
-    except NonFiniteLoss as err:
-        raise TrainingError(f"loss became {err} at step {run.step + 1}; stopped without updating "
-                            f"the weights (checkpoints in {run.dir} are the last good ones); try a "
-                            f"lower train.lr") from None
-    finally:
-        bar.close()
-        board.close(run.cfg.to_dict(), run.best_val, result.losses[-1] if result.losses else None)
-        run.runtime.close()
+                with stop.protected():
+                    result.stopped_by = stop.signal_name or f"stop_at={stop_at}"
+                    run.save("last.pt")
+                    say(f"{result.stopped_by}: saved {run.dir / 'last.pt'} at step {run.step}; "
+                        f"continue with: python train.py --resume {run.dir}")
+        except NonFiniteLoss as err:
+            raise TrainingError(f"loss became {err} at step {run.step + 1}; stopped without "
+                                f"updating the weights (checkpoints in {run.dir} are the last "
+                                f"good ones); try a lower train.lr") from None
+        finally:
+            with stop.protected():
+                bar.close()
+                board.close(run.cfg.to_dict(), run.best_val,
+                            result.losses[-1] if result.losses else None)
+                run.runtime.close()
     result.step, result.best_val_loss, result.model = run.step, run.best_val, run.trainer.model
     return result
 

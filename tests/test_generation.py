@@ -99,7 +99,7 @@ def test_generate_rejects_bad_controls():
     model = GPT(tiny_config())
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
         model.generate(torch.tensor([[1]]), max_new_tokens=-1)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         model.generate(torch.tensor([[1]]), max_new_tokens=1, temperature=-1)
 
 
@@ -196,7 +196,7 @@ def test_cli_samples_reproducibly_with_a_seed(run_dir):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "-1"], "temperature must be a finite number >= 0"),
     (["--top-p", "0"], r"top_p must be in \(0, 1\]"),
     (["--max-new-tokens", "-5"], "max_new_tokens must be >= 0"),
     (["--num-samples", "0"], "num_samples must be >= 1"),

@@ -67,7 +67,7 @@ def test_same_generator_seed_same_draws():
 
 
 @pytest.mark.parametrize("args,message", [
-    ((-0.5, None, None), "temperature must be >= 0"),
+    ((-0.5, None, None), "temperature must be a finite number >= 0"),
     ((1.0, -1, None), "top_k must be >= 0"),
     ((1.0, None, 0.0), r"top_p must be in \(0, 1\]"),
     ((1.0, None, 1.5), r"top_p must be in \(0, 1\]"),
