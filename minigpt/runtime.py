@@ -126,6 +126,14 @@ class Runtime:
             return model.no_sync()
         return contextlib.nullcontext()
 
+    def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a scalar over all ranks (itself outside DDP): every rank then sees the same
+        loss, so a NaN on one rank stops them all together."""
+        if self.distributed:
+            dist.all_reduce(value)
+            value = value / self.world_size
+        return value
+
     def rng_state(self) -> dict:
         state = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":

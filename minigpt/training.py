@@ -96,8 +96,9 @@ class Trainer:
 
     def step(self, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
         """Accumulate gradients over grad_accum micro-batches from next_batch(), clip them and
-        step; returns the mean loss and the gradient norm before clipping. A non-finite loss
-        raises NonFiniteLoss before the weights change."""
+        step; returns the mean loss (over all ranks under DDP) and the gradient norm before
+        clipping. A non-finite loss raises NonFiniteLoss, on every rank, before the weights
+        change."""
         accum = self.cfg.grad_accum
         loss_sum = torch.zeros((), device=self.runtime.device)
         for micro in range(accum):
@@ -107,7 +108,7 @@ class Trainer:
                     loss = lm_loss(self.train_model(x), y) / accum
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
-        loss_value = loss_sum.item()
+        loss_value = self.runtime.mean_over_ranks(loss_sum).item()
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(loss_value)
         for optimizer in self.optimizers:

@@ -23,5 +23,15 @@ def remember(self, *args, **kwargs):
 
 
 GPT.__init__ = remember
+if sys.argv[2:] == ["nan-on-rank-1"] and os.environ["RANK"] == "1":
+    import minigpt.training as training
+
+    real_loss, calls = training.lm_loss, []
+
+    def poisoned(logits, targets):  # this rank alone goes NaN from its third step
+        calls.append(1)
+        return real_loss(logits, targets) * (float("nan") if len(calls) >= 3 else 1.0)
+
+    training.lm_loss = poisoned
 train(run_config(out), progress=False)
 torch.save(captured["model"].state_dict(), out / f"rank{os.environ['RANK']}.pt")

@@ -203,12 +203,22 @@ def test_sigint_saves_last_checkpoint_and_resume_finishes(tmp_path):
     assert train(resume_config(run_dir), resume=run_dir, progress=False).step == 8
 
 
-def test_two_process_ddp_ends_with_identical_weights(tmp_path):
+def run_ddp(tmp_path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
-               str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+               str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), *extra]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_a_nan_on_one_ddp_rank_stops_every_rank(tmp_path):
+    done = run_ddp(tmp_path, "nan-on-rank-1")  # a hang here would hit the timeout
+    assert done.returncode != 0
+    assert done.stderr.count("loss became nan at step 3") == 2, done.stderr[-3000:]
+
+
+def test_two_process_ddp_ends_with_identical_weights(tmp_path):
+    done = run_ddp(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert weights[0].keys() == weights[1].keys()
