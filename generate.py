@@ -50,6 +50,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="also write the prompt's attention heatmaps (a row of heads per layer)")
     parser.add_argument("--no-kv-cache", action="store_true",
                         help="recompute the whole window every step (slow; for comparison)")
+    parser.add_argument("--past-context", choices=["exact", "fast"], default="exact",
+                        help="past the model's context: exact recomputes the window of the last "
+                             "context_length tokens every step; fast keeps a cache (rolling for "
+                             "rope, half-window re-prefill otherwise), which is quicker but not "
+                             "the same (default: exact)")
     return parser.parse_args(argv)
 
 
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         pieces = generate_text(model, tokenizer, ids, args.max_new_tokens, args.temperature,
                                top_k, top_p, args.num_samples, args.seed, args.stop,
-                               args.drop_unknown, use_cache=not args.no_kv_cache)
+                               args.drop_unknown, use_cache=not args.no_kv_cache,
+                               past_context=args.past_context)
         if args.num_samples == 1:
             print(head, end="", flush=True)
             for piece in pieces:

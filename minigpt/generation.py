@@ -96,7 +96,8 @@ def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str | list[int],
                   max_new_tokens: int = 200,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                   num_samples: int = 1, seed: int | None = None, stop: Sequence[str] = (),
-                  drop_unknown: bool = False, use_cache: bool = True) -> Iterator[Piece]:
+                  drop_unknown: bool = False, use_cache: bool = True,
+                  past_context: str = "exact") -> Iterator[Piece]:
     """Yield the new text of each sample as it is produced, num_samples decoded in one batch.
 
     prompt is text, or token ids already made by encode_prompt. A sample ends at the first
@@ -118,7 +119,7 @@ def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str | list[int],
     hold = max((len(s) for s in stop), default=1) - 1
     model.eval()
     for step, tokens in enumerate(model.stream(idx, max_new_tokens, temperature, top_k, top_p,
-                                               generator, use_cache)):
+                                               generator, use_cache, past_context)):
         last = step == max_new_tokens - 1
         for i, token in enumerate(tokens.tolist()):
             if done[i]:

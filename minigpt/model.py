@@ -8,7 +8,7 @@ Shape letters used in the comments below:
 """
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -110,8 +110,8 @@ class PositionalEncoding(nn.Module):
       positions start .. start + T - 1 (absolute encodings);
     - `rotation(start, length)` gives what attention rotates queries and keys by, or None;
     - `vectors()` is the (positions, C) table added to the embeddings, for pictures, or None;
-    - `relative` says attention depends on distances only, so decoding may run past the context
-      with a rolling window of keys.
+    - `relative` says attention depends on distances only, so a cache of keys may roll on past
+      the context (GPT.stream's past_context="fast").
 
     This base class adds nothing: a model built with it has no position information at all.
     """
@@ -161,8 +161,8 @@ class RotaryEmbedding(PositionalEncoding):
     """Rotary position embedding (RoPE), https://arxiv.org/abs/2104.09864.
 
     Rotates each (first half, second half) pair of q and k channels by an angle proportional to the
-    position, so the score q_m . k_n depends on m - n only. Works for any position, so decoding can
-    run past context_length with a rolling window of keys.
+    position, so the score q_m . k_n depends on m - n only. Works for any position, so a cache of
+    keys can roll on past context_length.
     """
 
     relative = True
@@ -417,7 +417,7 @@ class GPT(nn.Module):
             if overflow > 0:
                 if not self.pos_emb.relative or overflow > cache.length:
                     raise ValueError("KV cache is full; reset it and prefill the last window")
-                cache.evict(overflow)  # relative positions: a rolling window stays exact
+                cache.evict(overflow)  # relative positions: the window of keys rolls on
             start = cache.position
         if not self.pos_emb.relative and start + T > self.config.context_length:
             raise ValueError(f"sequence reaches position {start + T} but the model's "
@@ -451,46 +451,64 @@ class GPT(nn.Module):
     @torch.no_grad()
     def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None,
-               generator: torch.Generator | None = None,
-               use_cache: bool = True) -> Iterator[torch.Tensor]:
+               generator: torch.Generator | None = None, use_cache: bool = True,
+               past_context: str = "exact",
+               choose: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> Iterator[torch.Tensor]:
         """Yield max_new_tokens next-token batches (B,), continuing idx (B, T).
 
-        With use_cache, the prompt is processed once and each step feeds one token. Past
-        context_length, relative (rope) models drop the oldest cached keys and values, a rolling
-        window (with one layer this equals recomputing the cropped window; deeper layers' cached
-        keys were computed while the dropped tokens were still visible, so there it differs
-        slightly); absolute encodings re-prefill the last half window when the cache fills, so
-        that cost is paid once every context_length / 2 tokens. Without the cache, every step
-        recomputes the last context_length tokens.
+        Every next token is predicted from the last context_length tokens. With use_cache the
+        prompt is processed once and each step feeds one token, which gives the same logits as
+        recomputing the window, as long as the sequence fits the context. Past it, past_context
+        says what happens:
+
+        - "exact" (the default): every step recomputes the window of the last context_length
+          tokens, as use_cache=False does throughout: the logits are those of the model on that
+          window, whatever the position encoding or depth. Slower past the context.
+        - "fast": keep using a cache. Relative (rope) models drop the oldest cached keys and
+          values, a rolling window: with one layer this equals recomputing the window, with more
+          it differs (deeper layers' cached keys were computed while the dropped tokens were still
+          visible). Absolute encodings re-prefill the last context_length // 2 + 1 tokens when
+          the cache is full, so the window shrinks to half and grows back, paying for a prefill
+          once every context_length / 2 tokens.
+
+        choose picks the next tokens from the logits (B, V) instead of sampling with temperature,
+        top_k and top_p (tests use it to feed fixed tokens and read the logits).
         """
         check_sampling_args(temperature, top_k, top_p)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if idx.size(1) == 0:
             raise ValueError("generation needs at least one prompt token")
+        if past_context not in ("exact", "fast"):
+            raise ValueError(f"past_context must be 'exact' or 'fast', got {past_context!r}")
+        choose = choose or (lambda logits: sample_next(logits, temperature, top_k, top_p,
+                                                       generator))
         window = self.config.context_length
         cache = self.new_cache(idx.size(0)) if use_cache else None
-        if cache is not None:
-            logits = self(idx[:, -window:], cache)[:, -1]
+        idx = idx[:, -window:]
+        logits = self(idx, cache)[:, -1]
         for step in range(max_new_tokens):
-            if cache is None:
-                logits = self(idx[:, -window:])[:, -1]
-            next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            next_token = choose(logits)  # (B,)
             yield next_token
-            idx = torch.cat([idx[:, 1 - window:], next_token[:, None]], dim=1)  # the last window
-            if cache is None or step == max_new_tokens - 1:
-                continue
-            if cache.length == window and not self.pos_emb.relative:
-                cache.reset()
-                logits = self(idx[:, -(window // 2 + 1):], cache)[:, -1]
-            else:
-                logits = self(next_token[:, None], cache)[:, -1]
+            if step == max_new_tokens - 1:
+                return
+            idx = torch.cat([idx, next_token[:, None]], dim=1)[:, -window:]  # the last window
+            if cache is not None and cache.length == window:  # the cache is full
+                if past_context == "exact":
+                    cache = None  # from here on, recompute the window every step
+                elif not self.pos_emb.relative:
+                    cache.reset()
+                    logits = self(idx[:, -(window // 2 + 1):], cache)[:, -1]
+                    continue
+            logits = (self(idx) if cache is None else self(next_token[:, None], cache))[:, -1]
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 stop: Sequence[Sequence[int]] = (), pad_id: int = -1) -> torch.Tensor:
+                 stop: Sequence[Sequence[int]] = (), pad_id: int = -1,
+                 past_context: str = "exact") -> torch.Tensor:
         """Sample up to max_new_tokens tokens after idx (B, T); returns idx with them appended.
 
         stop: token-id sequences. A row ends just before the first stop sequence it produces (the
@@ -509,7 +527,7 @@ class GPT(nn.Module):
         self.eval()
         try:
             for tokens in self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator,
-                                      use_cache):
+                                      use_cache, past_context):
                 for i, token in enumerate(tokens.tolist()):
                     rows[i].append(token)
                     if ends[i] is None:

@@ -75,9 +75,10 @@ def test_generate_benchmark_and_report(tmp_path, capsys):
                 "--batch-sizes", "1", "2", "--json", str(out)])
     report = json.loads(out.read_text())
     assert [r["batch_size"] for r in report["generate"]] == [1, 2]
-    assert all(r["cached"] > 0 and r["recompute"] > 0 for r in report["generate"])
+    assert all(r["cached_exact"] > 0 and r["cached_fast"] > 0 and r["recompute"] > 0
+               for r in report["generate"])
     printed = capsys.readouterr().out
-    assert "KV cache" in printed and "recompute" in printed
+    assert "cache exact" in printed and "cache fast" in printed and "recompute" in printed
 
 
 @pytest.mark.slow  # four fresh processes, 15 s: .ci/run runs it after the default suite

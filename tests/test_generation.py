@@ -47,27 +47,80 @@ def test_cached_decoding_equals_full_recompute(pos_encoding, norm_placement):
     assert torch.equal(model.generate(prompt, 27, temperature=0), expected)
 
 
-@pytest.mark.parametrize("norm_placement", ["pre", "post"])
-def test_rope_past_the_context_is_exact_rolling_window(norm_placement):
-    """Past context_length, a rope model's rolling cache equals recompute on the cropped window."""
-    model = GPT(tiny_config(pos_encoding="rope", norm_placement=norm_placement)).eval()
-    prompt = torch.randint(0, 23, (1, 6))
-    expected, _ = greedy_reference(model, prompt, 40, 16)
-    assert torch.equal(model.generate(prompt, 40, temperature=0), expected)
+WINDOW = 8
 
 
+def forced_logits(model: GPT, prompt: torch.Tensor, tokens: torch.Tensor, **options) -> list:
+    """The logits GPT.stream computes before each of `tokens`, fed to it in place of samples."""
+    seen, fed = [], iter(tokens.T)
+
+    def choose(logits):
+        seen.append(logits)
+        return next(fed)
+
+    for _ in model.stream(prompt, tokens.size(1), choose=choose, **options):
+        pass
+    return seen
+
+
+def window_logits(model: GPT, sequence: torch.Tensor, lengths: list[int]) -> list:
+    """The model's next-token logits on the last lengths[i] tokens of the first T0 + i."""
+    start = sequence.size(1) - len(lengths)
+    return [model(sequence[:, :start + i][:, -length:])[:, -1] for i, length in enumerate(lengths)]
+
+
+def decoding_case(pos_encoding: str, num_layers: int):
+    model = GPT(tiny_config(pos_encoding=pos_encoding, num_layers=num_layers,
+                            context_length=WINDOW)).eval()
+    prompt = torch.randint(0, 23, (2, 3))
+    tokens = torch.randint(0, 23, (2, 3 * WINDOW))  # three times the context
+    return model, prompt, tokens, torch.cat([prompt, tokens], dim=1)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3, 4])
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned", "rope"])
+def test_exact_decoding_is_the_model_on_the_last_window_at_every_step(pos_encoding, num_layers):
+    """The default, with or without the cache: logits equal recomputing the last context_length
+    tokens, to 1e-5, through three times the context."""
+    model, prompt, tokens, sequence = decoding_case(pos_encoding, num_layers)
+    lengths = [min(3 + i, WINDOW) for i in range(tokens.size(1))]
+    expected = window_logits(model, sequence, lengths)
+    for use_cache in (True, False):
+        got = forced_logits(model, prompt, tokens, use_cache=use_cache)
+        for step, (a, b) in enumerate(zip(got, expected)):
+            assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}, cache {use_cache}")
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3, 4])
 @pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned"])
-def test_absolute_positions_past_the_context_reprefill_half_a_window(pos_encoding):
-    model = GPT(tiny_config(pos_encoding=pos_encoding)).eval()
-    prompt = torch.randint(0, 23, (1, 6))
-    out = model.generate(prompt, 40, temperature=0)
-    assert out.shape == (1, 46)
-    # Up to the full context, exactly the recompute reference.
-    expected, _ = greedy_reference(model, prompt, 10, 16)
-    assert torch.equal(out[:, :16], expected)
-    # The first token after the cache fills comes from the last half window plus one token.
-    kept = out[:, 16 - 9:17]
-    assert out[0, 17].item() == model(kept)[0, -1].argmax().item()
+def test_fast_decoding_with_absolute_positions_halves_the_window_when_full(pos_encoding,
+                                                                          num_layers):
+    """past_context="fast": when the cache is full it keeps the last context_length // 2 + 1
+    tokens, then grows again; the logits are the model's on exactly that window."""
+    model, prompt, tokens, sequence = decoding_case(pos_encoding, num_layers)
+    lengths, length = [], 3
+    for _ in range(tokens.size(1)):
+        lengths.append(length)
+        length = WINDOW // 2 + 1 if length == WINDOW else length + 1
+    expected = window_logits(model, sequence, lengths)
+    got = forced_logits(model, prompt, tokens, past_context="fast")
+    for step, (a, b) in enumerate(zip(got, expected)):
+        assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}")
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3, 4])
+def test_fast_decoding_with_rope_rolls_the_cache(num_layers):
+    """past_context="fast" with rope: exact within the context and, with one layer, past it;
+    deeper models differ past the context, as documented (their cached keys remember more)."""
+    model, prompt, tokens, sequence = decoding_case("rope", num_layers)
+    lengths = [min(3 + i, WINDOW) for i in range(tokens.size(1))]
+    expected = window_logits(model, sequence, lengths)
+    got = forced_logits(model, prompt, tokens, past_context="fast")
+    inside = WINDOW - 3 + 1  # steps whose window still starts at the first token
+    for a, b in zip(got[:inside], expected[:inside]):
+        assert_close(a, b, rtol=1e-5, atol=1e-5)
+    gap = max((a - b).abs().max().item() for a, b in zip(got[inside:], expected[inside:]))
+    assert gap < 1e-5 if num_layers == 1 else gap > 1e-4
 
 
 def test_generate_without_cache_is_the_recompute_reference():

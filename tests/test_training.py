@@ -211,6 +211,7 @@ def run_ddp(tmp_path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow  # a real 2-process job, 7 s: .ci/run runs it after the default suite
 def test_a_nan_on_one_ddp_rank_stops_every_rank(tmp_path):
     done = run_ddp(tmp_path, "nan-on-rank-1")  # a hang here would hit the timeout
     assert done.returncode != 0
