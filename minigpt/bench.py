@@ -332,7 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps must be at least 1")
-    if args.what == "speedrun" and args.target <= 0:
+    if not 0 < args.max_seconds < float("inf"):
+        parser.error("--max-seconds must be a positive number of seconds")
+    if not 1 <= args.new_tokens <= 100_000 or not all(1 <= b <= 1024 for b in args.batch_sizes):
+        parser.error("--new-tokens must be in [1, 100000] and --batch-sizes in [1, 1024]")
+    if args.what == "speedrun" and not 0 < args.target < float("inf"):
         parser.error("--target must be a val loss > 0")
     bad = [item for item in args.set if "=" not in item]
     if bad:

@@ -134,6 +134,15 @@ class Runtime:
             value = value / self.world_size
         return value
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether flag is set on any rank (itself outside DDP), so that all ranks leave the loop
+        at the same step when a signal reaches only some of them."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor(float(flag), device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def rng_state(self) -> dict:
         state = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":

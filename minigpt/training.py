@@ -457,7 +457,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
         say = (bar.write if progress else log) if master else (lambda line: None)
         result = TrainResult(run.dir, run.step, run.best_val)
         try:
-            while run.step < min(tc.max_steps, stop_at or tc.max_steps) and not stop.signal_name:
+            while (run.step < min(tc.max_steps, stop_at or tc.max_steps)
+                   and not run.runtime.any_rank(stop.signal_name is not None)):
                 lr = lr_at(run.step, tc)
                 run.trainer.set_lr(lr)
                 step_start = time.perf_counter()
@@ -484,7 +485,9 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                     run.save("last.pt")
             if result.target_step is None and run.step < tc.max_steps:  # 4. finish
                 with stop.protected():
-                    result.stopped_by = stop.signal_name or f"stop_at={stop_at}"
+                    result.stopped_by = stop.signal_name or (
+                        f"stop_at={stop_at}" if stop_at and run.step >= stop_at
+                        else "a signal to another rank")
                     run.save("last.pt")
                     say(f"{result.stopped_by}: saved {run.dir / 'last.pt'} at step {run.step}; "
                         f"continue with: python train.py --resume {run.dir}")

@@ -33,5 +33,13 @@ if sys.argv[2:] == ["nan-on-rank-1"] and os.environ["RANK"] == "1":
         return real_loss(logits, targets) * (float("nan") if len(calls) >= 3 else 1.0)
 
     training.lm_loss = poisoned
-train(run_config(out), progress=False)
+on_step = None
+if sys.argv[2:] == ["sigterm-to-rank-1"] and os.environ["RANK"] == "1":
+    import signal
+
+    def on_step(step, total):  # as if only this rank's process got the signal
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+result = train(run_config(out), progress=False, on_step=on_step)
+print(f"rank {os.environ['RANK']} stopped by {result.stopped_by} at step {result.step}")
 torch.save(captured["model"].state_dict(), out / f"rank{os.environ['RANK']}.pt")

@@ -218,6 +218,15 @@ def test_a_nan_on_one_ddp_rank_stops_every_rank(tmp_path):
     assert done.stderr.count("loss became nan at step 3") == 2, done.stderr[-3000:]
 
 
+@pytest.mark.slow  # a real 2-process job, 7 s
+def test_a_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
+    done = run_ddp(tmp_path, "sigterm-to-rank-1")  # a hang here would hit the timeout
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1 stopped by SIGTERM at step 3" in done.stdout
+    assert "rank 0 stopped by a signal to another rank at step 3" in done.stdout
+    assert load_checkpoint(tmp_path / "runs" / "test" / "last.pt")["step"] == 3
+
+
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     done = run_ddp(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
