@@ -53,7 +53,24 @@ def bad_inputs(tmp_path):
         (["--resume", str(tmp_path / "no-run")], "not a run directory"),
         (["--train.device", "tpu"], "train.device must be"),
         (["--bogus"], "unrecognized argument --bogus"),
+        # non-finite numbers, for every float key
+        *[([f"--{key}={value}"], f"{key} must be a finite number") for key in FLOAT_KEYS
+          for value in ("nan", "inf", "-inf")],
+        # sizes far too large for any machine
+        (["--train.batch_size", str(10**9)], "needs about"),
+        (["--model.context_length", str(10**9)], "needs more than model.context_length"),
+        (["--model.embed_dim", str(2**20), "--model.num_heads", "1"], "parameters and needs"),
+        (["--train.threads", str(10**6)], "train.threads must be at most"),
+        (["--train.sample_tokens", str(10**9)], "train.sample_tokens must be at most"),
+        (["--data.bpe_vocab_size", str(10**9), "--data.tokenizer", "bpe"],
+         "data.bpe_vocab_size must be in"),
+        (["--train.seed", "-1"], "train.seed must be in"),
+        (["--train.seed", str(2**64)], "train.seed must be in"),
     ]
+
+
+FLOAT_KEYS = ["train.lr", "train.min_lr", "train.muon_lr", "train.weight_decay", "train.beta1",
+              "train.beta2", "train.grad_clip", "train.target_val_loss", "data.val_fraction"]
 
 
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys):
