@@ -96,9 +96,36 @@ def attention_image(weights: torch.Tensor, tokens: list[str] | None = None,
     return canvas
 
 
+ATTENTION_NOTE = "rows: each token (query); columns: the tokens it attends to (keys)"
+
+
+def add_legend(image: Image.Image, vmin: float, vmax: float, note: str = "") -> Image.Image:
+    """image with the colour bar of its scale on the right (vmin at the bottom, vmax at the top)
+    and, when given, a line of explanation below it."""
+    font = _font()
+    ends = [f"{vmax:.3g}", f"{vmin:.3g}"]
+    bar_width, bar_height = 12, max(48, min(image.height - TITLE, 240))
+    x = image.width + GAP
+    width = max(x + bar_width + 6 + max(int(font.getlength(t)) for t in ends),
+                int(font.getlength(note)) + 8)
+    canvas = Image.new("RGB", (width, image.height + (TITLE + 2 if note else 0)), "white")
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for y in range(bar_height):
+        draw.line([(x, TITLE + y), (x + bar_width - 1, TITLE + y)],
+                  fill=colour(1 - y / (bar_height - 1)))
+    draw.text((x + bar_width + 4, TITLE), ends[0], fill="black", font=font, anchor="lt")
+    draw.text((x + bar_width + 4, TITLE + bar_height), ends[1], fill="black", font=font,
+              anchor="lb")
+    if note:
+        draw.text((4, image.height + 2), note, fill="black", font=font, anchor="la")
+    return canvas
+
+
 def layers_image(attentions: list[torch.Tensor], tokens: list[str] | None = None,
-                 cell: int | None = None) -> Image.Image:
-    """Every layer's attention (a list of (H, T, T)): a row of heads per layer, layer 1 on top."""
+                 cell: int | None = None, legend: bool = True) -> Image.Image:
+    """Every layer's attention (a list of (H, T, T)): a row of heads per layer, layer 1 on top,
+    with one colour bar and a line saying what rows and columns are."""
     rows = [attention_image(w, tokens, cell, title=f"layer {i + 1},")
             for i, w in enumerate(attentions)]
     canvas = Image.new("RGB", (max(r.width for r in rows),
@@ -107,13 +134,38 @@ def layers_image(attentions: list[torch.Tensor], tokens: list[str] | None = None
     for row in rows:
         canvas.paste(row, (0, y))
         y += row.height + GAP
-    return canvas
+    return add_legend(canvas, 0.0, 1.0, ATTENTION_NOTE) if legend else canvas
 
 
-def positional_encoding_image(table: torch.Tensor, cell: int = 2) -> Image.Image:
-    """A (positions, C) position table, one row per position, scaled symmetrically about 0."""
+def positional_encoding_image(table: torch.Tensor, cell: int = 2,
+                              labelled: bool = True) -> Image.Image:
+    """A (positions, C) position table, one row per position, scaled symmetrically about 0;
+    labelled: position down the left and dimension along the top, with tick marks, and a colour
+    bar."""
     limit = table.detach().abs().max().item()
-    return heatmap(table, cell, vmin=-limit, vmax=limit)
+    image = heatmap(table, cell, vmin=-limit, vmax=limit)
+    if not labelled:
+        return image
+    font, left, top = _font(), 60, 36
+    positions, dims = table.shape
+    canvas = Image.new("RGB", (image.width + left, image.height + top), "white")
+    canvas.paste(image, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((left, 2), "dimension ->", fill="black", font=font, anchor="la")
+    draw.text((2, top - 2), "position", fill="black", font=font, anchor="lb")
+    for d in range(0, dims, _tick_step(dims)):
+        draw.text((left + d * cell, top - 4), str(d), fill="black", font=font, anchor="lb")
+    for pos in range(0, positions, _tick_step(positions)):
+        draw.text((left - 4, top + pos * cell), str(pos), fill="black", font=font, anchor="rt")
+    return add_legend(canvas, -limit, limit)
+
+
+def _tick_step(n: int) -> int:
+    """A round step giving about four to eight ticks along n."""
+    step = 1
+    while n / step > 8:
+        step *= 2
+    return step
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""What a run shows in TensorBoard (`tensorboard --logdir runs`): loss curves, learning rate,
-gradient norm and speed at every step; at every evaluation the val/train loss, a text sample and
-each layer's attention over a fixed probe prompt as an image; position tables; and at the end the
-hyperparameters with the final metrics (HParams tab). Only rank 0 writes: elsewhere `TensorBoardLog`
-is given no directory and does nothing.
+"""What a run shows in TensorBoard (`tensorboard --logdir runs`). The scalars open on the loss
+curves: `loss/train` (every step), `loss/val` and `loss/train_eval` (each evaluation, on the same
+fixed batches); then `perf/tokens_per_sec`, `train/lr` and `train/grad_norm`. Images: each
+layer's attention over a fixed probe prompt at every evaluation (`attention/layerN`), the position
+table (`positions/...`). At the end, the hyperparameters that matter with the final metrics
+(`result/...`, HParams tab). Only rank 0 writes: elsewhere `TensorBoardLog` is given no directory
+and does nothing.
 """
 
 import json
@@ -10,7 +12,13 @@ from pathlib import Path
 
 import torch
 
-from minigpt.heatmap import attention_image, positional_encoding_image, to_tensor
+from minigpt.heatmap import (
+    ATTENTION_NOTE,
+    add_legend,
+    attention_image,
+    positional_encoding_image,
+    to_tensor,
+)
 
 
 class TensorBoardLog:
@@ -40,7 +48,7 @@ class TensorBoardLog:
              tokens_per_sec: float) -> None:
         if self.writer is None:
             return
-        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("loss/train", loss, step)
         self.writer.add_scalar("train/lr", lr, step)
         self.writer.add_scalar("train/grad_norm", grad_norm, step)
         self.writer.add_scalar("perf/tokens_per_sec", tokens_per_sec, step)
@@ -50,12 +58,13 @@ class TensorBoardLog:
         """Losses, a sample continuing the probe, and each layer's attention (H, T, T) over it."""
         if self.writer is None:
             return
-        self.writer.add_scalar("val/loss", losses["val"], step)
-        self.writer.add_scalar("eval/train_loss", losses["train"], step)
+        self.writer.add_scalar("loss/val", losses["val"], step)
+        self.writer.add_scalar("loss/train_eval", losses["train"], step)
         if sample is not None:
             self.writer.add_text("sample", sample, step)
         for layer, weights in enumerate(attentions, start=1):
-            image = attention_image(weights, probe_tokens, title=f"layer {layer},")
+            image = attention_image(weights, probe_tokens, cell=24, title=f"layer {layer},")
+            image = add_legend(image, 0.0, 1.0, ATTENTION_NOTE)
             self.writer.add_image(f"attention/layer{layer}", to_tensor(image), step)
 
     def close(self, config: dict, best_val_loss: float, final_train_loss: float | None) -> None:
@@ -63,10 +72,29 @@ class TensorBoardLog:
         if self.writer is None:
             return
         if final_train_loss is not None:
-            hparams = {f"{section}.{key}": value for section, table in config.items()
-                       for key, value in table.items()
-                       if isinstance(value, (int, float, str, bool))}
-            self.writer.add_hparams(hparams, {"hparam/best_val_loss": best_val_loss,
-                                              "hparam/final_train_loss": final_train_loss},
+            self.writer.add_hparams(hparams(config), {"result/best_val_loss": best_val_loss,
+                                                      "result/final_train_loss": final_train_loss},
                                     run_name=".")
         self.writer.close()
+
+
+HPARAMS = {
+    "model": ["vocab_size", "context_length", "embed_dim", "num_heads", "num_layers", "ffn_mult",
+              "dropout", "pos_encoding", "norm_placement"],
+    "data": ["dataset", "path", "tokenizer"],
+    "train": ["optimizer", "lr", "min_lr", "batch_size", "grad_accum", "max_steps",
+              "warmup_steps", "weight_decay"],
+}
+
+
+def hparams(config: dict) -> dict:
+    """The settings that shape a run's result, for comparing runs in the HParams tab: model sizes,
+    data and tokenizer, optimizer, rates, batch and steps (the Muon rate and BPE size only where
+    they apply); bookkeeping keys (directories, intervals, device) are left out."""
+    keys = {section: list(names) for section, names in HPARAMS.items()}
+    if config["train"]["optimizer"] == "muon":
+        keys["train"].append("muon_lr")
+    if config["data"]["tokenizer"] == "bpe":
+        keys["data"].append("bpe_vocab_size")
+    return {f"{section}.{key}": config[section][key] for section, names in keys.items()
+            for key in names}

@@ -129,7 +129,7 @@ def test_long_prompts_label_every_nth_token():
 
 def test_layers_image_stacks_a_titled_row_per_layer(tmp_path):
     attentions = [torch.softmax(torch.randn(2, 4, 4), -1) for _ in range(3)]
-    image = layers_image(attentions, ["a", "b", "c", "d"], cell=8)
+    image = layers_image(attentions, ["a", "b", "c", "d"], cell=8, legend=False)
     row = attention_image(attentions[0], ["a", "b", "c", "d"], cell=8, title="layer 1,")
     assert image.size == (row.width, 3 * row.height + 2 * GAP)
     assert pixels(image.crop((0, 0, row.width, row.height))) == pixels(row)
@@ -139,8 +139,32 @@ def test_layers_image_stacks_a_titled_row_per_layer(tmp_path):
         assert pixels(decoded) == pixels(image)
 
 
+def test_one_legend_gives_the_scale_and_says_what_rows_and_columns_are():
+    attentions = [torch.softmax(torch.randn(2, 4, 4), -1) for _ in range(2)]
+    bare = layers_image(attentions, ["a", "b", "c", "d"], cell=8, legend=False)
+    image = layers_image(attentions, ["a", "b", "c", "d"], cell=8)
+    assert image.width > bare.width and image.height > bare.height  # bar right, note below
+    assert pixels(image.crop((0, 0, bare.width, bare.height))) == pixels(bare)
+    length = max(48, min(bare.height - TITLE, 240))
+    bar = image.crop((bare.width + GAP, TITLE, bare.width + GAP + 12, TITLE + length))
+    top, bottom = bar.getpixel((6, 0)), bar.getpixel((6, length - 1))
+    assert close_to(top, colour(1.0)) and close_to(bottom, colour(0.0))
+    note = image.crop((0, bare.height, image.width, image.height))
+    assert min(map(luminance, pixels(note))) < 100  # the line of text under the heads
+
+
+def test_position_table_is_labelled_and_keeps_its_rows():
+    table = sinusoidal_table(16, 32)
+    bare = positional_encoding_image(table, cell=2, labelled=False)
+    labelled = positional_encoding_image(table, cell=2)
+    assert labelled.width > bare.width and labelled.height > bare.height
+    left, top = 60, 36  # the tick margins
+    assert pixels(labelled.crop((left, top, left + bare.width, top + bare.height))) == pixels(bare)
+    assert min(map(luminance, pixels(labelled.crop((0, 0, left, top))))) < 100  # "position"
+
+
 def test_positional_encoding_image_rows_differ():
-    image = positional_encoding_image(sinusoidal_table(16, 32), cell=1)
+    image = positional_encoding_image(sinusoidal_table(16, 32), cell=1, labelled=False)
     assert image.size == (32, 16)
     rows = {tuple(pixels(image.crop((0, r, 32, r + 1)))) for r in range(16)}
     assert len(rows) == 16  # every position's fingerprint is unique

@@ -48,20 +48,26 @@ def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "val/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec"):
+    for tag in ("loss/train", "loss/val", "loss/train_eval", "train/lr", "train/grad_norm",
+                "perf/tokens_per_sec"):
         assert tag in tags["scalars"], tag
     assert any("config" in t for t in tags["tensors"]) and any("sample" in t for t in tags["tensors"])
     assert {"attention/layer1", "attention/layer2", "positions/learned"} <= set(tags["images"])
     assert len(events.Images("attention/layer1")) == 3  # one per eval: watch patterns form
-    train_loss = [e.value for e in events.Scalars("train/loss")]
+    image = events.Images("attention/layer1")[0]  # 16 probe tokens, 2 heads, 24 px a token
+    assert image.width > 2 * 16 * 24 and image.height > 16 * 24
+    train_loss = [e.value for e in events.Scalars("loss/train")]
     assert len(train_loss) == 24 and train_loss[-1] < train_loss[0] - 1.0
-    val = [e.value for e in events.Scalars("val/loss")]
+    val = [e.value for e in events.Scalars("loss/val")]
     assert len(val) == 3 and val[-1] < val[0]
     hparams, metrics = logged_hparams(run_dir)
     assert hparams["train.max_steps"] == 24 and hparams["model.embed_dim"] == 32
     assert hparams["data.tokenizer"] == "word" and hparams["train.lr"] == pytest.approx(3e-3)
-    assert metrics["hparam/best_val_loss"] == pytest.approx(min(val), abs=1e-6)
-    assert metrics["hparam/final_train_loss"] == pytest.approx(train_loss[-1], abs=1e-6)
+    assert metrics["result/best_val_loss"] == pytest.approx(min(val), abs=1e-6)
+    assert metrics["result/final_train_loss"] == pytest.approx(train_loss[-1], abs=1e-6)
+    assert "train.out_dir" not in hparams and "data.cache_dir" not in hparams
+    assert "data.bpe_vocab_size" not in hparams and "train.muon_lr" not in hparams
+    assert sorted(tags["scalars"])[0].startswith("loss/")  # TensorBoard opens on the losses
     state = load_checkpoint(run_dir / "last.pt")
     assert state["step"] == 24 and state["best_val_loss"] == pytest.approx(min(val), abs=1e-6)
     model, tokenizer = load(run_dir)
@@ -79,7 +85,7 @@ def logged_hparams(run_dir: Path) -> tuple[dict, dict]:
         kind = value.WhichOneof("kind")
         hparams[key] = getattr(value, kind)
     metrics = {}
-    for tag in ("hparam/best_val_loss", "hparam/final_train_loss"):
+    for tag in ("result/best_val_loss", "result/final_train_loss"):
         [event] = events.Scalars(tag)
         metrics[tag] = event.value
     return hparams, metrics
