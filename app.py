@@ -12,6 +12,7 @@ by its path, but only while the app is served on this machine alone.
 import os
 import shutil
 import threading
+import warnings
 from pathlib import Path
 
 import altair as alt
@@ -24,7 +25,8 @@ from minigpt.config import load_config
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
 from minigpt.heatmap import PALETTE, colours
-from minigpt.inspection import inspect_prompt
+from minigpt.inspection import inspect_prompt, token_probabilities
+from minigpt.tokenizer import WordTokenizer
 from minigpt.training import train
 
 ROOT = Path(__file__).resolve().parent
@@ -76,24 +78,43 @@ def attention_chart(weights: torch.Tensor, tokens: list[str]) -> alt.Chart:
     labels = [f"{i}:{t!r}"[:14] for i, t in enumerate(tokens)]
     rows = [{"query": labels[q], "key": labels[k], "weight": float(weights[q, k])}
             for q in range(len(tokens)) for k in range(len(tokens))]
+    axis = alt.Axis(labelOverlap=False, labelLimit=120)
     return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
-        x=alt.X("key:N", sort=labels, title="attends to (key)"),
-        y=alt.Y("query:N", sort=labels, title="token (query)"),
+        x=alt.X("key:N", sort=labels, title="attends to (key)",
+                axis=alt.Axis(labelOverlap=False, labelLimit=120, labelAngle=-90)),
+        y=alt.Y("query:N", sort=labels, title="token (query)", axis=axis),
         color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE))),
         tooltip=["query", "key", alt.Tooltip("weight:Q", format=".3f")],
     ).properties(height=max(200, 22 * len(tokens)))
 
 
-def token_probabilities(model, tokenizer, prompt_ids: list[int], new_ids: list[int]) -> pd.DataFrame:
-    """The probability the model gave each generated token (those within one context window)."""
-    window = torch.tensor([(prompt_ids + new_ids)[-model.config.context_length:]])
-    count = min(len(new_ids), window.size(1) - 1)
-    with torch.no_grad():
-        probs = torch.softmax(model(window)[0].float(), dim=-1)  # (T, V)
-    chosen = window[0, -count:]
-    p = probs[-count - 1:-1].gather(1, chosen[:, None])[:, 0]
-    return pd.DataFrame({"token": [tokenizer.decode([i]) for i in chosen.tolist()],
-                         "probability": p.tolist()})
+def probability_table(model, tokenizer, prompt_ids: list[int], new_ids: list[int]) -> pd.DataFrame:
+    """Each generated token, labelled with its position in the whole text, and its probability."""
+    ids = prompt_ids + new_ids
+    probs = token_probabilities(model, ids, len(prompt_ids))
+    tokens = [tokenizer.decode([i]) for i in new_ids]
+    return pd.DataFrame({"position": [f"{len(prompt_ids) + i}:{t!r}" for i, t in enumerate(tokens)],
+                         "token": tokens, "probability": probs})
+
+
+def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[float],
+               x_title: str, y_title: str, text: str | None = None, tooltip=()) -> alt.Chart:
+    """A coloured grid in the shared palette, rows and columns in the frame's order, with an
+    optional word written in each cell."""
+    order_x, order_y = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
+    base = alt.Chart(frame).encode(
+        x=alt.X(f"{x}:N", sort=order_x, title=x_title, axis=alt.Axis(labelAngle=-60)),
+        y=alt.Y(f"{y}:N", sort=order_y, title=y_title))
+    chart = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=domain, range=list(PALETTE)),
+                        title=value),
+        tooltip=list(tooltip) or [x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
+    if text:
+        chart += base.mark_text(fontSize=11).encode(
+            text=f"{text}:N",
+            color=alt.condition(f"datum.{value} > {(domain[0] + domain[1]) / 2}",
+                                alt.value("black"), alt.value("white")))
+    return chart.properties(height=max(160, 26 * len(order_y)))
 
 
 def choose_model():
@@ -161,53 +182,92 @@ def generation_section(model, tokenizer, prompt: str, controls: dict) -> None:
     new_ids = tokenizer.encode(tokenizer.decode(prompt_ids) + generated)[len(prompt_ids):]
     if new_ids and prompt_ids:
         with st.expander("Token-by-token probabilities of the generated text"):
-            table = token_probabilities(model, tokenizer, prompt_ids, new_ids)
-            table.index = [f"{i}:{token!r}" for i, token in enumerate(table["token"])]
-            st.bar_chart(table, y="probability", x_label="generated token",
-                         y_label="probability when chosen", sort=False, color=PALETTE[2])
+            table = probability_table(model, tokenizer, prompt_ids, new_ids)
+            st.altair_chart(alt.Chart(table).mark_bar(color=PALETTE[2]).encode(
+                x=alt.X("position:N", sort=list(table["position"]),
+                        title="generated token (position in the text)",
+                        axis=alt.Axis(labelAngle=-60)),
+                y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]),
+                        title="probability when chosen"),
+                tooltip=["position", "token", alt.Tooltip("probability:Q", format=".3f")]),
+                width="stretch")
+
+
+LAYERS_NOTE = ("Layers are numbered from the input: layer 0 is the embeddings (token and "
+               "position), layer N the output of block N.")
 
 
 def attention_view(seen, cfg) -> None:
-    layer = st.selectbox("layer", range(cfg.num_layers), key="layer")
-    columns = st.columns(min(cfg.num_heads, 4))
+    st.caption(LAYERS_NOTE + " Each heatmap: rows are the prompt's tokens (queries), columns the "
+               "tokens each one attends to (keys); a row sums to 1.")
+    layer = st.selectbox("layer", range(1, cfg.num_layers + 1), key="layer")
+    count = len(seen.tokens)
+    columns = st.columns(4 if count <= 12 else 2 if count <= 30 else 1)
     for head in range(cfg.num_heads):
         with columns[head % len(columns)]:
             st.caption(f"layer {layer}, head {head}")
-            st.altair_chart(attention_chart(seen.attentions[layer][head], seen.tokens),
+            st.altair_chart(attention_chart(seen.attentions[layer - 1][head], seen.tokens),
                             width="stretch")
 
 
 def layers_view(seen, cfg) -> None:
+    st.caption(LAYERS_NOTE)
     st.markdown("**Logit lens**: the most likely next token read from each layer's output "
-                "(through the final norm and head). Layer 0 is the embeddings.")
-    lens = pd.DataFrame(
-        {f"{i}:{tok!r}": [f"{layer.tokens[i][0]!r} {layer.probs[i, 0]:.2f}"
-                          for layer in seen.logit_lens]
-         for i, tok in enumerate(seen.tokens)},
-        index=[f"layer {layer.layer}" for layer in seen.logit_lens])
-    st.dataframe(lens, key="lens")
-    st.markdown("**How much each block changed each token** (relative size of its update)")
-    change = pd.DataFrame(seen.layer_change.T.numpy(),
-                          columns=[f"block {i + 1}" for i in range(cfg.num_layers)])
-    change.index = [f"{i}:{t!r}" for i, t in enumerate(seen.tokens)]
-    st.bar_chart(change, color=colours(cfg.num_layers))
+                "(through the final norm and head); colour is its probability, hover for the "
+                "top 5.")
+    labels = [f"{i}:{t!r}" for i, t in enumerate(seen.tokens)]
+    lens = pd.DataFrame([
+        {"position": labels[i], "layer": f"layer {lens_layer.layer}",
+         "top token": repr(lens_layer.tokens[i][0])[1:-1][:8],
+         "probability": float(lens_layer.probs[i, 0]),
+         "top 5": ", ".join(f"{t!r} {p:.2f}" for t, p in zip(lens_layer.tokens[i],
+                                                             lens_layer.probs[i].tolist()))}
+        for lens_layer in seen.logit_lens for i in range(len(labels))])
+    st.altair_chart(grid_chart(lens, "position", "layer", "probability", [0, 1],
+                               "prompt token (position)", "layer", text="top token",
+                               tooltip=["layer", "position", "top 5"]), width="stretch")
+    st.markdown("**How much each layer changed each token**: the size of the block's update "
+                "relative to the hidden state it received.")
+    change = pd.DataFrame([
+        {"position": labels[i], "layer": f"layer {layer + 1}",
+         "relative change": float(seen.layer_change[layer, i])}
+        for layer in range(cfg.num_layers) for i in range(len(labels))])
+    st.altair_chart(grid_chart(change, "position", "layer", "relative change",
+                               [0, float(seen.layer_change.max())], "prompt token (position)",
+                               "layer"), width="stretch")
 
 
-def temperature_view(seen, tokenizer) -> None:
-    st.markdown("The next-token distribution after the prompt, `softmax(logits / T)`, "
-                "for a few temperatures: low T sharpens it, high T flattens it.")
+def temperature_view(seen, tokenizer, temperature: float) -> None:
+    st.markdown("The next-token distribution after the prompt, `softmax(logits / T)`, at the "
+                f"sidebar's temperature (T = {temperature:g}) beside lower and higher ones: low T "
+                "sharpens it, high T flattens it. T = 0 would always pick the top token.")
     logits = seen.next_token_probs.log()
-    top = seen.next_token_probs.topk(min(10, tokenizer.vocab_size)).indices
+    top = seen.next_token_probs.topk(min(10, tokenizer.vocab_size)).indices.tolist()
+    temperatures = sorted({0.5, 1.0, 2.0, max(temperature, 0.05)})
     rows = []
-    for t in (0.5, 1.0, 2.0):
+    for t in temperatures:
         probs = torch.softmax(logits / t, dim=-1)
-        rows += [{"token": repr(tokenizer.decode([i])), "temperature": t,
-                  "probability": float(probs[i])} for i in top.tolist()]
+        rows += [{"token": repr(tokenizer.decode([i])), "T": t,
+                  "probability": float(probs[i])} for i in top]
+    order = [repr(tokenizer.decode([i])) for i in top]  # most likely first
     st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
-        x=alt.X("token:N", sort=None), y="probability:Q",
-        color=alt.Color("temperature:O", scale=alt.Scale(range=colours(3))),
-        xOffset="temperature:O", tooltip=["token", "temperature", "probability"]),
-        width="stretch")
+        y=alt.Y("token:N", sort=order, title="next token (most likely first)"),
+        x=alt.X("probability:Q", title="probability"),
+        color=alt.Color("T:O", scale=alt.Scale(range=colours(len(temperatures))),
+                        title="temperature"),
+        yOffset="T:O", tooltip=["token", "T", alt.Tooltip("probability:Q", format=".3f")]
+    ).properties(height=40 * len(top)), width="stretch")
+
+
+def prompt_notes(tokenizer, prompt: str) -> None:
+    """Say in the page what the command line would warn about."""
+    if not prompt:
+        st.info("The prompt is empty: the model starts as if at the beginning of a new line, so "
+                "the views below show that single start token.")
+    unknown = tokenizer.unknown_words(prompt) if isinstance(tokenizer, WordTokenizer) else []
+    if unknown:
+        st.warning(f"{len(unknown)} word(s) are not in this model's vocabulary and become <unk> "
+                   f"(shown as such below): {', '.join(unknown[:10])}")
 
 
 def main() -> None:
@@ -220,10 +280,13 @@ def main() -> None:
     controls = sampling_controls(tokenizer.vocab_size, model.config.context_length)
     prompt = st.text_input("Prompt", value="the cat sat on", key="prompt")
     try:
-        seen = inspect_prompt(model, tokenizer, prompt)
+        with warnings.catch_warnings():  # said in the page instead, by prompt_notes
+            warnings.simplefilter("ignore")
+            seen = inspect_prompt(model, tokenizer, prompt)
     except MiniGPTError as err:
         st.error(f"That prompt cannot be used: {err}")
         return
+    prompt_notes(tokenizer, prompt)
     generation_section(model, tokenizer, prompt, controls)
     attention_tab, layers_tab, temperature_tab = st.tabs(
         ["Attention", "Layer outputs", "Temperature"])
@@ -232,7 +295,7 @@ def main() -> None:
     with layers_tab:
         layers_view(seen, model.config)
     with temperature_tab:
-        temperature_view(seen, tokenizer)
+        temperature_view(seen, tokenizer, controls["temperature"])
 
 
 main()

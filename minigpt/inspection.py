@@ -5,6 +5,7 @@
     seen.hidden_states[layer]       # (T, C): 0 is the embeddings, i the output of block i
     seen.logit_lens[layer]          # top next-token guesses read from that layer's output
     seen.layer_change               # (L, T): how much each block changed each position
+    token_probabilities(model, ids, start)   # what the model gave each token after start
 
 Plain tensors and dataclasses only; pictures are drawn by minigpt.heatmap (Pillow) or the app.
 """
@@ -70,3 +71,16 @@ def inspect_prompt(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], to
         layer_change=change.cpu(),
         next_token_probs=torch.softmax(seen.logits[0, -1].float(), dim=-1).cpu(),
     )
+
+
+@torch.no_grad()
+def token_probabilities(model: GPT, ids: list[int], start: int) -> list[float]:
+    """The probability the model gave each of ids[start:], from the context it would have been
+    chosen in: the last context_length tokens before it (as exact decoding sees them)."""
+    window, device = model.config.context_length, model.token_emb.weight.device
+    model.eval()
+    probs = []
+    for position in range(start, len(ids)):
+        context = torch.tensor([ids[max(0, position - window):position]], device=device)
+        probs.append(torch.softmax(model(context)[0, -1].float(), dim=-1)[ids[position]].item())
+    return probs

@@ -81,7 +81,7 @@ def test_the_sidebar_offers_the_runs_it_found_newest_first(monkeypatch, tmp_path
     assert not app.exception
     assert [Path(option).name for option in app.selectbox(key="run").options] == ["newer", "older"]
     assert not [t for t in app.text_input if t.key == "checkpoint"]  # shared: no free paths
-    assert app.dataframe  # the newest run is loaded and inspected
+    assert app.get("vega_lite_chart")  # the newest run is loaded and inspected
 
 
 def test_generating_with_a_fixed_seed_shows_the_expected_text(app_with_runs, run_dir):
@@ -103,10 +103,23 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     app.run()
     assert not app.exception
     assert [tab.label for tab in app.tabs] == ["Attention", "Layer outputs", "Temperature"]
-    app.selectbox(key="layer").select(1).run()
+    assert app.selectbox(key="layer").options == ["1", "2"]  # layers numbered from 1
+    app.selectbox(key="layer").select(2).run()
     assert not app.exception
-    lens = app.dataframe[0].value
-    assert list(lens.index) == ["layer 0", "layer 1", "layer 2"]
+    specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
+    assert len(specs) == 2 + 3  # a heatmap per head, the logit lens, the change grid, temperature
+    assert sum('"top token"' in spec for spec in specs) == 1  # written in the lens grid's cells
+    assert any("layer 0 is the embeddings" in caption.value for caption in app.caption)
+
+
+def test_the_page_says_what_the_command_line_would_warn_about(app_with_runs):
+    app = app_with_runs
+    app.run()
+    app.text_input(key="prompt").input("the cat sat on the zeppelin").run()
+    assert not app.exception and "become <unk>" in app.warning[0].value
+    assert "zeppelin" in app.warning[0].value
+    app.text_input(key="prompt").input("").run()
+    assert not app.exception and "The prompt is empty" in app.info[0].value
 
 
 def test_a_bad_checkpoint_path_shows_a_short_error_without_its_contents(app, tmp_path):

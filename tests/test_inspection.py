@@ -18,7 +18,7 @@ from minigpt.heatmap import (
     positional_encoding_image,
     to_tensor,
 )
-from minigpt.inspection import inspect_prompt, logit_lens
+from minigpt.inspection import inspect_prompt, logit_lens, token_probabilities
 from minigpt.model import sinusoidal_table
 
 TEXT = "the cat sat on the mat.\n"
@@ -51,6 +51,18 @@ def test_last_layer_of_the_logit_lens_is_the_model_output(model_and_tokenizer):
     top = model(ids)[0].argmax(-1).tolist()
     assert [row[0] for row in seen.logit_lens[-1].tokens] == [tokenizer.decode([i]) for i in top]
     assert_close(logit_lens(model, seen.hidden_states[-1]), model(ids)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_token_probabilities_cover_every_token_in_the_context_it_was_chosen_in(
+        model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    ids = tokenizer.encode("the cat sat on the mat.\nthe mat sat on the cat.")  # 47 > 16 tokens
+    probs = token_probabilities(model, ids, start=5)
+    assert len(probs) == len(ids) - 5
+    for position in (5, 16, len(ids) - 1):  # inside the first window, at its edge, far past it
+        context = torch.tensor([ids[max(0, position - 16):position]])
+        expected = torch.softmax(model(context)[0, -1], -1)[ids[position]].item()
+        assert probs[position - 5] == pytest.approx(expected, rel=1e-5)
 
 
 def luminance(rgb) -> float:
