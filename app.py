@@ -103,7 +103,8 @@ def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[flo
     optional word written in each cell."""
     order_x, order_y = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
     base = alt.Chart(frame).encode(
-        x=alt.X(f"{x}:N", sort=order_x, title=x_title, axis=alt.Axis(labelAngle=-60)),
+        x=alt.X(f"{x}:N", sort=order_x, title=x_title,
+                axis=alt.Axis(labelAngle=-90, labelOverlap=False)),
         y=alt.Y(f"{y}:N", sort=order_y, title=y_title))
     chart = base.mark_rect().encode(
         color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=domain, range=list(PALETTE)),
@@ -114,7 +115,7 @@ def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[flo
             text=f"{text}:N",
             color=alt.condition(f"datum.{value} > {(domain[0] + domain[1]) / 2}",
                                 alt.value("black"), alt.value("white")))
-    return chart.properties(height=max(160, 26 * len(order_y)))
+    return chart.properties(height=28 * len(order_y) + 120)  # the rows, and room for the axes
 
 
 def choose_model():
