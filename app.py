@@ -9,6 +9,7 @@ none; then type a prompt, set the sampling controls and generate. A checkpoint c
 by its path, but only while the app is served on this machine alone.
 """
 
+import html
 import os
 import shutil
 import threading
@@ -24,8 +25,8 @@ from minigpt.checkpoint import list_runs, load
 from minigpt.config import load_config
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
-from minigpt.heatmap import PALETTE, colours
-from minigpt.inspection import inspect_prompt, token_probabilities
+from minigpt.heatmap import PALETTE, colour, colours, layers_image
+from minigpt.inspection import inspect_prompt, load_snapshots, token_probabilities
 from minigpt.tokenizer import WordTokenizer
 from minigpt.training import train
 
@@ -119,8 +120,8 @@ def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[flo
 
 
 def choose_model():
-    """The sidebar's choice of run (and the button that trains one): (model, tokenizer), or None
-    when there is nothing to show yet."""
+    """The sidebar's choice of run (and the button that trains one): (model, tokenizer, run
+    directory), or None when there is nothing to show yet."""
     st.sidebar.header("Model")
     runs = list_runs(OUT_DIR)
     path = st.sidebar.selectbox("Run (newest first)", runs, format_func=lambda run: run.name,
@@ -147,7 +148,7 @@ def choose_model():
                        f"{cfg.num_heads} heads, {cfg.embed_dim} dims, {cfg.pos_encoding} positions, "
                        f"{cfg.norm_placement}-norm; {tokenizer.kind} tokenizer, "
                        f"{tokenizer.vocab_size} tokens")
-    return model, tokenizer
+    return model, tokenizer, path if path.is_dir() else path.parent
 
 
 def sampling_controls(vocab_size: int, context_length: int) -> dict:
@@ -201,6 +202,8 @@ LAYERS_NOTE = ("Layers are numbered from the input: layer 0 is the embeddings (t
 def attention_view(seen, cfg) -> None:
     st.caption(LAYERS_NOTE + " Each heatmap: rows are the prompt's tokens (queries), columns the "
                "tokens each one attends to (keys); a row sums to 1.")
+    with st.expander("Model view: every layer and head at once", expanded=True):
+        st.image(layers_image(seen.attentions, seen.tokens))
     layer = st.selectbox("layer", range(1, cfg.num_layers + 1), key="layer")
     count = len(seen.tokens)
     columns = st.columns(4 if count <= 12 else 2 if count <= 30 else 1)
@@ -209,6 +212,29 @@ def attention_view(seen, cfg) -> None:
             st.caption(f"layer {layer}, head {head}")
             st.altair_chart(attention_chart(seen.attentions[layer - 1][head], seen.tokens),
                             width="stretch")
+    head_view(seen, layer, cfg.num_heads)
+
+
+def head_view(seen, layer: int, num_heads: int) -> None:
+    """Pick a head and a token: the prompt with every earlier token shaded by how much that token
+    attends to it."""
+    st.markdown(f"**Head view** (layer {layer}): where one token looks")
+    left, right = st.columns(2)
+    head = left.selectbox("head", range(num_heads), key="head")
+    labels = [f"{i}:{t!r}" for i, t in enumerate(seen.tokens)]
+    query = right.selectbox("token", range(len(labels)), index=len(labels) - 1,
+                            format_func=lambda i: labels[i], key="query")
+    weights = seen.attentions[layer - 1][head][query]
+    spans = []
+    for i, token in enumerate(seen.tokens):
+        shade = "#{:02x}{:02x}{:02x}".format(*colour(float(weights[i])))
+        ink = "black" if weights[i] > 0.5 else "white"
+        border = "2px solid #c0392b" if i == query else "none"
+        style = f"background:{shade};color:{ink};border:{border};padding:1px 3px;margin:1px"
+        title = f"{labels[i]}: {float(weights[i]):.3f}" if i <= query else "later: not visible"
+        spans.append(f'<span style="{style}" title="{html.escape(title)}">'
+                     f"{html.escape(repr(token)[1:-1]) or '&nbsp;'}</span>")
+    st.markdown(" ".join(spans), unsafe_allow_html=True)
 
 
 def layers_view(seen, cfg) -> None:
@@ -260,6 +286,22 @@ def temperature_view(seen, tokenizer, temperature: float) -> None:
     ).properties(height=40 * len(top)), width="stretch")
 
 
+def learning_view(run_dir: Path) -> None:
+    """The probe prompt's attention and logit lens as they were at each evaluation of the run."""
+    kept = load_snapshots(run_dir)
+    if not kept or not kept["steps"]:
+        st.info("This run kept no snapshots of its evaluations (runs trained before this version "
+                "of minigpt); train a new one to watch it learn.")
+        return
+    st.markdown("The run's probe prompt (`train.sample_prompt`) as the model saw it at every "
+                "evaluation: move the slider to watch previous-token and first-token heads form.")
+    steps = kept["steps"]
+    step = st.select_slider("training step", options=steps, value=steps[-1], key="step")
+    snapshot = kept["snapshots"][steps.index(step)]
+    st.image(layers_image(list(snapshot["attention"].float()), kept["tokens"]),
+             caption=f"attention at step {step}")
+
+
 def prompt_notes(tokenizer, prompt: str) -> None:
     """Say in the page what the command line would warn about."""
     if not prompt:
@@ -277,7 +319,7 @@ def main() -> None:
     loaded = choose_model()
     if loaded is None:
         return
-    model, tokenizer = loaded
+    model, tokenizer, run_dir = loaded
     controls = sampling_controls(tokenizer.vocab_size, model.config.context_length)
     prompt = st.text_input("Prompt", value="the cat sat on", key="prompt")
     try:
@@ -289,14 +331,16 @@ def main() -> None:
         return
     prompt_notes(tokenizer, prompt)
     generation_section(model, tokenizer, prompt, controls)
-    attention_tab, layers_tab, temperature_tab = st.tabs(
-        ["Attention", "Layer outputs", "Temperature"])
+    attention_tab, layers_tab, temperature_tab, learning_tab = st.tabs(
+        ["Attention", "Layer outputs", "Temperature", "Watch it learn"])
     with attention_tab:
         attention_view(seen, model.config)
     with layers_tab:
         layers_view(seen, model.config)
     with temperature_tab:
         temperature_view(seen, tokenizer, controls["temperature"])
+    with learning_tab:
+        learning_view(run_dir)
 
 
 main()

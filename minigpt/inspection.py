@@ -11,6 +11,7 @@ Plain tensors and dataclasses only; pictures are drawn by minigpt.heatmap (Pillo
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -84,3 +85,32 @@ def token_probabilities(model: GPT, ids: list[int], start: int) -> list[float]:
         context = torch.tensor([ids[max(0, position - window):position]], device=device)
         probs.append(torch.softmax(model(context)[0, -1].float(), dim=-1)[ids[position]].item())
     return probs
+
+
+SNAPSHOTS = "snapshots.pt"  # in a run directory: the probe prompt seen at every evaluation
+
+
+@torch.no_grad()
+def probe_snapshot(model: GPT, ids: list[int], top_k: int = 5) -> dict:
+    """What the model does with a prompt, small enough to keep at every evaluation: each layer's
+    attention (L, H, T, T) and the logit lens's top_k guesses (L + 1, T, top_k), as fp16/int32."""
+    was_training = model.training
+    model.eval()
+    seen = model.inspect(torch.tensor([ids], device=model.token_emb.weight.device))
+    model.train(was_training)
+    hidden = torch.stack([seen.embeddings[0], *(h[0] for h in seen.hidden_states)])
+    top = torch.softmax(logit_lens(model, hidden).float(), dim=-1).topk(top_k, dim=-1)
+    return {"attention": torch.stack([a[0] for a in seen.attentions]).half().cpu(),
+            "lens_ids": top.indices.int().cpu(), "lens_probs": top.values.half().cpu()}
+
+
+def load_snapshots(run_dir) -> dict | None:
+    """A run's snapshots: {"tokens": [...], "steps": [...], "snapshots": [probe_snapshot, ...]},
+    or None when the run has none (or an unreadable file)."""
+    path = Path(run_dir) / SNAPSHOTS
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # a damaged file only costs the pictures of training
+        return None

@@ -18,6 +18,7 @@ Under torchrun it trains with DistributedDataParallel; `minigpt.runtime.Runtime`
 """
 
 import contextlib
+import io
 import json
 import math
 import signal
@@ -36,6 +37,8 @@ from minigpt.checkpoint import load_checkpoint, save_checkpoint
 from minigpt.config import DERIVED_KEYS, Config, TrainConfig, build_config, parse_value
 from minigpt.data import Dataset, get_batch, prepare_data
 from minigpt.errors import CheckpointError, ConfigError, TrainingError
+from minigpt.files import atomic_write
+from minigpt.inspection import SNAPSHOTS, load_snapshots, probe_snapshot
 from minigpt.model import GPT, ModelConfig
 from minigpt.optim import make_optimizers
 from minigpt.runtime import Runtime, device_memory
@@ -208,6 +211,24 @@ class Run:
             **self.trainer.state_dict(), "step": self.step, "best_val_loss": self.best_val,
             "rng": {**self.runtime.rng_state(), "batches": self.batches.get_state()}}
 
+    def keep_snapshot(self, snapshot: dict) -> None:
+        """Add what the model does with the probe prompt now to the run's snapshots.pt, which the
+        app plays back with a step slider (rank 0 only; a write failure costs only that file)."""
+        if not self.runtime.master:
+            return
+        kept = load_snapshots(self.dir) or {"tokens": self.probe_tokens(), "steps": [],
+                                            "snapshots": []}
+        keep = [i for i, s in enumerate(kept["steps"]) if s < self.step]  # a resumed run redoes
+        kept = {"tokens": kept["tokens"], "steps": [kept["steps"][i] for i in keep] + [self.step],
+                "snapshots": [kept["snapshots"][i] for i in keep] + [snapshot]}
+        buffer = io.BytesIO()
+        torch.save(kept, buffer)
+        try:
+            with self.stop.protected():
+                atomic_write(self.dir / SNAPSHOTS, lambda f: f.write(buffer.getvalue()))
+        except OSError:
+            pass
+
     def load_state_dict(self, state: dict) -> None:
         self.trainer.model.load_state_dict(state["model"])
         self.trainer.load_state_dict(state)
@@ -339,7 +360,8 @@ def clear_unstarted(run_dir: Path) -> None:
         return
     leftovers = [*run_dir.glob(".*.tmp")]
     if not any((run_dir / name).is_file() for name in ("last.pt", "best.pt")):
-        leftovers += [*run_dir.glob("events.out.tfevents.*"), run_dir / "config.json"]
+        leftovers += [*run_dir.glob("events.out.tfevents.*"), run_dir / "config.json",
+                      run_dir / SNAPSHOTS]
     for path in leftovers:
         try:
             path.unlink(missing_ok=True)
@@ -391,10 +413,9 @@ def evaluate(run: Run, board: TensorBoardLog, result: TrainResult, say: Callable
         generator = torch.Generator(device=ids.device).manual_seed(tc.seed)
         out = model.generate(ids, tc.sample_tokens, temperature=0.8, top_k=50, generator=generator)
         sample = tokenizer.decode(out[0].tolist())
-    model.eval()
-    attentions = [weights[0] for weights in model.inspect(ids).attentions]
-    model.train()
-    board.evaluation(step, losses, sample, attentions, run.probe_tokens())
+    snapshot = probe_snapshot(model, run.probe)
+    run.keep_snapshot(snapshot)
+    board.evaluation(step, losses, sample, list(snapshot["attention"].float()), run.probe_tokens())
     if any(p.requires_grad for p in model.pos_emb.parameters()):  # a table that is learned
         board.positions(run.cfg.model.pos_encoding, model.pos_emb.vectors(), step)
 

@@ -102,7 +102,8 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     app = app_with_runs
     app.run()
     assert not app.exception
-    assert [tab.label for tab in app.tabs] == ["Attention", "Layer outputs", "Temperature"]
+    assert [tab.label for tab in app.tabs] == ["Attention", "Layer outputs", "Temperature",
+                                               "Watch it learn"]
     assert app.selectbox(key="layer").options == ["1", "2"]  # layers numbered from 1
     app.selectbox(key="layer").select(2).run()
     assert not app.exception
@@ -110,6 +111,29 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     assert len(specs) == 2 + 3  # a heatmap per head, the logit lens, the change grid, temperature
     assert sum('"top token"' in spec for spec in specs) == 1  # written in the lens grid's cells
     assert any("layer 0 is the embeddings" in caption.value for caption in app.caption)
+
+
+def test_the_head_view_shades_the_tokens_one_token_attends_to(app_with_runs, run_dir):
+    app = app_with_runs
+    app.run()
+    app.text_input(key="prompt").input("the cat sat on the mat").run()
+    app.selectbox(key="head").select(1).run()
+    app.selectbox(key="query").select(2).run()  # 'sat'
+    assert not app.exception
+    view = next(m.value for m in app.markdown if "<span" in m.value)
+    assert view.count("<span") == 6 and "2:&#x27;sat&#x27;: " in view
+    assert view.count("later: not visible") == 3  # causal: 'on', 'the', 'mat' come after
+
+
+def test_the_step_slider_plays_back_the_runs_evaluations(app_with_runs):
+    app = app_with_runs
+    app.run()
+    slider = app.select_slider(key="step")
+    assert slider.options == [str(s) for s in (*range(4, 30, 4), 30)]  # every evaluation
+    assert slider.value == 30
+    first = [i.proto for i in app.get("image")]
+    slider.set_value(4).run()
+    assert not app.exception and [i.proto for i in app.get("image")] != first
 
 
 def test_the_page_says_what_the_command_line_would_warn_about(app_with_runs):

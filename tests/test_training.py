@@ -68,6 +68,11 @@ def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
     assert "train.out_dir" not in hparams and "data.cache_dir" not in hparams
     assert "data.bpe_vocab_size" not in hparams and "train.muon_lr" not in hparams
     assert sorted(tags["scalars"])[0].startswith("loss/")  # TensorBoard opens on the losses
+    kept = torch.load(run_dir / "snapshots.pt", weights_only=True)  # the probe, every eval
+    assert kept["steps"] == [8, 16, 24] and len(kept["tokens"]) == 16
+    first = kept["snapshots"][0]
+    assert first["attention"].shape == (2, 2, 16, 16) and first["lens_ids"].shape == (3, 16, 5)
+    assert not torch.equal(first["attention"], kept["snapshots"][-1]["attention"])  # it learned
     state = load_checkpoint(run_dir / "last.pt")
     assert state["step"] == 24 and state["best_val_loss"] == pytest.approx(min(val), abs=1e-6)
     model, tokenizer = load(run_dir)
@@ -156,6 +161,9 @@ def test_resume_continues_exactly(tmp_path, grad_accum, optimizer):
     assert second.step == 12
     assert first.losses + second.losses == straight.losses  # bit for bit
     assert second.val_losses == {k: v for k, v in straight.val_losses.items() if k > 6}
+    resumed, whole = (torch.load(tmp_path / "runs" / name / "snapshots.pt", weights_only=True)
+                      for name in ("paused", "straight"))
+    assert resumed["steps"] == whole["steps"] == [4, 8, 12]
 
 
 def test_resume_may_extend_max_steps_but_not_change_the_model(tmp_path):
