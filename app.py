@@ -42,36 +42,74 @@ def load_model(path: str, modified: float):
     return load(path)
 
 
+class AppTraining:
+    """The app's one training at a time, in a background thread so the page stays responsive:
+    its progress, a cancel request (which saves a resumable last.pt), and how it ended."""
+
+    def __init__(self):
+        self.thread: threading.Thread | None = None
+        self.cancel = threading.Event()
+        self.step, self.total, self.outcome = 0, 0, ""
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self) -> None:
+        self.cancel.clear()
+        self.step, self.total, self.outcome = 0, 0, ""
+        self.thread = threading.Thread(target=self._train, daemon=True)
+        self.thread.start()
+
+    def _progress(self, step: int, total: int) -> None:
+        self.step, self.total = step, total
+
+    def _train(self) -> None:
+        """Train configs/default.toml into runs/app-default, replacing the app's previous run, so
+        the app never holds more than one."""
+        try:
+            shutil.rmtree(Path(OUT_DIR) / APP_RUN, ignore_errors=True)
+            cfg = load_config(ROOT / "configs" / "default.toml",
+                              {"train.out_dir": OUT_DIR, "train.run_name": APP_RUN})
+            result = train(cfg, progress=False, on_step=self._progress,
+                           cancelled=self.cancel.is_set)
+            self.outcome = (f"cancelled at step {result.step}; {result.run_dir} can be resumed"
+                            if result.stopped_by else f"trained {result.run_dir}")
+        except Exception as err:  # shown in the page: this thread has no one else to tell
+            self.outcome = f"training failed: {err}"
+
+
 @st.cache_resource
-def training_lock() -> threading.Lock:
-    """One lock per server: one training at a time, whoever asks for it."""
-    return threading.Lock()
+def app_training() -> AppTraining:
+    """One per server, shared by every visitor: one training at a time."""
+    return AppTraining()
+
+
+@st.fragment(run_every=1.0)
+def training_panel() -> None:
+    """The train button, or the progress of the training under way with a cancel button; when a
+    training ends, the whole page reruns so the new run appears in the list."""
+    job = app_training()
+    if job.running:
+        st.progress(job.step / max(job.total, 1), text=f"training: step {job.step} of {job.total}")
+        if st.button("Cancel training", key="cancel"):
+            job.cancel.set()
+        st.session_state["training_seen"] = True
+        return
+    if st.session_state.pop("training_seen", False):
+        st.rerun()  # the run list and the chosen model change with the new run
+    if job.outcome:
+        (st.error if job.outcome.startswith("training failed") else st.success)(job.outcome)
+    if st.button("Train the default tiny model (about a minute)", key="train"):
+        job.start()
+        st.session_state["training_seen"] = True
+        st.rerun()
 
 
 def serving_locally() -> bool:
     """Whether the server listens on the loopback address only, so every visitor is on this
     machine (`--server.address 0.0.0.0` shares the app and turns this off)."""
     return (st.get_option("server.address") or "") in LOOPBACK
-
-
-def train_default_model() -> Path | None:
-    """Train configs/default.toml into runs/app-default (replacing the app's previous run, so the
-    app never holds more than one), with a progress bar; None if a training is already going on."""
-    lock = training_lock()
-    if not lock.acquire(blocking=False):
-        st.sidebar.warning("A training run is already going on; wait for it to finish.")
-        return None
-    try:
-        shutil.rmtree(Path(OUT_DIR) / APP_RUN, ignore_errors=True)
-        cfg = load_config(ROOT / "configs" / "default.toml",
-                          {"train.out_dir": OUT_DIR, "train.run_name": APP_RUN})
-        bar = st.sidebar.progress(0.0, text="training the default model...")
-        result = train(cfg, progress=False, on_step=lambda step, total: bar.progress(
-            step / total, text=f"training: step {step} of {total}"))
-        bar.empty()
-        return result.run_dir
-    finally:
-        lock.release()
 
 
 def attention_chart(weights: torch.Tensor, tokens: list[str]) -> alt.Chart:
@@ -130,8 +168,8 @@ def choose_model():
         with st.sidebar.expander("Open a checkpoint by path (this machine only)"):
             typed = st.text_input("run directory or .pt file", key="checkpoint").strip()
         path = Path(typed) if typed else path
-    if st.sidebar.button("Train the default tiny model (about a minute)", key="train"):
-        path = train_default_model() or path
+    with st.sidebar:
+        training_panel()
     if path is None:
         st.info(f"No trained run in {OUT_DIR}/ yet: train the default tiny model from the sidebar, "
                 f"or run `python train.py` and reload.")

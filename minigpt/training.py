@@ -425,10 +425,16 @@ class StopRequest:
     before exiting instead of dying mid-step. The previous handlers come back on exit; outside the
     main thread (the demo app trains in one) it installs nothing."""
 
-    def __init__(self):
+    def __init__(self, cancelled: Callable[[], bool] | None = None):
         self.signal_name: str | None = None
+        self.cancelled = cancelled or (lambda: False)  # a request from elsewhere (the app's button)
         self._previous = {}
         self._protected = 0
+
+    @property
+    def reason(self) -> str | None:
+        """Why training should stop now: the signal's name, "cancelled", or None."""
+        return self.signal_name or ("cancelled" if self.cancelled() else None)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -460,16 +466,19 @@ class StopRequest:
 
 def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = None,
           progress: bool = True, log: Callable[[str], None] = lambda line: None,
-          on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, int], None] | None = None,
+          cancelled: Callable[[], bool] | None = None) -> TrainResult:
     """Train as cfg says; see the module docstring.
 
     resume: a run directory to continue from its last.pt (cfg from `resume_config`).
     stop_at: pause after this many steps, saving last.pt as an interruption would.
     progress: show a tqdm bar. log: receives the run's header lines (train.py prints them).
     on_step: called with (step, max_steps) after each optimizer step, e.g. for a progress display.
+    cancelled: checked before each step; once it returns True, training stops as on Ctrl-C
+    (last.pt saved, resumable); the demo app's Cancel button uses it.
     """
     started = time.perf_counter()
-    with StopRequest() as stop:  # from here on, Ctrl-C and SIGTERM end in a resumable last.pt
+    with StopRequest(cancelled) as stop:  # from here on, Ctrl-C and SIGTERM end in a last.pt
         run = Run.start(cfg, resume, stop)  # 1. set up the run
         tc, master = run.cfg.train, run.runtime.master
         board = run.open_log(log)
@@ -479,7 +488,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
         result = TrainResult(run.dir, run.step, run.best_val)
         try:
             while (run.step < min(tc.max_steps, stop_at or tc.max_steps)
-                   and not run.runtime.any_rank(stop.signal_name is not None)):
+                   and not run.runtime.any_rank(stop.reason is not None)):
                 lr = lr_at(run.step, tc)
                 run.trainer.set_lr(lr)
                 step_start = time.perf_counter()
@@ -506,7 +515,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                     run.save("last.pt")
             if result.target_step is None and run.step < tc.max_steps:  # 4. finish
                 with stop.protected():
-                    result.stopped_by = stop.signal_name or (
+                    result.stopped_by = stop.reason or (
                         f"stop_at={stop_at}" if stop_at and run.step >= stop_at
                         else "a signal to another rank")
                     run.save("last.pt")

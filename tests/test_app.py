@@ -38,6 +38,9 @@ def serve_as():
 
 
 def make_app(monkeypatch, runs: Path) -> AppTest:
+    import streamlit
+
+    streamlit.cache_resource.clear()  # a fresh server: no model or training of an earlier test
     monkeypatch.setenv("MINIGPT_RUNS", str(runs))
     return AppTest.from_file(APP, default_timeout=60)
 
@@ -165,7 +168,7 @@ def test_generation_length_is_capped_by_the_context(app_with_runs, run_dir):
 
 def fake_training(calls: list):
     """Stands in for train(): writes a run as train() would, at once."""
-    def fake(cfg, **kwargs):
+    def fake(cfg, **kwargs):  # noqa: ARG001
         run_dir = Path(cfg.train.out_dir) / cfg.train.run_name
         run_dir.mkdir(parents=True)
         shutil.copy(calls[0], run_dir / "best.pt")
@@ -174,8 +177,21 @@ def fake_training(calls: list):
     return fake
 
 
-def test_the_app_keeps_one_run_of_its_own(monkeypatch, tmp_path,
-                                                                   run_dir, serve_as):
+def settle(app: AppTest, until) -> None:
+    """Rerun the page (as its one-second timer would) until until(app) holds."""
+    for _ in range(100):
+        app.run()
+        if until(app):
+            return
+        time.sleep(0.05)
+    pytest.fail("the page never settled")
+
+
+def has_button(app: AppTest, key: str) -> bool:
+    return any(button.key == key for button in app.button)
+
+
+def test_the_app_keeps_one_run_of_its_own(monkeypatch, tmp_path, run_dir, serve_as):
     runs = tmp_path / "runs"
     (runs / "app-default").mkdir(parents=True)
     (runs / "app-default" / "events.out.tfevents.stale").write_text("left by a stopped server")
@@ -186,11 +202,39 @@ def test_the_app_keeps_one_run_of_its_own(monkeypatch, tmp_path,
     app.run()
     for _ in range(2):
         app.button(key="train").click().run()
+        settle(app, lambda app: any("trained" in s.value for s in app.success))
         assert not app.exception
     assert [p.name for p in runs.iterdir()] == ["app-default"]
     assert sorted(p.name for p in (runs / "app-default").iterdir()) == ["best.pt"]
     assert len(calls) == 3  # trained twice, into the same directory
     assert app.selectbox(key="run").options == ["app-default"]
+
+
+def test_training_runs_in_the_background_and_can_be_cancelled(monkeypatch, tmp_path, run_dir,
+                                                              serve_as):
+    def slow_training(cfg, on_step=None, cancelled=None, **kwargs):
+        step = 0
+        while not cancelled():  # as train() does: the app's Cancel button ends the loop
+            step += 1
+            on_step(step, 600)
+            time.sleep(0.01)
+        run = Path(cfg.train.out_dir) / cfg.train.run_name
+        run.mkdir(parents=True)
+        shutil.copy(run_dir / "best.pt", run / "last.pt")
+        return TrainResult(run, step, 1.0, stopped_by="cancelled")
+
+    monkeypatch.setattr(minigpt.training, "train", slow_training)
+    serve_as("127.0.0.1")
+    app = make_app(monkeypatch, tmp_path / "runs")
+    app.run()
+    app.button(key="train").click().run()
+    settle(app, lambda app: has_button(app, "cancel"))  # the page answers while it trains
+    assert "training: step" in app.get("progress")[0].proto.text
+    app.button(key="cancel").click().run()
+    settle(app, lambda app: not has_button(app, "cancel"))
+    settle(app, lambda app: any("cancelled at step" in s.value for s in app.success))
+    assert "can be resumed" in app.success[0].value
+    assert app.selectbox(key="run").options == ["app-default"]  # a resumable run, loaded
 
 
 @pytest.mark.slow
