@@ -241,7 +241,7 @@ def attention_view(seen, cfg) -> None:
     st.caption(LAYERS_NOTE + " Each heatmap: rows are the prompt's tokens (queries), columns the "
                "tokens each one attends to (keys); a row sums to 1.")
     with st.expander("Model view: every layer and head at once", expanded=True):
-        st.image(layers_image(seen.attentions, seen.tokens))
+        st.image(layers_image(seen.attentions, seen.tokens), output_format="PNG")
     layer = st.selectbox("layer", range(1, cfg.num_layers + 1), key="layer")
     count = len(seen.tokens)
     columns = st.columns(4 if count <= 12 else 2 if count <= 30 else 1)
@@ -336,7 +336,7 @@ def learning_view(run_dir: Path) -> None:
     steps = kept["steps"]
     step = st.select_slider("training step", options=steps, value=steps[-1], key="step")
     snapshot = kept["snapshots"][steps.index(step)]
-    st.image(layers_image(list(snapshot["attention"].float()), kept["tokens"]),
+    st.image(layers_image(list(snapshot["attention"].float()), kept["tokens"]), output_format="PNG",
              caption=f"attention at step {step}")
 
 

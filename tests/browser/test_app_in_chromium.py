@@ -1,0 +1,148 @@
+"""The demo app in a real browser: served on 127.0.0.1 as the README says, driven in headless
+Chromium (Debian's chromium and chromium-driver, selenium from the dev extra). Marked `browser`:
+.ci/run installs Chromium and runs them; without it they skip, saying so."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_config
+
+from minigpt.corpus import load_corpus
+from minigpt.tokenizer import WordTokenizer
+from minigpt.training import train
+
+pytestmark = pytest.mark.browser
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: "
+                                "pip install -e '.[dev]'")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+HEADS, WORDS = 2, 40
+if not (CHROMIUM and DRIVER):
+    pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver); .ci/run "
+                "installs it", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """A browser on the app, serving one small trained word model."""
+    tmp_path = tmp_path_factory.mktemp("browser")
+    train(run_config(tmp_path, **{"model.context_length": 64, "model.num_heads": HEADS,
+                                  "train.max_steps": 8, "train.eval_interval": 4}), progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ, "MINIGPT_RUNS": str(tmp_path / "runs")})
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1400,1000",
+                 f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail("the app did not start")
+                time.sleep(0.2)
+        browser.get(f"http://127.0.0.1:{port}")
+        wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "input[aria-label=Prompt]"))
+        yield browser
+    finally:
+        browser.quit()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for(browser, found, seconds: float = 30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            result = found()
+        except StaleElementReferenceException:  # the page re-rendered under us: look again
+            result = None
+        if result:
+            return result
+        time.sleep(0.25)
+    pytest.fail("the page never showed what the test waited for")
+
+
+def charts_titled(browser, title: str) -> list:
+    """The charts (rendered as SVG) with an axis of this title."""
+    return [chart for chart in browser.find_elements(By.CSS_SELECTOR,
+                                                     "[data-testid=stVegaLiteChart]")
+            if title in [t.text for t in chart.find_elements(By.CSS_SELECTOR,
+                                                             ".role-axis-title text")]]
+
+
+def axis_labels(chart, axis: str = "") -> list[str]:
+    """The tick labels of the chart's axes, or of its "X" or "Y" axis alone."""
+    groups = [g for g in chart.find_elements(By.CSS_SELECTOR, "g.role-axis")
+              if (g.get_attribute("aria-label") or "").startswith(f"{axis}-axis" if axis else "")]
+    return [t.get_attribute("textContent") for g in groups
+            for t in g.find_elements(By.CSS_SELECTOR, ".role-axis-label text")]
+
+
+def open_tab(browser, name: str) -> None:
+    browser.find_element(By.XPATH, f"//*[@role='tab'][contains(., '{name}')]").click()
+    time.sleep(1)
+
+
+def test_a_40_token_prompt_gets_a_labelled_heatmap_per_head(page):
+    words = " ".join([w for w in WordTokenizer.split(load_corpus()) if w != "\n"][:WORDS])
+    box = page.find_element(By.CSS_SELECTOR, "input[aria-label=Prompt]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(words, Keys.ENTER)
+    heatmaps = wait_for(page, lambda: [c for c in charts_titled(page, "attends to (key)")
+                                       if len(axis_labels(c)) >= 2 * WORDS])
+    assert len(heatmaps) == HEADS
+    for chart in heatmaps:
+        labels = axis_labels(chart)
+        assert len(labels) == 2 * WORDS  # every token on both axes
+        assert labels[0].startswith("0:") and any(label.startswith("39:") for label in labels)
+    assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+
+
+def test_the_probability_chart_covers_every_generated_token(page):
+    page.find_element(By.XPATH, "//button[contains(., 'Generate')]").click()
+    wait_for(page, lambda: page.find_elements(By.XPATH, "//*[contains(., 'Generated text')]"))
+    page.find_element(By.XPATH, "//summary[contains(., 'Token-by-token')]").click()
+    chart = wait_for(page, lambda: charts_titled(page, "generated token (position in the text)"))
+    positions = axis_labels(chart[0], "X")
+    assert len(positions) == 40  # the max new tokens slider's default: every generated token
+    assert positions[0].startswith(f"{WORDS}:") and positions[-1].startswith(f"{WORDS + 39}:")
+    assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+
+
+def test_the_step_slider_changes_the_picture(page):
+    open_tab(page, "Watch it learn")
+    picture = wait_for(page, lambda: [i for i in page.find_elements(
+        By.CSS_SELECTOR, "[data-testid=stImage] img") if i.is_displayed()])[0]
+    before = picture.get_attribute("src")
+    slider = next(s for s in page.find_elements(By.CSS_SELECTOR, "[data-testid=stSlider]")
+                  if "training step" in s.text)
+    thumb = slider.find_element(By.CSS_SELECTOR, "[tabindex='0']")
+    page.execute_script("arguments[0].focus()", thumb)
+    ActionChains(page).send_keys(Keys.ARROW_LEFT).perform()  # from step 8 to step 4
+    wait_for(page, lambda: [i for i in page.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")
+                            if i.is_displayed() and i.get_attribute("src") != before])
+    assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
