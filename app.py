@@ -137,7 +137,8 @@ def probability_table(model, tokenizer, prompt_ids: list[int], new_ids: list[int
 
 
 def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[float],
-               x_title: str, y_title: str, text: str | None = None, tooltip=()) -> alt.Chart:
+               x_title: str, y_title: str, text: str | None = None, tooltip=(),
+               scale: str = "linear") -> alt.Chart:
     """A coloured grid in the shared palette, rows and columns in the frame's order, with an
     optional word written in each cell."""
     order_x, order_y = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
@@ -146,7 +147,8 @@ def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[flo
                 axis=alt.Axis(labelAngle=-90, labelOverlap=False)),
         y=alt.Y(f"{y}:N", sort=order_y, title=y_title))
     chart = base.mark_rect().encode(
-        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=domain, range=list(PALETTE)),
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(type=scale, domain=domain,
+                                                      range=list(PALETTE)),
                         title=value),
         tooltip=list(tooltip) or [x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
     if text:
@@ -292,14 +294,15 @@ def layers_view(seen, cfg) -> None:
                                "prompt token (position)", "layer", text="top token",
                                tooltip=["layer", "position", "top 5"]), width="stretch")
     st.markdown("**How much each layer changed each token**: the size of the block's update "
-                "relative to the hidden state it received.")
+                "relative to the hidden state it received (a log colour scale: the first layer "
+                "rewrites the small embeddings far more than later layers change their input).")
     change = pd.DataFrame([
         {"position": labels[i], "layer": f"layer {layer + 1}",
          "relative change": float(seen.layer_change[layer, i])}
         for layer in range(cfg.num_layers) for i in range(len(labels))])
     st.altair_chart(grid_chart(change, "position", "layer", "relative change",
                                [0, float(seen.layer_change.max())], "prompt token (position)",
-                               "layer"), width="stretch")
+                               "layer", scale="symlog"), width="stretch")
 
 
 def temperature_view(seen, tokenizer, temperature: float) -> None:

@@ -1,0 +1,126 @@
+"""Make the README's pictures: the demo app's views in headless Chromium, and a TensorBoard
+attention image, from the default model.
+
+    python docs/screenshots.py                  # trains configs/default.toml first (about a minute)
+    python docs/screenshots.py --run runs/NAME  # or pictures of a run you have
+
+Needs Debian's chromium and chromium-driver, and selenium (the dev extra). Writes docs/images/.
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from minigpt.checkpoint import load  # noqa: E402
+from minigpt.config import load_config  # noqa: E402
+from minigpt.heatmap import ATTENTION_NOTE, add_legend, attention_image  # noqa: E402
+from minigpt.inspection import load_snapshots  # noqa: E402
+from minigpt.training import train  # noqa: E402
+
+IMAGES = ROOT / "docs" / "images"
+PROMPT = "the cat sat on the mat . it was warm . the dog ran to the park ."
+WIDTH = 960  # pixels of each picture in the README
+
+
+def shrink(path: Path) -> None:
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        height = round(image.height * WIDTH / image.width)
+        image.resize((WIDTH, height), Image.Resampling.LANCZOS).save(path, optimize=True)
+
+
+def serve(runs: Path) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ, "MINIGPT_RUNS": str(runs)})
+    for _ in range(120):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, port
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit("the app did not start")
+
+
+def app_pictures(runs: Path, scratch: Path) -> None:
+    server, port = serve(runs)
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 "--disable-background-networking", "--window-size=1400,1000",
+                 f"--user-data-dir={scratch / 'chrome'}"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=webdriver.ChromeService("/usr/bin/chromedriver"),
+                               options=options)
+    try:
+        browser.get(f"http://127.0.0.1:{port}")
+        time.sleep(8)
+        box = browser.find_element(By.CSS_SELECTOR, "input[aria-label=Prompt]")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(PROMPT, Keys.ENTER)
+        time.sleep(6)
+        for tab, name, scroll in [("Attention", "app_attention", 330),
+                                  ("Layer outputs", "app_layer_outputs", 380),
+                                  ("Watch it learn", "app_watch_it_learn", 330)]:
+            button = browser.find_element(By.XPATH, f"//*[@role='tab'][contains(., '{tab}')]")
+            browser.execute_script("arguments[0].click()", button)
+            time.sleep(3)
+            browser.execute_script(
+                "document.querySelector('[data-testid=stMain]').scrollTo(0, arguments[0])", scroll)
+            time.sleep(1)
+            browser.save_screenshot(str(IMAGES / f"{name}.png"))
+            shrink(IMAGES / f"{name}.png")
+    finally:
+        browser.quit()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def tensorboard_picture(run_dir: Path) -> None:
+    """The image TensorBoard shows for the first layer at the run's last evaluation."""
+    kept = load_snapshots(run_dir)
+    weights = kept["snapshots"][-1]["attention"][0].float()
+    image = attention_image(weights, kept["tokens"], cell=24, title="layer 1,")
+    add_legend(image, 0.0, 1.0, ATTENTION_NOTE).save(IMAGES / "tensorboard_attention.png")
+    shrink(IMAGES / "tensorboard_attention.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", help="a run directory (default: train configs/default.toml)")
+    args = parser.parse_args()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        if args.run:
+            run_dir = Path(args.run).resolve()
+        else:
+            cfg = load_config(ROOT / "configs" / "default.toml",
+                              {"train.out_dir": str(scratch / "runs"), "train.run_name": "default",
+                               "train.sample_prompt": "the cat sat on the mat . it was"})
+            run_dir = train(cfg, progress=False).run_dir
+        load(run_dir)  # fails early, with its message, on a run that cannot be shown
+        app_pictures(run_dir.parent, scratch)
+        tensorboard_picture(run_dir)
+    print(f"wrote {sorted(p.name for p in IMAGES.glob('*.png'))} in {IMAGES}")
+
+
+if __name__ == "__main__":
+    main()
