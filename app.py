@@ -25,7 +25,7 @@ from minigpt.checkpoint import list_runs, load
 from minigpt.config import load_config
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
-from minigpt.heatmap import PALETTE, colour, colours, layers_image
+from minigpt.heatmap import PALETTE, colour, colours, heatmap, layers_image
 from minigpt.inspection import inspect_prompt, load_snapshots, token_probabilities
 from minigpt.tokenizer import WordTokenizer
 from minigpt.training import train
@@ -112,8 +112,9 @@ def serving_locally() -> bool:
     return (st.get_option("server.address") or "") in LOOPBACK
 
 
-def attention_chart(weights: torch.Tensor, tokens: list[str]) -> alt.Chart:
-    """Heatmap of one head's (T, T) weights with token labels; hovering shows the weight."""
+def attention_chart(weights: torch.Tensor, tokens: list[str], legend: bool = True) -> alt.Chart:
+    """Heatmap of one head's (T, T) weights with token labels; hovering shows the weight. All
+    heads share the scale [0, 1], so only one of them needs the legend."""
     labels = [f"{i}:{t!r}"[:14] for i, t in enumerate(tokens)]
     rows = [{"query": labels[q], "key": labels[k], "weight": float(weights[q, k])}
             for q in range(len(tokens)) for k in range(len(tokens))]
@@ -122,7 +123,8 @@ def attention_chart(weights: torch.Tensor, tokens: list[str]) -> alt.Chart:
         x=alt.X("key:N", sort=labels, title="attends to (key)",
                 axis=alt.Axis(labelOverlap=False, labelLimit=120, labelAngle=-90)),
         y=alt.Y("query:N", sort=labels, title="token (query)", axis=axis),
-        color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE))),
+        color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE)),
+                        legend=alt.Legend(title="weight") if legend else None),
         tooltip=["query", "key", alt.Tooltip("weight:Q", format=".3f")],
     ).properties(height=max(200, 22 * len(tokens)))
 
@@ -209,10 +211,10 @@ def sampling_controls(vocab_size: int, context_length: int) -> dict:
 def generation_section(model, tokenizer, prompt: str, controls: dict) -> None:
     """The Generate button, the streamed text, and the probability of each generated token."""
     if st.button("Generate", key="generate", type="primary"):
-        pieces = generate_text(model, tokenizer, prompt, **controls)
-        placeholder = st.empty()  # the text streams here, then gives way to the full text below
-        with placeholder:
-            text = st.write_stream(piece.text for piece in pieces)
+        placeholder, text = st.empty(), ""  # streamed in the same box the full text stays in
+        for piece in generate_text(model, tokenizer, prompt, **controls):
+            text += piece.text
+            placeholder.code(prompt + text, language=None, wrap_lines=True)
         placeholder.empty()
         st.session_state["generated"] = (prompt, text)
     if st.session_state.get("generated", (None,))[0] != prompt:
@@ -242,17 +244,34 @@ LAYERS_NOTE = ("Layers are numbered from the input: layer 0 is the embeddings (t
 def attention_view(seen, cfg) -> None:
     st.caption(LAYERS_NOTE + " Each heatmap: rows are the prompt's tokens (queries), columns the "
                "tokens each one attends to (keys); a row sums to 1.")
-    with st.expander("Model view: every layer and head at once", expanded=True):
-        st.image(layers_image(seen.attentions, seen.tokens), output_format="PNG")
+    with st.expander("Model view: every layer and head at once (open one with its button)",
+                     expanded=True):
+        model_view(seen, cfg)
     layer = st.selectbox("layer", range(1, cfg.num_layers + 1), key="layer")
     count = len(seen.tokens)
     columns = st.columns(4 if count <= 12 else 2 if count <= 30 else 1)
     for head in range(cfg.num_heads):
         with columns[head % len(columns)]:
             st.caption(f"layer {layer}, head {head}")
-            st.altair_chart(attention_chart(seen.attentions[layer - 1][head], seen.tokens),
-                            width="stretch")
+            st.altair_chart(attention_chart(seen.attentions[layer - 1][head], seen.tokens,
+                                            legend=head == cfg.num_heads - 1), width="stretch")
     head_view(seen, layer, cfg.num_heads)
+
+
+def model_view(seen, cfg) -> None:
+    """Every layer x head as a thumbnail, in the shared palette (0 to 1); the button under one
+    opens it in the heatmaps and the head view below."""
+    cell = max(1, 120 // len(seen.tokens))
+    for layer in range(cfg.num_layers):
+        for head, column in enumerate(st.columns(cfg.num_heads)):
+            column.image(heatmap(seen.attentions[layer][head], cell, vmin=0.0, vmax=1.0),
+                         output_format="PNG")
+            column.button(f"layer {layer + 1}, head {head}", key=f"open_{layer + 1}_{head}",
+                          on_click=open_head, args=(layer + 1, head))
+
+
+def open_head(layer: int, head: int) -> None:
+    st.session_state["layer"], st.session_state["head"] = layer, head
 
 
 def head_view(seen, layer: int, num_heads: int) -> None:

@@ -116,6 +116,16 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     assert any("layer 0 is the embeddings" in caption.value for caption in app.caption)
 
 
+def test_a_thumbnail_of_the_model_view_opens_its_head(app_with_runs):
+    app = app_with_runs
+    app.run()
+    assert len(app.get("image")) >= 2 * 2  # every layer x head as a thumbnail
+    app.button(key="open_2_1").click().run()
+    assert not app.exception
+    assert app.selectbox(key="layer").value == 2 and app.selectbox(key="head").value == 1
+    assert any("Head view** (layer 2)" in m.value for m in app.markdown)
+
+
 def test_the_head_view_shades_the_tokens_one_token_attends_to(app_with_runs, run_dir):
     app = app_with_runs
     app.run()
