@@ -261,7 +261,7 @@ def attention_view(seen, cfg) -> None:
 def model_view(seen, cfg) -> None:
     """Every layer x head as a thumbnail, in the shared palette (0 to 1); the button under one
     opens it in the heatmaps and the head view below."""
-    cell = max(1, 120 // len(seen.tokens))
+    cell = max(2, 160 // len(seen.tokens))
     for layer in range(cfg.num_layers):
         for head, column in enumerate(st.columns(cfg.num_heads)):
             column.image(heatmap(seen.attentions[layer][head], cell, vmin=0.0, vmax=1.0),
