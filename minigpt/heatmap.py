@@ -3,7 +3,7 @@
     image = attention_image(seen.attentions[0], seen.tokens)   # one layer, heads side by side
     image = layers_image(seen.attentions, seen.tokens)          # one row of heads per layer
     image.save("attention.png")
-    writer.add_image("attention/layer1", to_tensor(image))      # TensorBoard takes (3, H, W)
+    writer.add_image("probe_attention/layer1", to_tensor(image))      # TensorBoard takes (3, H, W)
 
 PALETTE is minigpt's one colour scale, low to high: these pictures and the app's charts use it.
 """

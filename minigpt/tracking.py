@@ -1,7 +1,8 @@
 """What a run shows in TensorBoard (`tensorboard --logdir runs`). The scalars open on the loss
 curves: `loss/train` (every step), `loss/val` and `loss/train_eval` (each evaluation, on the same
 fixed batches); then `perf/tokens_per_sec`, `train/lr` and `train/grad_norm`. Images: each
-layer's attention over a fixed probe prompt at every evaluation (`attention/layerN`), the position
+layer's attention over a fixed probe prompt at every evaluation (`probe_attention/layerN`, named to
+sort after `loss/`, so the Time Series tab opens on the losses), the position
 table (`positions/...`). At the end, the hyperparameters that matter with the final metrics
 (`result/...`, HParams tab). Only rank 0 writes: elsewhere `TensorBoardLog` is given no directory
 and does nothing.
@@ -65,7 +66,7 @@ class TensorBoardLog:
         for layer, weights in enumerate(attentions, start=1):
             image = attention_image(weights, probe_tokens, cell=24, title=f"layer {layer},")
             image = add_legend(image, 0.0, 1.0, ATTENTION_NOTE)
-            self.writer.add_image(f"attention/layer{layer}", to_tensor(image), step)
+            self.writer.add_image(f"probe_attention/layer{layer}", to_tensor(image), step)
 
     def close(self, config: dict, best_val_loss: float, final_train_loss: float | None) -> None:
         """The HParams summary (when this process trained at least one step), then close."""
