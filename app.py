@@ -226,7 +226,12 @@ def generation_section(model, tokenizer, prompt: str, controls: dict) -> None:
     new_ids = tokenizer.encode(tokenizer.decode(prompt_ids) + generated)[len(prompt_ids):]
     if new_ids and prompt_ids:
         with st.expander("Token-by-token probabilities of the generated text"):
-            table = probability_table(model, tokenizer, prompt_ids, new_ids)
+            # One forward pass per token: kept across reruns (a slider move reruns the page).
+            key = (id(model), prompt, generated)
+            if st.session_state.get("probabilities", (None,))[0] != key:
+                st.session_state["probabilities"] = (
+                    key, probability_table(model, tokenizer, prompt_ids, new_ids))
+            table = st.session_state["probabilities"][1]
             st.altair_chart(alt.Chart(table).mark_bar(color=PALETTE[2]).encode(
                 x=alt.X("position:N", sort=list(table["position"]),
                         title="generated token (position in the text)",

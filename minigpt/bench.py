@@ -25,6 +25,7 @@ training tokens/s and the MFU: achieved FLOP/s over the card's bf16 datasheet pe
 over the matmul peak measured here.
 """
 
+import argparse
 import json
 import platform
 import resource
@@ -302,13 +303,8 @@ def print_report(report: dict) -> None:
                   f"{r['speedup']:13.1f}x")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_train_one"]:  # internal: one measurement in a fresh process
-        _, model_name, variant, steps, max_seconds, device = argv
-        print(json.dumps(train_one(model_name, variant, int(steps), torch.device(device),
-                                   float(max_seconds))))
-        return
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, checked: one line and exit 2 for values that mean nothing."""
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
                         choices=["all", "peak", "train", "generate", "speedrun"])
@@ -341,6 +337,11 @@ def main(argv: list[str] | None = None) -> None:
     bad = [item for item in args.set if "=" not in item]
     if bad:
         parser.error(f"--set takes KEY=VALUE, got {bad[0]!r}")
+    return args
+
+
+def run_benchmarks(args: argparse.Namespace) -> dict:
+    """The report: the machine, then each benchmark args.what asks for."""
     overrides = dict(item.split("=", 1) for item in args.set)
     if args.device != "auto":
         overrides.setdefault("train.device", args.device)
@@ -358,6 +359,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("all", "generate"):
         report["generate"] = bench_generate(args.generate_model, args.new_tokens,
                                             args.batch_sizes, device)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_train_one"]:  # internal: one measurement in a fresh process
+        _, model_name, variant, steps, max_seconds, device = argv
+        print(json.dumps(train_one(model_name, variant, int(steps), torch.device(device),
+                                   float(max_seconds))))
+        return
+    args = parse_args(argv)
+    report = run_benchmarks(args)
     print_report(report)
     try:
         with open(args.json, "w") as f:

@@ -38,6 +38,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
                               f"checkpoint there, if any, is unchanged") from None
 
 
+def newest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint a run would resume from: last.pt, else best.pt, else None (a run stopped
+    before its first save)."""
+    found = [Path(run_dir) / name for name in reversed(CHECKPOINT_NAMES)
+             if (Path(run_dir) / name).is_file()]
+    return found[0] if found else None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file: path itself, or a run directory's best.pt (else last.pt)."""
     path = Path(path)

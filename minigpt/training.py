@@ -18,7 +18,6 @@ Under torchrun it trains with DistributedDataParallel; `minigpt.runtime.Runtime`
 """
 
 import contextlib
-import io
 import json
 import math
 import signal
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minigpt.checkpoint import load_checkpoint, save_checkpoint
+from minigpt.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
 from minigpt.config import DERIVED_KEYS, Config, TrainConfig, build_config, parse_value
 from minigpt.data import Dataset, get_batch, prepare_data
 from minigpt.errors import CheckpointError, ConfigError, TrainingError
@@ -161,6 +160,7 @@ class Run:
         self.dir, self.probe = directory, probe
         self.step, self.best_val = 0, float("inf")
         self.batches = torch.Generator().manual_seed(cfg.train.seed)  # draws every rank's batches
+        self.snapshots: dict | None = None  # snapshots.pt's contents, once the first is kept
         self.tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum * runtime.world_size
                                 * cfg.model.context_length)
 
@@ -216,16 +216,17 @@ class Run:
         app plays back with a step slider (rank 0 only; a write failure costs only that file)."""
         if not self.runtime.master:
             return
-        kept = load_snapshots(self.dir) or {"tokens": self.probe_tokens(), "steps": [],
-                                            "snapshots": []}
-        keep = [i for i, s in enumerate(kept["steps"]) if s < self.step]  # a resumed run redoes
-        kept = {"tokens": kept["tokens"], "steps": [kept["steps"][i] for i in keep] + [self.step],
-                "snapshots": [kept["snapshots"][i] for i in keep] + [snapshot]}
-        buffer = io.BytesIO()
-        torch.save(kept, buffer)
+        if self.snapshots is None:  # this process's first evaluation: take over the file's
+            kept = load_snapshots(self.dir) or {"steps": [], "snapshots": []}
+            earlier = [i for i, s in enumerate(kept["steps"]) if s < self.step]  # resumed: redo
+            self.snapshots = {"tokens": self.probe_tokens(),
+                              "steps": [kept["steps"][i] for i in earlier],
+                              "snapshots": [kept["snapshots"][i] for i in earlier]}
+        self.snapshots["steps"].append(self.step)
+        self.snapshots["snapshots"].append(snapshot)
         try:
             with self.stop.protected():
-                atomic_write(self.dir / SNAPSHOTS, lambda f: f.write(buffer.getvalue()))
+                atomic_write(self.dir / SNAPSHOTS, lambda f: torch.save(self.snapshots, f))
         except OSError:
             pass
 
@@ -271,10 +272,10 @@ class Run:
 def load_resume_state(run_dir: str | Path, cfg: Config) -> dict | None:
     """The newest checkpoint of run_dir (last.pt, else best.pt), checked to belong to a run of the
     same model and data; None for a run that was stopped before its first checkpoint."""
-    names = [name for name in ("last.pt", "best.pt") if (Path(run_dir) / name).is_file()]
-    if not names:
+    path = newest_checkpoint(run_dir)
+    if path is None:
         return None
-    state = load_checkpoint(Path(run_dir) / names[0])
+    state = load_checkpoint(path)
     saved = build_config(_settable(state["config"]))
     if (saved.model, saved.data) != (cfg.model, cfg.data):
         raise ConfigError(f"the model/data config differs from the run in {run_dir}; only "
@@ -347,7 +348,7 @@ def new_run_dir(cfg: Config) -> Path:
     if run_dir.is_file():
         raise TrainingError(f"{run_dir} is a file, not a run directory; choose another "
                             f"--train.run_name or --train.out_dir")
-    if any((run_dir / checkpoint).is_file() for checkpoint in ("last.pt", "best.pt")):
+    if newest_checkpoint(run_dir) is not None:
         raise TrainingError(f"run directory {run_dir} already holds a run; continue it with "
                             f"--resume {run_dir} or choose another --train.run_name")
     return run_dir
@@ -359,7 +360,7 @@ def clear_unstarted(run_dir: Path) -> None:
     if not run_dir.is_dir():
         return
     leftovers = [*run_dir.glob(".*.tmp")]
-    if not any((run_dir / name).is_file() for name in ("last.pt", "best.pt")):
+    if newest_checkpoint(run_dir) is None:
         leftovers += [*run_dir.glob("events.out.tfevents.*"), run_dir / "config.json",
                       run_dir / SNAPSHOTS]
     for path in leftovers:
@@ -418,6 +419,38 @@ def evaluate(run: Run, board: TensorBoardLog, result: TrainResult, say: Callable
     board.evaluation(step, losses, sample, list(snapshot["attention"].float()), run.probe_tokens())
     if any(p.requires_grad for p in model.pos_emb.parameters()):  # a table that is learned
         board.positions(run.cfg.model.pos_encoding, model.pos_emb.vectors(), step)
+
+
+def record_step(run: Run, result: TrainResult, board: TensorBoardLog, bar: tqdm, loss: float,
+                lr: float, grad_norm: float, seconds: float) -> None:
+    """One step's loss and time in the result, on the progress bar and in TensorBoard."""
+    result.step_seconds.append(seconds)
+    result.losses.append(loss)
+    tokens_per_sec = run.tokens_per_step / seconds
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}",
+                    refresh=False)
+    board.step(run.step, loss, lr, grad_norm, tokens_per_sec)
+
+
+def stop_at_target(run: Run, result: TrainResult, say: Callable[[str], None]) -> None:
+    """The last evaluation reached train.target_val_loss: say when, and save last.pt."""
+    say(f"val {result.val_losses[run.step]:.4f} <= train.target_val_loss "
+        f"{run.cfg.train.target_val_loss} at step {run.step}, "
+        f"{result.val_seconds[run.step]:.1f} s after start: stopping")
+    run.save("last.pt")
+
+
+def save_stopped_run(run: Run, result: TrainResult, stop: "StopRequest", stop_at: int | None,
+                     say: Callable[[str], None]) -> None:
+    """Phase 4 of a run stopped before max_steps (a signal, Cancel, stop_at): save last.pt and
+    print how to continue. A second signal does not cut this short."""
+    with stop.protected():
+        result.stopped_by = stop.reason or (f"stop_at={stop_at}" if stop_at and run.step >= stop_at
+                                            else "a signal to another rank")
+        run.save("last.pt")
+        say(f"{result.stopped_by}: saved {run.dir / 'last.pt'} at step {run.step}; "
+            f"continue with: python train.py --resume {run.dir}")
 
 
 class StopRequest:
@@ -493,34 +526,20 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 run.trainer.set_lr(lr)
                 step_start = time.perf_counter()
                 loss, grad_norm = run.trainer.step(run.next_batch)  # 2. the step
-                result.step_seconds.append(time.perf_counter() - step_start)
-                result.losses.append(loss)
                 run.step += 1
-                tokens_per_sec = run.tokens_per_step / result.step_seconds[-1]
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                                tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
-                board.step(run.step, loss, lr, grad_norm, tokens_per_sec)
+                record_step(run, result, board, bar, loss, lr, grad_norm,
+                            time.perf_counter() - step_start)
                 if on_step is not None:
                     on_step(run.step, tc.max_steps)
                 if run.step % tc.eval_interval == 0 or run.step == tc.max_steps:  # 3. evaluate
                     evaluate(run, board, result, say, time.perf_counter() - started)
                 if result.target_step == run.step:
-                    say(f"val {result.val_losses[run.step]:.4f} <= train.target_val_loss "
-                        f"{tc.target_val_loss} at step {run.step}, "
-                        f"{result.val_seconds[run.step]:.1f} s after start: stopping")
-                    run.save("last.pt")
+                    stop_at_target(run, result, say)
                     break
                 if run.step % tc.checkpoint_interval == 0 or run.step == tc.max_steps:
                     run.save("last.pt")
             if result.target_step is None and run.step < tc.max_steps:  # 4. finish
-                with stop.protected():
-                    result.stopped_by = stop.reason or (
-                        f"stop_at={stop_at}" if stop_at and run.step >= stop_at
-                        else "a signal to another rank")
-                    run.save("last.pt")
-                    say(f"{result.stopped_by}: saved {run.dir / 'last.pt'} at step {run.step}; "
-                        f"continue with: python train.py --resume {run.dir}")
+                save_stopped_run(run, result, stop, stop_at, say)
         except NonFiniteLoss as err:
             raise TrainingError(f"loss became {err} at step {run.step + 1}; stopped without "
                                 f"updating the weights (checkpoints in {run.dir} are the last "
