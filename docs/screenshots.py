@@ -33,11 +33,15 @@ from minigpt.training import train  # noqa: E402
 IMAGES = ROOT / "docs" / "images"
 PROMPT = "the cat sat on the mat . it was warm . the dog ran to the park ."
 WIDTH = 960  # pixels of each picture in the README
+SIDEBAR = 340  # pixels of the app's sidebar (and margin) at a 1400-pixel-wide window
 
 
-def shrink(path: Path) -> None:
+def shrink(path: Path, left: int = 0) -> None:
+    """Scale the picture to the README's width, first cutting `left` pixels (the app's sidebar)
+    so that the view itself stays large enough to read."""
     with Image.open(path) as image:
         image = image.convert("RGB")
+        image = image.crop((left, 0, image.width, image.height))
         height = round(image.height * WIDTH / image.width)
         image.resize((WIDTH, height), Image.Resampling.LANCZOS).save(path, optimize=True)
 
@@ -76,9 +80,9 @@ def app_pictures(runs: Path, scratch: Path) -> None:
         box.send_keys(Keys.CONTROL, "a")
         box.send_keys(PROMPT, Keys.ENTER)
         time.sleep(6)
-        for tab, name, scroll in [("Attention", "app_attention", 330),
+        for tab, name, scroll in [("Attention", "app_attention", 300),
                                   ("Layer outputs", "app_layer_outputs", 380),
-                                  ("Watch it learn", "app_watch_it_learn", 330)]:
+                                  ("Watch it learn", "app_watch_it_learn", 290)]:
             button = browser.find_element(By.XPATH, f"//*[@role='tab'][contains(., '{tab}')]")
             browser.execute_script("arguments[0].click()", button)
             time.sleep(3)
@@ -86,7 +90,7 @@ def app_pictures(runs: Path, scratch: Path) -> None:
                 "document.querySelector('[data-testid=stMain]').scrollTo(0, arguments[0])", scroll)
             time.sleep(1)
             browser.save_screenshot(str(IMAGES / f"{name}.png"))
-            shrink(IMAGES / f"{name}.png")
+            shrink(IMAGES / f"{name}.png", left=SIDEBAR)
     finally:
         browser.quit()
         server.terminate()
