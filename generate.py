@@ -7,7 +7,6 @@
 
 import argparse
 import sys
-import warnings
 
 import torch
 
@@ -92,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     prompt = read_prompt(args)
     device = resolve_device(args.device)
     model, tokenizer = load(args.checkpoint, device)
-    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
 
     ids = encode_prompt(tokenizer, prompt, model.config.context_length, args.drop_unknown)
     head = tokenizer.decode(ids) if prompt else ""  # the prompt as the model sees it

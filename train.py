@@ -2,6 +2,7 @@
 
     python train.py --config configs/shakespeare_char_cpu.toml --train.max_steps 500
     python train.py --resume runs/default-20261127-101500
+    python train.py --eval-only --resume runs/default-20261127-101500   # exact whole-split loss
     torchrun --nproc_per_node=2 train.py --config configs/default.toml
 
 `python train.py --help` lists every config key with its default.
@@ -17,7 +18,7 @@ from minigpt.cli import ArgumentParser
 from minigpt.config import describe_keys, load_config
 from minigpt.errors import ConfigError
 from minigpt.runtime import tune_process
-from minigpt.training import resume_config, train
+from minigpt.training import evaluate_run, resume_config, train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
 
@@ -29,7 +30,8 @@ def default_config_path() -> str | None:
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser = ArgumentParser(
-        usage="%(prog)s [--config FILE] [--resume RUN_DIR] [--quiet] [--section.key VALUE ...]",
+        usage="%(prog)s [--config FILE] [--resume RUN_DIR [--eval-only]] [--quiet] "
+              "[--section.key VALUE ...]",
         description="Train a GPT. Settings come from --config (TOML), then --section.key VALUE "
                     "overrides. The defaults shown are those of configs/default.toml, which runs "
                     "when no --config is given.",
@@ -37,6 +39,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--config", help="a TOML config file (default: configs/default.toml)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last.pt (train.* keys may change)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="with --resume: print the exact train/val loss and perplexity of the "
+                             "run's checkpoints over the whole splits, and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     group = parser.add_argument_group("config keys (--section.key VALUE)")
     for key, default, text in describe_keys(load_config(default_config_path())):
@@ -55,6 +60,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.eval_only:
+        if not args.resume or args.config:
+            raise ConfigError("--eval-only evaluates a run: pass --resume RUN_DIR (and no --config)")
+        evaluate_run(args.resume, overrides)
+        return 0
     if args.resume:
         if args.config:
             raise ConfigError("--resume takes its config from the run; drop --config")

@@ -7,13 +7,16 @@ else is a bug and keeps its traceback. Set MINIGPT_DEBUG=1 to see the traceback 
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from minigpt.errors import MiniGPTError
 
 
 def run_cli(main: Callable[[], int]) -> None:
-    """Run main() and exit with its code; a user error prints `error: ...` and exits 1."""
+    """Run main() and exit with its code; a user error prints `error: ...` and exits 1, and a
+    warning prints as `warning: ...` (without the file and line of the code that warned)."""
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
     try:
         code = main()
     except MiniGPTError as err:

@@ -87,7 +87,8 @@ class TrainConfig:
     beta2: float = _help("AdamW beta2", 0.99)
     grad_clip: float = _help("clip the gradient norm to this (0 disables clipping)", 1.0)
     eval_interval: int = _help("evaluate (and save best.pt) every this many steps", 100)
-    eval_batches: int = _help("batches averaged for each train/val loss estimate", 20)
+    eval_batches: int = _help("batches averaged for each train/val loss estimate (0: the exact "
+                              "loss of the whole val split, in order)", 20)
     target_val_loss: float = _help("stop once an evaluation's val loss is at or below this "
                                    "(0: train for all max_steps)", 0.0)
     checkpoint_interval: int = _help("save last.pt every this many steps", 100)
@@ -105,13 +106,13 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_finite("train", self)
-        positive = ["batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
+        positive = ["batch_size", "grad_accum", "max_steps", "eval_interval",
                     "checkpoint_interval"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         for name in ["warmup_steps", "weight_decay", "grad_clip", "sample_tokens", "threads",
-                     "min_lr", "target_val_loss"]:
+                     "min_lr", "target_val_loss", "eval_batches"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ["lr", "muon_lr"]:

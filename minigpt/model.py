@@ -19,8 +19,9 @@ from torch import nn
 from minigpt.errors import ConfigError
 from minigpt.sampling import check_sampling_args, sample_next
 
-POS_ENCODINGS = ("sinusoidal", "learned", "rope")
+POS_ENCODINGS = ("sinusoidal", "learned", "rope", "none")
 NORM_PLACEMENTS = ("pre", "post")
+ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,30 @@ class ModelConfig:
     ffn_mult: int = field(
         default=4, metadata={"help": "feed-forward hidden width as a multiple of embed_dim"})
     dropout: float = field(default=0.0, metadata={"help": "dropout probability, in [0, 1)"})
-    pos_encoding: Literal["sinusoidal", "learned", "rope"] = field(
-        default="learned", metadata={"help": "how positions enter the model"})
+    pos_encoding: Literal["sinusoidal", "learned", "rope", "none"] = field(
+        default="learned", metadata={"help": "how positions enter the model (none: an ablation)"})
     norm_placement: Literal["pre", "post"] = field(
         default="pre", metadata={"help": "LayerNorm before each sublayer (GPT-2) or after"})
     tie_weights: bool = field(
         default=True, metadata={"help": "share the token embedding with the output head"})
     bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers"})
+    activation: Literal["gelu", "gelu_tanh"] = field(
+        default="gelu", metadata={"help": "feed-forward nonlinearity: exact GELU, or GPT-2's tanh "
+                                          "approximation"})
+    # Ablation switches: each removes one part, to show what it is for (README, "Take it apart").
+    # A single head of the same width is num_heads = 1.
+    residual: bool = field(
+        default=True, metadata={"help": "add each sublayer's output to its input (false: the "
+                                        "output replaces it; an ablation)"})
+    layer_norm: bool = field(
+        default=True, metadata={"help": "LayerNorms in the blocks and before the head (false: "
+                                        "none; an ablation)"})
+    ffn: bool = field(
+        default=True, metadata={"help": "a feed-forward sublayer in every block (false: attention "
+                                        "only; an ablation)"})
+    causal: bool = field(
+        default=True, metadata={"help": "hide later tokens from attention (false lets training "
+                                        "cheat by reading the answer; an ablation)"})
 
     def __post_init__(self):
         sizes = ["context_length", "embed_dim", "num_heads", "num_layers", "ffn_mult"]
@@ -65,6 +83,9 @@ class ModelConfig:
         if self.norm_placement not in NORM_PLACEMENTS:
             raise ConfigError(f"model.norm_placement must be one of {NORM_PLACEMENTS}, "
                              f"got {self.norm_placement!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation must be one of {ACTIVATIONS}, "
+                             f"got {self.activation!r}")
         if self.pos_encoding == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head_dim, got {self.head_dim} "
                              f"(embed_dim / num_heads)")
@@ -185,7 +206,9 @@ def positional_encoding(cfg: "ModelConfig") -> PositionalEncoding:
         return SinusoidalPositionalEncoding(cfg.context_length, cfg.embed_dim)
     if cfg.pos_encoding == "learned":
         return LearnedPositionalEncoding(cfg.context_length, cfg.embed_dim)
-    return RotaryEmbedding(cfg.head_dim)
+    if cfg.pos_encoding == "rope":
+        return RotaryEmbedding(cfg.head_dim)
+    return PositionalEncoding()  # "none": the model sees a bag of tokens
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -242,25 +265,29 @@ def causal_mask(num_queries: int, num_keys: int, device=None) -> torch.Tensor:
         diagonal=num_keys - num_queries)
 
 
-def explicit_attention(q, k, v, dropout: float = 0.0, training: bool = False):
+def explicit_attention(q, k, v, dropout: float = 0.0, training: bool = False,
+                       causal: bool = True):
     """softmax(Q K^T / sqrt(D) + causal mask) V, written out so the weights can be returned.
 
     q (B, H, T, D), k and v (B, H, S, D) -> output (B, H, T, D), weights (B, H, T, S).
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    mask = causal_mask(q.size(2), k.size(2), device=q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    if causal:
+        mask = causal_mask(q.size(2), k.size(2), device=q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     return F.dropout(weights, dropout, training) @ v, weights
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention: every head attends over earlier positions only."""
+    """Multi-head causal self-attention: every head attends over earlier positions only (all
+    positions when cfg.causal is off, the ablation that lets training read the answer)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.dropout = cfg.dropout
+        self.causal = cfg.causal
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.bias)  # W_q, W_k, W_v
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)  # W_out
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -279,11 +306,11 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         weights = None
         if return_weights:
-            y, weights = explicit_attention(q, k, v, dropout, self.training)
+            y, weights = explicit_attention(q, k, v, dropout, self.training, self.causal)
         elif T == k.size(2):  # the fused kernel, for training and prefill
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal)
         else:  # new tokens after cached ones: T == 1 sees every key, so the mask is all True
-            mask = None if T == 1 else causal_mask(T, k.size(2), device=x.device)
+            mask = None if T == 1 or not self.causal else causal_mask(T, k.size(2), x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads
         return self.resid_dropout(self.proj(y)), weights
@@ -297,9 +324,10 @@ class FeedForward(nn.Module):
         self.fc = nn.Linear(cfg.embed_dim, cfg.ffn_mult * cfg.embed_dim, bias=cfg.bias)
         self.proj = nn.Linear(cfg.ffn_mult * cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -307,26 +335,41 @@ class Block(nn.Module):
 
     post (the deck, the original paper): x = norm(x + sublayer(x))
     pre  (GPT-2, trains deeper models more easily): x = x + sublayer(norm(x))
+
+    The ablation switches take parts away: cfg.residual off makes x = sublayer(...) (no "x +"),
+    cfg.layer_norm off makes every norm the identity, cfg.ffn off leaves attention alone.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.pre_norm = cfg.norm_placement == "pre"
-        self.norm1 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+        self.residual = cfg.residual
+        self.norm1 = layer_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
-        self.ffn = FeedForward(cfg)
+        self.norm2 = layer_norm(cfg) if cfg.ffn else None
+        self.ffn = FeedForward(cfg) if cfg.ffn else None
+
+    def add(self, x, sublayer_out):
+        """The residual connection: the sublayer's output is added to the stream it read."""
+        return x + sublayer_out if self.residual else sublayer_out
 
     def forward(self, x, rotation=None, cache=None, layer=0, return_weights=False):
         if self.pre_norm:
             attn_out, weights = self.attn(self.norm1(x), rotation, cache, layer, return_weights)
-            x = x + attn_out
-            x = x + self.ffn(self.norm2(x))
+            x = self.add(x, attn_out)
+            if self.ffn is not None:
+                x = self.add(x, self.ffn(self.norm2(x)))
         else:
             attn_out, weights = self.attn(x, rotation, cache, layer, return_weights)
-            x = self.norm1(x + attn_out)
-            x = self.norm2(x + self.ffn(x))
+            x = self.norm1(self.add(x, attn_out))
+            if self.ffn is not None:
+                x = self.norm2(self.add(x, self.ffn(x)))
         return x, weights
+
+
+def layer_norm(cfg: ModelConfig) -> nn.Module:
+    """nn.LayerNorm over the embedding, or the identity when cfg.layer_norm is off."""
+    return nn.LayerNorm(cfg.embed_dim, bias=cfg.bias) if cfg.layer_norm else nn.Identity()
 
 
 # ----------------------------------------------------------------------------- the model
@@ -355,8 +398,7 @@ class GPT(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         # Post-norm blocks already end in a LayerNorm; pre-norm needs one before the head.
-        self.final_norm = (nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
-                           if cfg.norm_placement == "pre" else nn.Identity())
+        self.final_norm = layer_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
         self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:  # https://arxiv.org/abs/1608.05859
             self.head.weight = self.token_emb.weight
@@ -365,8 +407,9 @@ class GPT(nn.Module):
         # since each layer adds two of them (https://cdn.openai.com/better-language-models/
         # language_models_are_unsupervised_multitask_learners.pdf, section 2.3).
         for block in self.blocks:
-            for proj in (block.attn.proj, block.ffn.proj):
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.num_layers))
+            for sublayer in (block.attn, block.ffn):
+                if sublayer is not None:
+                    nn.init.normal_(sublayer.proj.weight, std=0.02 / math.sqrt(2 * cfg.num_layers))
 
     @staticmethod
     def _init_weights(module):
@@ -383,8 +426,9 @@ class GPT(nn.Module):
         def linear(n_in: int, n_out: int) -> int:
             return n_in * n_out + b * n_out
 
-        norm = C + b * C
-        block = linear(C, 3 * C) + linear(C, C) + linear(C, F) + linear(F, C) + 2 * norm
+        norm = (C + b * C) * int(cfg.layer_norm)
+        ffn = linear(C, F) + linear(F, C) + norm if cfg.ffn else 0
+        block = linear(C, 3 * C) + linear(C, C) + norm + ffn
         total = cfg.num_layers * block + cfg.vocab_size * C * (1 if cfg.tie_weights else 2)
         total += norm if cfg.norm_placement == "pre" else 0
         return total + (cfg.context_length * C if cfg.pos_encoding == "learned" else 0)
@@ -394,7 +438,7 @@ class GPT(nn.Module):
         """Training FLOPs per token (forward and backward) at full context: 6 per weight that
         multiplies activations (2 forward, 4 backward) plus 12 * L * T * C for the attention scores
         Q K^T and their use P V. Norms, softmax and the optimizer are left out, as is usual."""
-        matmul_weights = cfg.num_layers * (4 + 2 * cfg.ffn_mult) * cfg.embed_dim ** 2
+        matmul_weights = cfg.num_layers * (4 + 2 * cfg.ffn_mult * cfg.ffn) * cfg.embed_dim ** 2
         matmul_weights += cfg.embed_dim * cfg.vocab_size  # the output head
         return 6 * matmul_weights + 12 * cfg.num_layers * cfg.context_length * cfg.embed_dim
 

@@ -81,7 +81,8 @@ class TensorBoardLog:
 
 HPARAMS = {
     "model": ["vocab_size", "context_length", "embed_dim", "num_heads", "num_layers", "ffn_mult",
-              "dropout", "pos_encoding", "norm_placement"],
+              "dropout", "pos_encoding", "norm_placement", "residual", "layer_norm", "ffn",
+              "causal"],
     "data": ["dataset", "path", "tokenizer"],
     "train": ["optimizer", "lr", "min_lr", "batch_size", "grad_accum", "max_steps",
               "warmup_steps", "weight_decay"],

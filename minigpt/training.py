@@ -23,6 +23,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minigpt.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
+from minigpt.checkpoint import CHECKPOINT_NAMES, load_checkpoint, newest_checkpoint, save_checkpoint
 from minigpt.config import DERIVED_KEYS, Config, TrainConfig, build_config, parse_value
 from minigpt.data import Dataset, get_batch, prepare_data
 from minigpt.errors import CheckpointError, ConfigError, TrainingError
@@ -148,6 +149,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
 
 
+NOT_CAUSAL = ("model.causal = false: every token can see the tokens after it, including the one "
+              "it must predict, so the training loss will fall towards zero by copying the answer. "
+              "The model learns nothing it can use to generate; this run only shows why the "
+              "causal mask exists.")
+
 # ----------------------------------------------------------------------------- the run
 
 class Run:
@@ -170,6 +176,8 @@ class Run:
         """Check everything that can fail, then build the model and trainer (and load the
         checkpoint when resuming). Nothing is written yet but the removal of what an interrupted
         start or save left behind."""
+        if not cfg.model.causal:
+            warnings.warn(NOT_CAUSAL, stacklevel=3)
         state = load_resume_state(resume, cfg) if resume is not None else None
         runtime = Runtime.from_config(cfg.train)
         data = prepare_data(cfg.data, cfg.model.context_length)
@@ -269,10 +277,10 @@ class Run:
         return [self.data.tokenizer.decode([i]) for i in self.probe]
 
 
-def load_resume_state(run_dir: str | Path, cfg: Config) -> dict | None:
-    """The newest checkpoint of run_dir (last.pt, else best.pt), checked to belong to a run of the
-    same model and data; None for a run that was stopped before its first checkpoint."""
-    path = newest_checkpoint(run_dir)
+def load_resume_state(run_dir: str | Path, cfg: Config, path: Path | None = None) -> dict | None:
+    """The newest checkpoint of run_dir (last.pt, else best.pt) or path, checked to belong to a
+    run of the same model and data; None for a run that was stopped before its first checkpoint."""
+    path = path or newest_checkpoint(run_dir)
     if path is None:
         return None
     state = load_checkpoint(path)
@@ -373,9 +381,69 @@ def clear_unstarted(run_dir: Path) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
+def split_loss(model: GPT, tokens: torch.Tensor, batch_size: int, runtime: Runtime) -> float:
+    """The exact loss of a split: mean next-token loss over all of tokens, in order, in
+    non-overlapping windows of the model's context (the last one shorter), every position scored
+    once. Deterministic; time-to-target runs are judged by it (train.eval_batches = 0)."""
+    was_training = model.training
+    model.eval()
+    T, n = model.config.context_length, len(tokens) - 1
+    inputs, targets = tokens[:n].long(), tokens[1:].long()
+    full = n // T * T  # the windows of T tokens, as rows; then the shorter rest
+    rows_x, rows_y = inputs[:full].view(-1, T), targets[:full].view(-1, T)
+    batches = [(rows_x[i:i + batch_size], rows_y[i:i + batch_size])
+               for i in range(0, len(rows_x), batch_size)]
+    if full < n:
+        batches.append((inputs[None, full:], targets[None, full:]))
+    total = torch.zeros((), device=runtime.device)
+    for x, y in batches:
+        with runtime.autocast():
+            logits = model(x.to(runtime.device))
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(runtime.device).flatten(),
+                                 reduction="sum")
+    model.train(was_training)
+    return total.item() / n
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
+                 say: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+    """Eval-only: the exact loss (split_loss) of both whole splits for each checkpoint of a run,
+    {"best.pt": {"train": ..., "val": ...}, ...}; say gets a line per checkpoint with perplexity.
+    train.* overrides choose the device, precision and batch size."""
+    cfg = resume_config(run_dir, overrides)
+    runtime = Runtime.from_config(cfg.train)
+    data = prepare_data(cfg.data, cfg.model.context_length)
+    results = {}
+    for name in CHECKPOINT_NAMES:
+        if not (Path(run_dir) / name).is_file():
+            continue
+        state = load_resume_state(run_dir, cfg, Path(run_dir) / name)
+        model = GPT(replace(cfg.model, vocab_size=data.tokenizer.vocab_size)).to(runtime.device)
+        model.load_state_dict(state["model"])
+        started = time.perf_counter()
+        losses = {split: split_loss(model, tokens, cfg.train.batch_size, runtime)
+                  for split, tokens in (("train", data.train), ("val", data.val))}
+        results[name] = losses
+        say(f"{name} (step {state['step']}): "
+            + ", ".join(f"{split} loss {loss:.4f} (perplexity {math.exp(loss):.2f}, "
+                        f"{len(getattr(data, split)):,} tokens)" for split, loss in losses.items())
+            + f" in {time.perf_counter() - started:.1f} s")
+    if not results:
+        raise CheckpointError(f"{run_dir} holds no checkpoint to evaluate yet")
+    return results
+
+
 def estimate_loss(model: GPT, data: Dataset, cfg: Config, runtime: Runtime) -> dict[str, float]:
     """Mean loss over eval_batches batches of each split. The batches are the same at every
-    eval (a fixed generator), so successive estimates compare like with like."""
+    eval (a fixed generator), so successive estimates compare like with like.
+
+    eval_batches = 0 scores the whole val split with split_loss, and as much of the train split,
+    its last len(val) tokens (the whole train split would cost ten times as much)."""
+    tc = cfg.train
+    if tc.eval_batches == 0:
+        return {"train": split_loss(model, data.train[-len(data.val):], tc.batch_size, runtime),
+                "val": split_loss(model, data.val, tc.batch_size, runtime)}
     model.eval()
     generator = torch.Generator().manual_seed(cfg.train.seed + 1)
     losses = {}
@@ -554,4 +622,5 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
     return result
 
 
-__all__ = ["train", "TrainResult", "Trainer", "Run", "lr_at", "lm_loss", "resume_config"]
+__all__ = ["train", "TrainResult", "Trainer", "Run", "lr_at", "lm_loss", "resume_config",
+           "split_loss", "evaluate_run"]
