@@ -26,7 +26,8 @@ from minigpt.config import load_config
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
 from minigpt.heatmap import PALETTE, colour, colours, heatmap, layers_image
-from minigpt.inspection import inspect_prompt, load_snapshots, token_probabilities
+from minigpt.inspection import inspect_prompt, load_snapshots, position_similarity, token_probabilities
+from minigpt.model import sinusoidal_table
 from minigpt.tokenizer import WordTokenizer
 from minigpt.training import train
 
@@ -189,8 +190,17 @@ def choose_model():
     st.sidebar.caption(f"{model.num_params():,} parameters; {cfg.num_layers} layers x "
                        f"{cfg.num_heads} heads, {cfg.embed_dim} dims, {cfg.pos_encoding} positions, "
                        f"{cfg.norm_placement}-norm; {tokenizer.kind} tokenizer, "
-                       f"{tokenizer.vocab_size} tokens")
+                       f"{tokenizer.vocab_size} tokens" + removed_parts(cfg))
     return model, tokenizer, path if path.is_dir() else path.parent
+
+
+def removed_parts(cfg) -> str:
+    """The ablation switches a model was trained with, as words for the sidebar."""
+    removed = [name for name, gone in (("residual connections", not cfg.residual),
+                                       ("LayerNorm", not cfg.layer_norm),
+                                       ("feed-forward blocks", not cfg.ffn),
+                                       ("the causal mask", not cfg.causal)) if gone]
+    return f". Ablation: no {', no '.join(removed)}" if removed else ""
 
 
 def sampling_controls(vocab_size: int, context_length: int) -> dict:
@@ -317,16 +327,120 @@ def layers_view(seen, cfg) -> None:
     st.altair_chart(grid_chart(lens, "position", "layer", "probability", [0, 1],
                                "prompt token (position)", "layer", text="top token",
                                tooltip=["layer", "position", "top 5"]), width="stretch")
-    st.markdown("**How much each layer changed each token**: the size of the block's update "
-                "relative to the hidden state it received (a log colour scale: the first layer "
-                "rewrites the small embeddings far more than later layers change their input).")
-    change = pd.DataFrame([
-        {"position": labels[i], "layer": f"layer {layer + 1}",
-         "relative change": float(seen.layer_change[layer, i])}
-        for layer in range(cfg.num_layers) for i in range(len(labels))])
-    st.altair_chart(grid_chart(change, "position", "layer", "relative change",
-                               [0, float(seen.layer_change.max())], "prompt token (position)",
-                               "layer", scale="symlog"), width="stretch")
+    sublayer_view(seen, cfg, labels)
+    norm_view(seen)
+
+
+def sublayer_view(seen, cfg, labels: list[str]) -> None:
+    """How much attention and the feed-forward block each changed every token, row by row in the
+    order the residual stream meets them."""
+    st.markdown("**What attention and the feed-forward block each add**: the size of each "
+                "sublayer's output relative to the residual stream it is added to, per token.")
+    st.caption("What am I looking at: attention moves information between tokens, the "
+               "feed-forward block (GELU MLP) transforms each token on its own. A bright cell is a "
+               "sublayer that rewrote that token; a dark one barely touched it. The colour scale is "
+               "logarithmic, as the first layer rewrites the small embeddings far more than later "
+               "layers change their input.")
+    parts = [("attention", seen.attention_change), ("FFN", seen.ffn_change)]
+    rows = [{"position": labels[i], "sublayer": f"layer {layer + 1} {name}",
+             "relative change": float(change[layer, i])}
+            for layer in range(cfg.num_layers) for name, change in parts if change is not None
+            for i in range(len(labels))]
+    frame = pd.DataFrame(rows)
+    st.altair_chart(grid_chart(frame, "position", "sublayer", "relative change",
+                               [0, float(frame["relative change"].max())],
+                               "prompt token (position)", "sublayer", scale="symlog"),
+                    width="stretch")
+
+
+def norm_view(seen) -> None:
+    """The residual stream's size before and after every LayerNorm."""
+    st.markdown("**What LayerNorm does to the stream**: each token vector's size (root mean "
+                "square) entering and leaving every LayerNorm, averaged over the prompt's tokens "
+                "(hover for the smallest and largest).")
+    if not seen.norm_scales:
+        st.info("This model has no LayerNorm (model.layer_norm = false, an ablation).")
+        return
+    st.caption("What am I looking at: the stream grows as the layers add to it, and differs "
+               "from token to token; every LayerNorm brings each token back to size about 1 "
+               "(times its learned gain) before a sublayer reads it, which keeps training stable.")
+    rows = [{"norm": n.name, "where": where, "size": float(values.mean()),
+             "smallest": float(values.min()), "largest": float(values.max())}
+            for n in seen.norm_scales for where, values in (("before", n.before), ("after", n.after))]
+    order = [n.name for n in seen.norm_scales]
+    st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+        y=alt.Y("norm:N", sort=order, title="LayerNorm (in stream order)"),
+        x=alt.X("size:Q", title="token vector size (RMS), mean over tokens"),
+        yOffset=alt.YOffset("where:N", sort=["before", "after"]),
+        color=alt.Color("where:N", sort=["before", "after"],
+                        scale=alt.Scale(range=[PALETTE[1], PALETTE[4]]), title="stream"),
+        tooltip=["norm", "where", alt.Tooltip("size:Q", format=".3f"),
+                 alt.Tooltip("smallest:Q", format=".3f"), alt.Tooltip("largest:Q", format=".3f")]
+    ).properties(height=44 * len(order)), width="stretch")
+
+
+POSITIONS_SHOWN, DIMENSIONS_SHOWN = 64, 128  # the rest adds cells, not insight
+
+
+def positions_view(model) -> None:
+    """The deck's sinusoidal position table at this model's sizes (or the table the model learned),
+    and how alike every two positions are."""
+    cfg = model.config
+    kinds = ["sinusoidal (the deck's formula)"]
+    if cfg.pos_encoding == "learned":
+        kinds.append("learned (this model's table)")
+    else:
+        st.caption(f"This model uses {cfg.pos_encoding} positions"
+                   + ("." if cfg.pos_encoding == "sinusoidal" else
+                      ", so it adds no table: the sinusoidal one is shown for comparison."))
+    kind = st.radio("position table", kinds, horizontal=True, key="positions")
+    if kind.startswith("learned"):
+        table = model.pos_emb.vectors()
+        note = ("trained like any weight, with no formula: compare its fingerprint picture with "
+                "the sinusoidal table's.")
+    else:
+        table = sinusoidal_table(cfg.context_length, cfg.embed_dim)
+        note = ("each pair of columns is a sine and a cosine wave; the first columns change fast "
+                "from one position to the next, the later ones slowly, like the hands of a clock.")
+    table = table.detach().float().cpu()[:POSITIONS_SHOWN]
+    st.markdown(f"**The {kind.split()[0]} position table**: one row per position, one column per "
+                "dimension of the embedding; the row is added to the embedding of the token at "
+                "that position.")
+    st.caption("What am I looking at: " + note
+               + (f" First {DIMENSIONS_SHOWN} of {cfg.embed_dim} dimensions."
+                  if cfg.embed_dim > DIMENSIONS_SHOWN else "")
+               + (f" First {POSITIONS_SHOWN} of {cfg.context_length} positions."
+                  if cfg.context_length > POSITIONS_SHOWN else ""))
+    st.altair_chart(matrix_chart(table[:, :DIMENSIONS_SHOWN], "dimension", "position", "value"),
+                    width="stretch")
+    st.markdown("**Every position a unique fingerprint**: the cosine similarity of every two "
+                "positions' vectors.")
+    st.caption("What am I looking at: row p compares position p with every other. Only the "
+               "diagonal reaches 1, so no two positions look alike to the model, and nearby "
+               "positions are more similar than distant ones.")
+    similarity = position_similarity(table)  # the colours span its own range, for contrast
+    st.altair_chart(matrix_chart(similarity, "compared with position", "position", "similarity",
+                                 domain=[float(similarity.min()), 1.0]), width="stretch")
+
+
+def matrix_chart(matrix: torch.Tensor, x: str, y: str, value: str,
+                 domain: list[float] | None = None) -> alt.Chart:
+    """A (rows, columns) matrix as a heatmap in the shared palette, symmetric about 0, with a tick
+    every few rows and columns and the value on hover."""
+    limit = float(matrix.abs().max()) or 1.0
+    rows = [{y: r, x: c, value: float(matrix[r, c])}
+            for r in range(matrix.size(0)) for c in range(matrix.size(1))]
+
+    def axis(n: int) -> alt.Axis:
+        return alt.Axis(values=list(range(0, n, max(1, n // 8))), labelAngle=0)
+
+    return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
+        x=alt.X(f"{x}:O", axis=axis(matrix.size(1))),
+        y=alt.Y(f"{y}:O", axis=axis(matrix.size(0))),
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=domain or [-limit, limit],
+                                                      range=list(PALETTE)), title=value),
+        tooltip=[y, x, alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(height=min(480, 7 * matrix.size(0) + 60))
 
 
 def temperature_view(seen, tokenizer, temperature: float) -> None:
@@ -396,12 +510,14 @@ def main() -> None:
         return
     prompt_notes(tokenizer, prompt)
     generation_section(model, tokenizer, prompt, controls)
-    attention_tab, layers_tab, temperature_tab, learning_tab = st.tabs(
-        ["Attention", "Layer outputs", "Temperature", "Watch it learn"])
+    attention_tab, layers_tab, positions_tab, temperature_tab, learning_tab = st.tabs(
+        ["Attention", "Layer outputs", "Positions", "Temperature", "Watch it learn"])
     with attention_tab:
         attention_view(seen, model.config)
     with layers_tab:
         layers_view(seen, model.config)
+    with positions_tab:
+        positions_view(model)
     with temperature_tab:
         temperature_view(seen, tokenizer, controls["temperature"])
     with learning_tab:

@@ -82,6 +82,8 @@ def app_pictures(runs: Path, scratch: Path) -> None:
         time.sleep(6)
         for tab, name, scroll in [("Attention", "app_attention", 300),
                                   ("Layer outputs", "app_layer_outputs", 380),
+                                  ("Layer outputs", "app_sublayers_and_norms", 800),
+                                  ("Positions", "app_positions", 760),
                                   ("Watch it learn", "app_watch_it_learn", 290)]:
             button = browser.find_element(By.XPATH, f"//*[@role='tab'][contains(., '{tab}')]")
             browser.execute_script("arguments[0].click()", button)

@@ -105,15 +105,45 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     app = app_with_runs
     app.run()
     assert not app.exception
-    assert [tab.label for tab in app.tabs] == ["Attention", "Layer outputs", "Temperature",
-                                               "Watch it learn"]
+    assert [tab.label for tab in app.tabs] == ["Attention", "Layer outputs", "Positions",
+                                               "Temperature", "Watch it learn"]
     assert app.selectbox(key="layer").options == ["1", "2"]  # layers numbered from 1
     app.selectbox(key="layer").select(2).run()
     assert not app.exception
     specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
-    assert len(specs) == 2 + 3  # a heatmap per head, the logit lens, the change grid, temperature
+    # a heatmap per head; the logit lens, sublayer grid and norm bars; the position table and its
+    # similarity; temperature
+    assert len(specs) == 2 + 3 + 2 + 1
     assert sum('"top token"' in spec for spec in specs) == 1  # written in the lens grid's cells
+    sublayers = next(spec for spec in specs if '"sublayer"' in spec)
+    for row in ("layer 1 attention", "layer 1 FFN", "layer 2 attention", "layer 2 FFN"):
+        assert row in sublayers
+    norms = next(spec for spec in specs if "LayerNorm (in stream order)" in spec)
+    assert all(f"layer {i}, norm {n}" in norms for i in (1, 2) for n in (1, 2))
+    assert "final norm" in norms
+    assert sum('"similarity"' in spec for spec in specs) == 1
     assert any("layer 0 is the embeddings" in caption.value for caption in app.caption)
+    notes = [caption.value for caption in app.caption if caption.value.startswith("What am I")]
+    assert len(notes) >= 4  # beside the sublayer, norm, position and similarity views
+
+
+def test_the_positions_tab_shows_the_sinusoidal_table_and_the_learned_one(app_with_runs):
+    app = app_with_runs
+    app.run()
+    radio = app.radio(key="positions")
+    assert radio.options == ["sinusoidal (the deck's formula)", "learned (this model's table)"]
+
+    def position_charts():
+        return [c.proto.spec for c in app.get("vega_lite_chart") if '"dimension"' in c.proto.spec
+                or '"similarity"' in c.proto.spec]
+
+    sinusoidal = position_charts()
+    assert len(sinusoidal) == 2
+    radio.set_value("learned (this model's table)").run()
+    assert not app.exception
+    learned = position_charts()
+    assert len(learned) == 2 and learned != sinusoidal
+    assert any(m.value.startswith("**The learned position table**") for m in app.markdown)
 
 
 def test_a_thumbnail_of_the_model_view_opens_its_head(app_with_runs):

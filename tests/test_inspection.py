@@ -18,7 +18,7 @@ from minigpt.heatmap import (
     positional_encoding_image,
     to_tensor,
 )
-from minigpt.inspection import inspect_prompt, logit_lens, token_probabilities
+from minigpt.inspection import inspect_prompt, logit_lens, position_similarity, token_probabilities
 from minigpt.model import sinusoidal_table
 
 TEXT = "the cat sat on the mat.\n"
@@ -42,6 +42,60 @@ def test_inspect_prompt_shapes_and_token_labels(model_and_tokenizer):
     assert all(len(row) == 3 for row in seen.logit_lens[1].tokens)
     assert seen.next_token_probs.shape == (tokenizer.vocab_size,)
     assert_close(seen.next_token_probs.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_attention_and_ffn_changes_are_measured_apart(placement):
+    """Each sublayer's output size over the stream it is added to, computed by hand from the
+    modules; in a pre-norm block the two add up to the block's whole change."""
+    tokenizer = CharTokenizer.train(TEXT)
+    model = GPT(tiny_config(vocab_size=tokenizer.vocab_size, norm_placement=placement)).eval()
+    seen = inspect_prompt(model, tokenizer, "the cat")
+    x = seen.hidden_states[0][None]
+    block = model.blocks[0]
+    if placement == "pre":
+        attn = block.attn(block.norm1(x))[0]
+        mid = x + attn
+        ffn = block.ffn(block.norm2(mid))
+        assert_close(seen.hidden_states[1], (mid + ffn)[0])
+    else:
+        attn = block.attn(x)[0]
+        mid = block.norm1(x + attn)
+        ffn = block.ffn(mid)
+    assert_close(seen.attention_change[0], (attn.norm(dim=-1) / x.norm(dim=-1))[0])
+    assert_close(seen.ffn_change[0], (ffn.norm(dim=-1) / mid.norm(dim=-1))[0])
+    assert seen.attention_change.shape == seen.ffn_change.shape == (2, 7)
+
+
+def test_norm_scales_show_each_layernorm_resetting_the_stream(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with torch.no_grad():
+        model.token_emb.weight.mul_(500)  # a large stream: the norms must shrink it
+    seen = inspect_prompt(model, tokenizer, "the cat")
+    assert [n.name for n in seen.norm_scales] == [
+        "layer 1, norm 1", "layer 1, norm 2", "layer 2, norm 1", "layer 2, norm 2", "final norm"]
+    first = seen.norm_scales[0]
+    rms = seen.hidden_states[0].pow(2).mean(-1).sqrt()
+    assert_close(first.before, rms)
+    for norm in seen.norm_scales:  # fresh LayerNorms (gain 1, bias 0) give size 1 exactly
+        assert_close(norm.after, torch.ones(7), rtol=1e-3, atol=1e-3)
+        assert (norm.before > 5).all()
+
+
+def test_ablated_models_are_inspected_without_the_parts_they_lack():
+    tokenizer = CharTokenizer.train(TEXT)
+    model = GPT(tiny_config(vocab_size=tokenizer.vocab_size, ffn=False, layer_norm=False)).eval()
+    seen = inspect_prompt(model, tokenizer, "the cat")
+    assert seen.ffn_change is None and seen.norm_scales == []
+    assert seen.attention_change.shape == (2, 7)
+
+
+def test_every_sinusoidal_position_has_its_own_fingerprint():
+    similarity = position_similarity(sinusoidal_table(64, 32))
+    assert_close(similarity.diagonal(), torch.ones(64))
+    off_diagonal = similarity - torch.eye(64) * 2
+    assert off_diagonal.max(dim=1).values.max() < 0.999  # no other position looks the same
+    assert (similarity[10, 11] > similarity[10, 30]) and (similarity[10, 9] > similarity[10, 50])
 
 
 def test_last_layer_of_the_logit_lens_is_the_model_output(model_and_tokenizer):
