@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                      "generating": generating_loss(result.model, val, cfg.train.batch_size,
                                                    runtime)})
     table = results_table(rows)
-    (parent / "results.md").write_text(table + "\n")
+    (parent / "results.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     print(f"curves:  tensorboard --logdir {parent}")
     return 0

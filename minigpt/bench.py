@@ -28,12 +28,16 @@ over the matmul peak measured here.
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict
+
+try:
+    import resource
+except ImportError:  # Windows: memory and page faults are reported as nan
+    resource = None
 
 import torch
 
@@ -143,18 +147,18 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
         step()
     _sync(device)
     warmup_s = time.perf_counter() - start
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults = minor_faults()
     times = []
     while len(times) < steps and (len(times) < 3 or sum(times) < max_seconds):
         start = time.perf_counter()
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    faults = minor_faults() - faults
     step_s = statistics.median(times)
     tokens_per_step = batch_size * cfg.context_length
     peak_mb = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+               else peak_rss_mb())
     return {"model": model_name, "variant": variant, "batch_size": batch_size,
             "ms_per_step": step_s * 1000, "tokens_per_sec": tokens_per_step / step_s,
             "gflops": GPT.flops_per_token(cfg) * tokens_per_step / step_s / 1e9,
@@ -221,6 +225,19 @@ def bench_generate(model_name: str, new_tokens: int, batch_sizes: list[int],
     return rows
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB; nan where the OS has no getrusage (Windows)."""
+    if resource is None:
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
+
+
+def minor_faults() -> float:
+    """Page faults this process has taken so far (nan on Windows)."""
+    return float("nan") if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def datasheet_peak_tflops(device: torch.device) -> float | None:
     """The card's dense bf16 peak, if it is one we know; None on CPU or an unknown card."""
     if device.type != "cuda":
@@ -239,7 +256,8 @@ def speedrun(config: str | None, target: float, overrides: dict[str, str]) -> tu
     start = time.perf_counter()
     result = train(cfg, progress=False, log=print)
     wall_s = time.perf_counter() - start
-    with open(result.run_dir / "config.json") as f:  # the vocabulary size comes from the data
+    # the vocabulary size comes from the data
+    with open(result.run_dir / "config.json", encoding="utf-8") as f:
         model_cfg = ModelConfig(**json.load(f)["model"])
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * model_cfg.context_length
     tokens_per_sec = tokens_per_step / statistics.median(result.step_seconds)
@@ -373,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     report = run_benchmarks(args)
     print_report(report)
     try:
-        with open(args.json, "w") as f:
+        with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
     except OSError as err:
         raise InputError(f"cannot write {args.json}: {err.strerror or err}") from None

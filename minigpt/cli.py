@@ -17,6 +17,9 @@ def run_cli(main: Callable[[], int]) -> None:
     """Run main() and exit with its code; a user error prints `error: ...` and exits 1, and a
     warning prints as `warning: ...` (without the file and line of the code that warned)."""
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+    for stream in (sys.stdout, sys.stderr):  # a console that cannot show a character shows "?"
+        if hasattr(stream, "reconfigure"):  # (Windows consoles and pipes use a legacy code page)
+            stream.reconfigure(errors="replace")
     try:
         code = main()
     except MiniGPTError as err:

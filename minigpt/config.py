@@ -45,6 +45,18 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL",
+                    *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))}
+
+
+def portable_name(name: str) -> bool:
+    """Whether name can be a directory's name on Linux, macOS and Windows alike: no separators,
+    none of the characters Windows forbids, no trailing dot or space, no reserved device name."""
+    return (name not in (".", "..") and not any(c in '<>:"/\\|?*' or ord(c) < 32 for c in name)
+            and not name.endswith((".", " "))
+            and name.split(".")[0].upper() not in WINDOWS_RESERVED)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: Literal["embedded", "shakespeare"] = _help(
@@ -128,8 +140,10 @@ class TrainConfig:
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, "
                               f"got {self.device!r}")
-        if "/" in self.run_name or self.run_name in (".", ".."):
-            raise ConfigError(f"train.run_name must be a plain name, got {self.run_name!r}")
+        if self.run_name and not portable_name(self.run_name):
+            raise ConfigError(f"train.run_name must be a plain file name that every OS accepts "
+                              f"(no / \\ : * ? \" < > |, no trailing dot or space, not a "
+                              f"reserved name such as CON), got {self.run_name!r}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"train.seed must be in [0, 2**63), got {self.seed}")
         if self.sample_tokens > MAX_SAMPLE_TOKENS:

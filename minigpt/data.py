@@ -65,14 +65,14 @@ def download_shakespeare(directory: Path, url: str = SHAKESPEARE_URL) -> Path:
 
 
 def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's contents, or a DataError saying what is wrong with it."""
+    """A UTF-8 text file's contents with "\\n" line ends, or a DataError saying what is wrong."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"data path {path} is a directory; pass a UTF-8 text file")
     if not path.is_file():
         raise DataError(f"data file {path} not found; check --data.path")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8").replace("\r\n", "\n")  # Windows line ends
     except OSError as err:
         raise DataError(f"data file {path} cannot be read: {err.strerror or err}") from None
     except UnicodeDecodeError as err:

@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +19,21 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace(source: str | Path, target: Path, tries: int = 20, wait: float = 0.05) -> None:
+    """os.replace, retried for a second: on Windows a file that another process has open (the app
+    reading a checkpoint, a virus scanner) cannot be replaced until it is closed, and the rename
+    fails with PermissionError in the meantime. Elsewhere the first try succeeds."""
+    for attempt in range(tries):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(wait)

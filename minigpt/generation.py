@@ -81,7 +81,7 @@ def check_batch_fits(model: GPT, num_samples: int) -> None:
     cfg, weight = model.config, model.token_emb.weight
     per_sample = (2 * cfg.num_layers * cfg.context_length * cfg.embed_dim + 2 * cfg.vocab_size)
     need, total = num_samples * per_sample * weight.element_size(), device_memory(weight.device)
-    if need > total // 2:
+    if total is not None and need > total // 2:
         raise InputError(f"{num_samples} samples need about {need / 2**30:,.1f} GiB for their "
                          f"key/value caches, more than half the {total / 2**30:,.1f} GiB of "
                          f"{weight.device}; ask for fewer samples")

@@ -60,11 +60,36 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def device_memory(device: torch.device) -> int:
-    """Bytes of memory on the device (the machine's RAM for cpu and mps)."""
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on the device (the machine's RAM for cpu and mps); None where the OS does
+    not say, and then size checks are skipped."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return physical_memory()
+
+
+def physical_memory() -> int | None:
+    """The machine's RAM in bytes: sysconf on Linux and macOS, GlobalMemoryStatusEx on Windows
+    (which has no os.sysconf), else None."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf, or not these names
+        pass
+    kernel32 = getattr(getattr(ctypes, "windll", None), "kernel32", None)
+    if kernel32 is None:
+        return None
+
+    class MemoryStatus(ctypes.Structure):  # MEMORYSTATUSEX, from the Windows SDK's sysinfoapi.h
+        _fields_ = [("length", ctypes.c_ulong), ("memory_load", ctypes.c_ulong),
+                    ("total_physical", ctypes.c_ulonglong), ("available_physical", ctypes.c_ulonglong),
+                    ("total_page_file", ctypes.c_ulonglong), ("available_page_file", ctypes.c_ulonglong),
+                    ("total_virtual", ctypes.c_ulonglong), ("available_virtual", ctypes.c_ulonglong),
+                    ("available_extended_virtual", ctypes.c_ulonglong)]
+
+    status = MemoryStatus(length=ctypes.sizeof(MemoryStatus))
+    if not kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+        return None
+    return status.total_physical
 
 
 @dataclass(frozen=True)

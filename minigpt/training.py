@@ -253,7 +253,8 @@ class Run:
         config = self.cfg.to_dict()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            (self.dir / "config.json").write_text(json.dumps(config, indent=2) + "\n",
+                                                  encoding="utf-8")
         except OSError as err:
             raise TrainingError(f"cannot write the run directory {self.dir}: "
                                 f"{err.strerror or err}; choose a writable --train.out_dir") from None
@@ -297,6 +298,8 @@ def check_fits(cfg: ModelConfig, tc: TrainConfig, device: torch.device) -> None:
     roughly (about 20 C floats per token and layer kept for the backward pass, and the logits)."""
     params = GPT.count_params(cfg)
     weights, total = 16 * params, device_memory(device)
+    if total is None:  # the OS does not say: let the allocator be the judge
+        return
     if weights > total:
         raise ConfigError(f"the model has {params:,} parameters and needs about "
                           f"{weights / 2**30:,.1f} GiB for weights, gradients and optimizer state, "
@@ -338,7 +341,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
         raise CheckpointError(f"{run_dir} is not a run directory (no config.json); pass the "
                               f"directory that train.py printed")
     try:
-        values = _settable(json.loads(path.read_text()))
+        values = _settable(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is damaged: {err}") from None
     for key, text in (overrides or {}).items():
@@ -521,6 +524,11 @@ def save_stopped_run(run: Run, result: TrainResult, stop: "StopRequest", stop_at
             f"continue with: python train.py --resume {run.dir}")
 
 
+def stop_signals() -> list[int]:
+    """Ctrl-C, a polite kill, and on Windows Ctrl-Break (Windows sends no other signal)."""
+    return [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)) if s]
+
+
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks once per step, so a checkpoint is saved
     before exiting instead of dying mid-step. The previous handlers come back on exit; outside the
@@ -539,7 +547,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in stop_signals():
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -1,0 +1,135 @@
+"""Every laptop: what differs between Linux, macOS and Windows has a portable path, and each is
+tried here by simulating the other OS's behaviour."""
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_config, tiny_config
+
+from minigpt import bench, files, runtime
+from minigpt.config import load_config
+from minigpt.data import read_text
+from minigpt.errors import ConfigError
+from minigpt.files import atomic_write
+from minigpt.generation import check_batch_fits
+from minigpt.model import GPT
+from minigpt.training import check_fits, stop_signals, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_memory_size_without_sysconf_is_unknown_and_checks_step_aside(monkeypatch):
+    """Windows has no os.sysconf; without its kernel32 either, size checks are skipped instead of
+    crashing (the allocator then has the last word)."""
+    monkeypatch.delattr(os, "sysconf")
+    monkeypatch.setattr(ctypes, "windll", None, raising=False)
+    assert runtime.physical_memory() is None
+    cfg = tiny_config()
+    check_fits(cfg, run_config(Path("/nonexistent")).train, torch.device("cpu"))
+    check_batch_fits(GPT(cfg), 1024)
+
+
+def test_memory_size_on_windows_comes_from_global_memory_status(monkeypatch):
+    class Kernel32:
+        @staticmethod
+        def GlobalMemoryStatusEx(pointer):  # noqa: N802 (the Windows API's name)
+            status = pointer._obj
+            assert status.length == ctypes.sizeof(type(status))  # the API refuses other sizes
+            status.total_physical = 16 * 2**30
+            return 1
+
+    monkeypatch.delattr(os, "sysconf")
+    monkeypatch.setattr(ctypes, "windll", type("WinDLL", (), {"kernel32": Kernel32}),
+                        raising=False)
+    assert runtime.physical_memory() == 16 * 2**30
+    assert runtime.device_memory(torch.device("cpu")) == 16 * 2**30
+
+
+def test_memory_size_on_linux_and_macos_comes_from_sysconf():
+    if not hasattr(os, "sysconf"):
+        pytest.skip("no sysconf on this OS")
+    assert runtime.physical_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def test_a_checkpoint_held_open_elsewhere_is_replaced_once_it_is_let_go(tmp_path, monkeypatch):
+    """On Windows, renaming over a file another process has open fails with PermissionError
+    until it is closed; atomic_write retries instead of losing the save."""
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+    real_replace, failures = os.replace, [PermissionError(13, "in use")] * 3
+
+    def busy_replace(source, destination):
+        if failures:
+            raise failures.pop()
+        real_replace(source, destination)
+
+    monkeypatch.setattr(files.os, "replace", busy_replace)
+    atomic_write(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"new" and not failures
+
+
+def test_a_file_held_open_for_good_fails_cleanly(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+
+    def always_busy(source, destination):
+        raise PermissionError(13, "in use")
+
+    monkeypatch.setattr(files.os, "replace", always_busy)
+    monkeypatch.setattr(files.time, "sleep", lambda seconds: None)
+    with pytest.raises(PermissionError):
+        atomic_write(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_ctrl_break_stops_training_on_windows(monkeypatch):
+    assert stop_signals()[:2] == [signal.SIGINT, signal.SIGTERM]
+    monkeypatch.setattr(signal, "SIGBREAK", 21, raising=False)  # Windows' number for it
+    assert stop_signals() == [signal.SIGINT, signal.SIGTERM, 21]
+
+
+@pytest.mark.parametrize("name", ["a:b", "CON", "nul.txt", "run?", "run.", "run ", "a\\b", "x|y"])
+def test_run_names_that_some_os_cannot_create_are_refused(name):
+    with pytest.raises(ConfigError, match="plain file name that every OS accepts"):
+        load_config(None, {"train.run_name": name})
+
+
+def test_ordinary_run_names_are_accepted():
+    for name in ("default-20261127-101500", "run.v2", "ablation_no-ffn", "CONSOLE", "été"):
+        assert load_config(None, {"train.run_name": name}).train.run_name == name
+
+
+def test_windows_line_ends_train_like_unix_ones(tmp_path):
+    unix, windows = tmp_path / "unix.txt", tmp_path / "windows.txt"
+    unix.write_bytes(b"the cat sat.\nthe dog ran.\n")
+    windows.write_bytes(b"the cat sat.\r\nthe dog ran.\r\n")
+    assert read_text(windows) == read_text(unix)
+
+
+def test_the_benchmark_runs_where_getrusage_does_not_exist(monkeypatch):
+    monkeypatch.setattr(bench, "resource", None)
+    assert bench.peak_rss_mb() != bench.peak_rss_mb()  # nan: unknown, not a wrong number
+    row = bench.train_one("cpu_recipe", "fused", steps=1, device=torch.device("cpu"))
+    assert row["ms_per_step"] > 0
+
+
+def test_a_console_that_cannot_show_the_text_gets_question_marks(tmp_path):
+    """Windows consoles and pipes may use a legacy code page: sampled text it cannot encode must
+    not crash generate.py after the model has done its work."""
+    text = tmp_path / "accents.txt"
+    text.write_text("café naïve → déjà vu\n" * 200, encoding="utf-8")
+    cfg = run_config(tmp_path, **{"data.path": str(text), "data.tokenizer": "char"})
+    run_dir = train(cfg, progress=False).run_dir
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "generate.py"), "--checkpoint", str(run_dir), "--prompt",
+         "café →", "--max-new-tokens", "5", "--seed", "0"], capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"caf? ?" in result.stdout
