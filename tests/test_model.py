@@ -219,3 +219,32 @@ def test_config_from_dict_rejects_unknown_keys():
 def test_model_needs_a_vocab_size():
     with pytest.raises(ValueError, match="vocab_size must be set"):
         GPT(ModelConfig())
+
+
+def test_token_embedding_is_a_row_lookup_of_the_embedding_table():
+    """The deck's step 1: "cat" -> embedding[cat_id]. The same id gives the same vector wherever
+    it stands; the position is added on top (here: none, so the rows are the model's input)."""
+    model = GPT(tiny_config(pos_encoding="none")).eval()
+    ids = torch.tensor([[7, 3, 7]])
+    seen = model.inspect(ids)
+    assert_close(seen.embeddings[0], model.token_emb.weight[[7, 3, 7]])
+    assert model.token_emb.weight.shape == (23, 32)  # (vocab_size, embed_dim)
+
+
+@pytest.mark.parametrize("activation,approximate", [("gelu", "none"), ("gelu_tanh", "tanh")])
+def test_feed_forward_is_expand_gelu_project(activation, approximate):
+    """The deck's step 4: Linear(C, 4C) -> GELU -> Linear(4C, C), the same MLP at every position;
+    GELU is x * Phi(x), or GPT-2's tanh approximation of it."""
+    ffn = GPT(tiny_config(activation=activation)).blocks[0].ffn
+    assert (ffn.fc.in_features, ffn.fc.out_features) == (32, 128)
+    x = torch.randn(2, 5, 32)
+    hidden = ffn.fc(x)
+    phi = 0.5 * (1 + torch.erf(hidden / math.sqrt(2)))  # the standard normal's CDF
+    exact = ffn.proj(hidden * phi)
+    assert_close(ffn(x), ffn.proj(torch.nn.functional.gelu(hidden, approximate=approximate)))
+    if activation == "gelu":
+        assert_close(ffn(x), exact)
+    else:
+        assert not torch.allclose(ffn(x), exact, atol=1e-7)
+        assert_close(ffn(x), exact, atol=1e-3, rtol=1e-3)
+    assert_close(ffn(x[:, 2:3]), ffn(x)[:, 2:3])  # each position on its own
