@@ -11,14 +11,15 @@
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
 from minigpt.cli import ArgumentParser
-from minigpt.config import describe_keys, load_config
+from minigpt.config import Config, describe_keys, load_config, read_toml
 from minigpt.errors import ConfigError
 from minigpt.runtime import tune_process
-from minigpt.training import evaluate_run, resume_config, train
+from minigpt.training import evaluate_run, init_config, resume_config, train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
 
@@ -39,6 +40,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--config", help="a TOML config file (default: configs/default.toml)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last.pt (train.* keys may change)")
+    parser.add_argument("--init-from", metavar="WEIGHTS",
+                        help="fine-tune: start from a minigpt run or .pt file, a Hugging Face "
+                             "GPT-2 directory or a hub name (same as --train.init_from)")
     parser.add_argument("--eval-only", action="store_true",
                         help="with --resume: print the exact train/val loss and perplexity of the "
                              "run's checkpoints over the whole splits, and exit")
@@ -58,6 +62,25 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     return args, overrides
 
 
+def run_config(args: argparse.Namespace, overrides: dict[str, str]) -> Config:
+    """The config to train with: the run's own when resuming, else --config (by default
+    configs/default.toml) with the overrides. Fine-tuning (--init-from) takes the model's shape
+    from the weights, so the default config's [model] section does not apply; model keys asked for
+    on the command line or in --config are checked against the weights."""
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume takes its config from the run; drop --config")
+        return resume_config(args.resume, overrides)
+    if args.init_from:
+        overrides["train.init_from"] = args.init_from
+    fine_tuning = "train.init_from" in overrides
+    cfg = load_config(args.config or (None if fine_tuning else default_config_path()), overrides)
+    if not cfg.train.init_from:
+        return cfg
+    in_file = read_toml(Path(args.config)).get("model", {}) if args.config else {}
+    return init_config(cfg, [*overrides, *(f"model.{key}" for key in in_file)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if args.eval_only:
@@ -65,12 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--eval-only evaluates a run: pass --resume RUN_DIR (and no --config)")
         evaluate_run(args.resume, overrides)
         return 0
-    if args.resume:
-        if args.config:
-            raise ConfigError("--resume takes its config from the run; drop --config")
-        cfg = resume_config(args.resume, overrides)
-    else:
-        cfg = load_config(args.config or default_config_path(), overrides)
+    cfg = run_config(args, overrides)
     tune_process()  # process-wide speed settings (glibc keeps freed memory; TF32 on CUDA)
     result = train(cfg, resume=args.resume, progress=not args.quiet, log=tqdm.write)
     if int(os.environ.get("RANK", "0")) == 0:

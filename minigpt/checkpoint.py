@@ -7,9 +7,11 @@ torch.load(weights_only=True), so a file can never run code. Saving writes a tem
 it and renames it over the old one, so a crash mid-save leaves the previous checkpoint intact.
 
     model, tokenizer = load("runs/default-20261127-101500")   # best.pt of a run, or a .pt file
+    model, tokenizer = load("path/to/gpt2")   # a Hugging Face GPT-2 directory (minigpt.gpt2)
 """
 
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 
 from minigpt.errors import CheckpointError
 from minigpt.files import atomic_write
+from minigpt.gpt2 import is_gpt2_dir, load_from_hub, load_gpt2
 from minigpt.model import GPT, ModelConfig
 from minigpt.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -26,6 +29,7 @@ FORMAT = "minigpt"
 VERSION = 2
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
 MAX_PARAMS = 20_000_000_000
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "gpt2", "openai-community/gpt2-medium"
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -136,6 +140,20 @@ def model_from_checkpoint(state: dict, device="cpu") -> tuple[GPT, Tokenizer]:
     return model.to(device).eval(), tokenizer
 
 
+def looks_like_hub_name(path: str | Path) -> bool:
+    """A name such as "gpt2" or "openai-community/gpt2": nothing by that name here, no checkpoint
+    suffix, and not inside a directory that exists here (such as runs/)."""
+    path = Path(path)
+    return (HUB_NAME.fullmatch(path.as_posix()) is not None and not path.exists()
+            and path.suffix not in (".pt", ".bin", ".safetensors")
+            and not (len(path.parts) > 1 and Path(path.parts[0]).exists()))
+
+
 def load(path: str | Path | None = None, device="cpu", out_dir: str | Path = "runs"):
-    """(model, tokenizer) from a checkpoint file or run directory; by default the latest run."""
+    """(model, tokenizer) from a checkpoint file or run directory (by default the latest run), a
+    Hugging Face GPT-2 directory, or a hub name such as "gpt2" (fetched where that is possible)."""
+    if path is not None and is_gpt2_dir(path):
+        return load_gpt2(path, device)
+    if path is not None and looks_like_hub_name(path):
+        return load_from_hub(str(path), device)
     return model_from_checkpoint(load_checkpoint(path or latest_run(out_dir)), device)

@@ -113,6 +113,9 @@ class TrainConfig:
         "auto: bf16 on CUDA if supported, else fp16 on CUDA, fp32 elsewhere", "auto")
     compile: bool = _help("torch.compile the model (faster on GPU; costs start-up time)", False)
     threads: int = _help("CPU threads for torch (0: torch's default)", 0)
+    init_from: str = _help("start from these weights (fine-tuning): a minigpt run or .pt file, a "
+                           "Hugging Face GPT-2 directory, or a hub name such as gpt2; the model "
+                           "shape and tokenizer come from it, the optimizer starts afresh", "")
     out_dir: str = _help("directory holding run directories", "runs")
     run_name: str = _help("name of this run's directory (empty: config name and time)", "")
 
@@ -248,7 +251,7 @@ def parse_value(key: str, text: str):
         raise ConfigError(f"{key} must be {_type_name(tp)}, got {text!r}") from None
 
 
-def _read_toml(path: Path) -> dict:
+def read_toml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; see configs/ for examples")
     try:
@@ -283,7 +286,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
     name = "default"
     if path is not None:
         path = Path(path)
-        values = _read_toml(path)
+        values = read_toml(path)
         name = path.stem
     for key, text in (overrides or {}).items():
         section, field_name = _resolve_key(key)

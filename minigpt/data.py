@@ -93,10 +93,14 @@ def load_text(cfg: DataConfig) -> tuple[str, str]:
     return load_corpus(), "embedded corpus"
 
 
-def prepare_data(cfg: DataConfig, context_length: int) -> Dataset:
-    """Tokenize the configured text (or reuse the cached result) and split it into train/val."""
+def prepare_data(cfg: DataConfig, context_length: int, tokenizer: Tokenizer | None = None) -> Dataset:
+    """Tokenize the configured text (or reuse the cached result) and split it into train/val.
+    With tokenizer (a resumed or fine-tuned run's own), the text is encoded with it instead of a
+    tokenizer trained on it."""
     text, source = load_text(cfg)
-    settings = {"tokenizer": cfg.tokenizer, "bpe_vocab_size": cfg.bpe_vocab_size}
+    settings = ({"tokenizer": tokenizer.to_dict()} if tokenizer is not None else
+                {"tokenizer": cfg.tokenizer, "bpe_vocab_size": cfg.bpe_vocab_size,
+                 "bpe_split": "gpt2"})  # caches of earlier versions split BPE text otherwise
     key = hashlib.sha256(text.encode() + json.dumps(settings).encode()).hexdigest()[:20]
     cache_file = cache_dir(cfg) / "tokens" / f"{key}.pt"
     cached = _read_token_cache(cache_file)
@@ -104,7 +108,7 @@ def prepare_data(cfg: DataConfig, context_length: int) -> Dataset:
         tokenizer, tokens = cached
         tokens = tokens.to(token_dtype(tokenizer.vocab_size))  # caches from older versions: int64
     else:
-        tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.bpe_vocab_size)
+        tokenizer = tokenizer or train_tokenizer(cfg.tokenizer, text, cfg.bpe_vocab_size)
         tokens = torch.tensor(tokenizer.encode(text), dtype=token_dtype(tokenizer.vocab_size))
         _write_token_cache(cache_file, tokenizer, tokens)
     n_val = int(len(tokens) * cfg.val_fraction)

@@ -11,7 +11,9 @@
 - bpe:  byte-level byte-pair encoding; any UTF-8 text round-trips exactly.
 """
 
+import functools
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from typing import Protocol
@@ -147,7 +149,38 @@ class SimpleVocab(WordTokenizer):
 
 # GPT-2 style pre-split, with stdlib re: a word may carry one leading space; digits, runs of
 # punctuation and whitespace are split off, so merges never cross word boundaries.
-_BPE_SPLIT_RE = re.compile(r" ?[^\W\d_]+| ?\d{1,3}| ?[^\s\w]+|_+|\s+(?!\S)|\s+")
+_MINIGPT_SPLIT = re.compile(r" ?[^\W\d_]+| ?\d{1,3}| ?[^\s\w]+|_+|\s+(?!\S)|\s+")
+# Unicode's White_Space property: what GPT-2's pattern means by \s (Python's \s adds \x1c-\x1f).
+_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _unicode_classes() -> tuple[str, str]:
+    r"""Regex character class bodies of every letter and every number (general categories L* and
+    N*): what the `regex` module writes \p{L} and \p{N}. Planes 4-16 hold neither (they are
+    unassigned, tags and variation selectors, or private use), so the scan stops at plane 3."""
+    ranges: dict[str, list[str]] = {"L": [], "N": []}
+    start, kind = 0, None
+    for cp in range(0x40001):
+        now = unicodedata.category(chr(cp))[0] if cp < 0x40000 else None
+        now = now if now in ranges else None
+        if now != kind:
+            if kind is not None:
+                first, last = re.escape(chr(start)), re.escape(chr(cp - 1))
+                ranges[kind].append(first if start == cp - 1 else f"{first}-{last}")
+            start, kind = cp, now
+    return "".join(ranges["L"]), "".join(ranges["N"])
+
+
+@functools.cache
+def _gpt2_split() -> re.Pattern:
+    r"""GPT-2's pre-tokenization pattern (contractions, letters, numbers, other symbols, spaces),
+    written with the standard library's re: \p{L} and \p{N} spelt out from unicodedata."""
+    (letters, numbers), space = _unicode_classes(), _WHITE_SPACE
+    return re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{letters}]+| ?[{numbers}]+"
+                      rf"| ?[^{space}{letters}{numbers}]+|[{space}]+(?![^{space}])|[{space}]+")
+
+
+SPLITS = {"gpt2": _gpt2_split, "minigpt": lambda: _MINIGPT_SPLIT}
 
 
 def _merge(seq: tuple[int, ...], pair: tuple[int, int], new_id: int) -> tuple[int, ...]:
@@ -163,28 +196,48 @@ def _merge(seq: tuple[int, ...], pair: tuple[int, int], new_id: int) -> tuple[in
 
 
 class BPETokenizer:
-    """Byte-level BPE (https://arxiv.org/abs/1508.07909): ids 0-255 are bytes, id 256 + n is the
-    n-th learned merge of two earlier ids."""
+    """Byte-level BPE (https://arxiv.org/abs/1508.07909). Every token is a byte string; text is
+    cut into chunks by `split` (GPT-2's pattern; "minigpt" is the pattern of checkpoints before
+    GPT-2 support), each chunk's bytes are merged pair by pair, earliest-learned merge first.
+
+    As trained here, ids 0-255 are the bytes and id 256 + n the n-th merge. A vocabulary read from
+    GPT-2's files numbers tokens its own way: `tokens` then gives each id's bytes, and `special`
+    tokens (such as <|endoftext|>) have ids but no merges.
+    """
 
     kind = "bpe"
 
-    def __init__(self, merges: list[tuple[int, int]]):
-        self.merges = [tuple(pair) for pair in merges]
-        for n, (a, b) in enumerate(self.merges):
-            if not (0 <= a < 256 + n and 0 <= b < 256 + n):
-                raise ValueError(f"BPE merge {n} ({a}, {b}) refers to an id not yet defined")
-        self.ranks = {pair: 256 + n for n, pair in enumerate(self.merges)}
-        self.token_bytes = [bytes([i]) for i in range(256)]
-        for a, b in self.merges:
-            self.token_bytes.append(self.token_bytes[a] + self.token_bytes[b])
+    def __init__(self, merges: list[tuple[int, int]], split: str = "minigpt",
+                 tokens: list[bytes] | None = None, special: dict[str, int] | None = None):
+        if split not in SPLITS:
+            raise ValueError(f"unknown BPE split {split!r}; choose one of {sorted(SPLITS)}")
+        self.merges, self.split, self.special = [tuple(p) for p in merges], split, special or {}
+        if tokens is None:  # minigpt's numbering: bytes, then one id per merge
+            tokens = [bytes([i]) for i in range(256)]
+            for n, (a, b) in enumerate(self.merges):
+                if not (0 <= a < 256 + n and 0 <= b < 256 + n):
+                    raise ValueError(f"BPE merge {n} ({a}, {b}) refers to an id not yet defined")
+                tokens.append(tokens[a] + tokens[b])
+        self.token_bytes = list(tokens)
+        ids = {t: i for i, t in enumerate(self.token_bytes) if i not in self.special.values()}
+        self.byte_ids = [ids.get(bytes([b])) for b in range(256)]
+        if None in self.byte_ids:
+            raise ValueError("a byte-level BPE vocabulary needs a token for each of the 256 bytes")
+        self.ranks = {}  # (left id, right id) -> (rank, id of the merged token)
+        for rank, (a, b) in enumerate(self.merges):
+            merged = ids.get(self.token_bytes[a] + self.token_bytes[b])
+            if merged is None:
+                raise ValueError(f"BPE merge {rank} makes a token the vocabulary lacks")
+            self.ranks.setdefault((a, b), (rank, merged))
+        self._pattern = SPLITS[split]()
         self._chunk_cache: dict[str, list[int]] = {}
 
     @classmethod
-    def train(cls, text: str, vocab_size: int) -> "BPETokenizer":
+    def train(cls, text: str, vocab_size: int, split: str = "gpt2") -> "BPETokenizer":
         """Learn vocab_size - 256 merges, most frequent pair first (ties: smallest pair)."""
         if vocab_size < 256:
             raise ValueError(f"a byte-level BPE vocabulary needs at least 256 ids, got {vocab_size}")
-        chunk_counts = Counter(_BPE_SPLIT_RE.findall(text))
+        chunk_counts = Counter(SPLITS[split]().findall(text))
         words = [tuple(chunk.encode("utf-8")) for chunk in chunk_counts]
         freqs = list(chunk_counts.values())
         pair_counts: Counter = Counter()
@@ -210,25 +263,25 @@ class BPETokenizer:
                 for pair in zip(word, word[1:]):
                     pair_counts[pair] += freq
                     where.setdefault(pair, set()).add(w)
-        return cls(merges)
+        return cls(merges, split)
 
     @property
     def vocab_size(self) -> int:
-        return 256 + len(self.merges)
+        return len(self.token_bytes)
 
     def _encode_chunk(self, chunk: str) -> list[int]:
-        ids = list(chunk.encode("utf-8"))
+        ids = [self.byte_ids[b] for b in chunk.encode("utf-8")]
         while len(ids) > 1:
-            pairs = [(self.ranks.get(pair, 1 << 62), pair) for pair in zip(ids, ids[1:])]
-            rank, pair = min(pairs)
-            if rank == 1 << 62:
+            rank, pair = min((self.ranks.get(pair, (1 << 62, None)), pair)
+                             for pair in zip(ids, ids[1:]))
+            if rank[1] is None:
                 break
-            ids = list(_merge(tuple(ids), pair, rank))
+            ids = list(_merge(tuple(ids), pair, rank[1]))
         return ids
 
     def encode(self, text: str) -> list[int]:
         out = []
-        for chunk in _BPE_SPLIT_RE.findall(text):
+        for chunk in self._pattern.findall(text):
             ids = self._chunk_cache.get(chunk)
             if ids is None:
                 ids = self._encode_chunk(chunk)
@@ -242,7 +295,12 @@ class BPETokenizer:
         return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "merges": [list(pair) for pair in self.merges]}
+        data = {"kind": self.kind, "merges": [list(pair) for pair in self.merges],
+                "split": self.split}
+        if self.token_bytes != BPETokenizer(self.merges, self.split).token_bytes:
+            data["tokens"] = [t.hex() for t in self.token_bytes]
+            data["special"] = dict(self.special)
+        return data
 
 
 TOKENIZERS = {"char": CharTokenizer, "word": WordTokenizer, "bpe": BPETokenizer}
@@ -257,8 +315,10 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
             return CharTokenizer(data["chars"])
         if data["kind"] == "word":
             return WordTokenizer(list(data["words"]))
-        return BPETokenizer([tuple(pair) for pair in data["merges"]])
-    except (KeyError, TypeError) as err:
+        tokens = [bytes.fromhex(t) for t in data["tokens"]] if "tokens" in data else None
+        return BPETokenizer([tuple(pair) for pair in data["merges"]],
+                            data.get("split", "minigpt"), tokens, data.get("special"))
+    except (KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"saved {data['kind']} tokenizer is malformed: {err}") from None
 
 

@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +33,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minigpt.checkpoint import CHECKPOINT_NAMES, load_checkpoint, newest_checkpoint, save_checkpoint
+from minigpt.checkpoint import (
+    CHECKPOINT_NAMES,
+    load,
+    load_checkpoint,
+    model_from_checkpoint,
+    newest_checkpoint,
+    save_checkpoint,
+)
 from minigpt.config import DERIVED_KEYS, Config, TrainConfig, build_config, parse_value
 from minigpt.data import Dataset, get_batch, prepare_data
 from minigpt.errors import CheckpointError, ConfigError, TrainingError
@@ -42,6 +49,7 @@ from minigpt.inspection import SNAPSHOTS, load_snapshots, probe_snapshot
 from minigpt.model import GPT, ModelConfig
 from minigpt.optim import make_optimizers
 from minigpt.runtime import Runtime, device_memory
+from minigpt.tokenizer import Tokenizer, tokenizer_from_dict
 from minigpt.tracking import TensorBoardLog
 
 
@@ -179,8 +187,10 @@ class Run:
         if not cfg.model.causal:
             warnings.warn(NOT_CAUSAL, stacklevel=3)
         state = load_resume_state(resume, cfg) if resume is not None else None
+        init = load(cfg.train.init_from) if state is None and cfg.train.init_from else None
         runtime = Runtime.from_config(cfg.train)
-        data = prepare_data(cfg.data, cfg.model.context_length)
+        tokenizer = saved_tokenizer(state) if state is not None else init[1] if init else None
+        data = prepare_data(cfg.data, cfg.model.context_length, tokenizer)
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
         check_fits(cfg.model, cfg.train, runtime.device)
         probe = probe_ids(data, cfg)
@@ -189,7 +199,10 @@ class Run:
             clear_unstarted(directory)
         runtime.start()
         torch.manual_seed(cfg.train.seed)
-        model = GPT(cfg.model).to(runtime.device)
+        model = GPT(cfg.model)
+        if init is not None:
+            model.load_state_dict(initial_weights(init[0], cfg.model))
+        model = model.to(runtime.device)
         run = cls(cfg, runtime, data, Trainer(model, cfg.train, runtime), directory, probe)
         run.stop = stop or StopRequest()
         if state is not None:
@@ -289,6 +302,53 @@ def load_resume_state(run_dir: str | Path, cfg: Config, path: Path | None = None
     if (saved.model, saved.data) != (cfg.model, cfg.data):
         raise ConfigError(f"the model/data config differs from the run in {run_dir}; only "
                           f"train.* keys can change when resuming")
+    return state
+
+
+def saved_tokenizer(state: dict) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with: a resumed run keeps encoding text with it."""
+    try:
+        return tokenizer_from_dict(state["tokenizer"])
+    except ValueError as err:
+        raise CheckpointError(f"the checkpoint's tokenizer is unusable: {err}") from None
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def init_config(cfg: Config, asked: Iterable[str] = ()) -> Config:
+    """The config of a run starting from cfg.train.init_from's weights: the model shape and the
+    tokenizer are the source's; model.dropout is cfg's, and cfg may shorten model.context_length.
+    asked names the model keys the user set ("model.embed_dim", from the command line or the
+    config file); one that differs from the source is refused, since the weights would not fit."""
+    source = load(cfg.train.init_from)
+    model_cfg, tokenizer = source[0].config, source[1]
+    for key in asked:
+        name = key.removeprefix("model.")
+        if name == key or name == "dropout":
+            continue
+        wanted, fixed = getattr(cfg.model, name), getattr(model_cfg, name)
+        if name == "context_length" and wanted <= fixed:
+            model_cfg = replace(model_cfg, context_length=wanted)
+        elif wanted != fixed:
+            raise ConfigError(f"model.{name} = {wanted!r} does not fit the weights of "
+                              f"{cfg.train.init_from}, which have model.{name} = {fixed!r}; "
+                              f"drop it (only model.dropout, and a shorter model.context_length, "
+                              f"can change when fine-tuning)")
+    model_cfg = replace(model_cfg, dropout=cfg.model.dropout, vocab_size=None)
+    data_cfg = replace(cfg.data, tokenizer=tokenizer.kind)
+    return replace(cfg, model=model_cfg, data=data_cfg)
+
+
+def initial_weights(source: GPT, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """source's weights for a model of config cfg: the same shape except for dropout and a
+    context that may be shorter (a learned position table is cut to it)."""
+    same = replace(source.config, dropout=cfg.dropout, context_length=cfg.context_length)
+    if same != cfg or cfg.context_length > source.config.context_length:
+        raise ConfigError("the model config differs from that of train.init_from's weights; build "
+                          "it with training.init_config (train.py --init-from does)")
+    state = source.state_dict()
+    if "pos_emb.weight" in state:
+        state["pos_emb.weight"] = state["pos_emb.weight"][:cfg.context_length]
     return state
 
 
@@ -408,7 +468,6 @@ def split_loss(model: GPT, tokens: torch.Tensor, batch_size: int, runtime: Runti
     return total.item() / n
 
 
-@torch.no_grad()
 def evaluate_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
                  say: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """Eval-only: the exact loss (split_loss) of both whole splits for each checkpoint of a run,
@@ -416,14 +475,13 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
     train.* overrides choose the device, precision and batch size."""
     cfg = resume_config(run_dir, overrides)
     runtime = Runtime.from_config(cfg.train)
-    data = prepare_data(cfg.data, cfg.model.context_length)
-    results = {}
+    results, data = {}, None
     for name in CHECKPOINT_NAMES:
         if not (Path(run_dir) / name).is_file():
             continue
         state = load_resume_state(run_dir, cfg, Path(run_dir) / name)
-        model = GPT(replace(cfg.model, vocab_size=data.tokenizer.vocab_size)).to(runtime.device)
-        model.load_state_dict(state["model"])
+        model, tokenizer = model_from_checkpoint(state, runtime.device)
+        data = data or prepare_data(cfg.data, cfg.model.context_length, tokenizer)
         started = time.perf_counter()
         losses = {split: split_loss(model, tokens, cfg.train.batch_size, runtime)
                   for split, tokens in (("train", data.train), ("val", data.val))}
@@ -437,6 +495,7 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
     return results
 
 
+@torch.no_grad()
 def estimate_loss(model: GPT, data: Dataset, cfg: Config, runtime: Runtime) -> dict[str, float]:
     """Mean loss over eval_batches batches of each split. The batches are the same at every
     eval (a fixed generator), so successive estimates compare like with like.
