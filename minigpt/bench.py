@@ -5,6 +5,7 @@
     python -m minigpt.bench generate --new-tokens 1000 --batch-sizes 1 8
     python -m minigpt.bench --device cpu --json bench.json
     python -m minigpt.bench speedrun --config configs/shakespeare_char.toml --target 1.48
+    python -m minigpt.bench gpt2                   # what GPT-2 124M costs: disk, load, sample, tune
 
 Training is measured per variant in a fresh subprocess (so peak memory is that variant's own).
 Every variant but `floor` times `minigpt.training.Trainer.step`, the very step train() runs, on a
@@ -31,8 +32,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 
 try:
     import resource
@@ -44,8 +47,11 @@ import torch
 from minigpt.cli import ArgumentParser, run_cli
 from minigpt.config import TrainConfig, load_config
 from minigpt.errors import InputError
+from minigpt.gpt2 import export_gpt2, load_gpt2
+from minigpt.inspection import inspect_prompt
 from minigpt.model import GPT, ModelConfig
 from minigpt.runtime import Runtime, resolve_device, tune_process
+from minigpt.tokenizer import BPETokenizer
 from minigpt.training import Trainer, train
 
 # name: (model, batch size). cpu_recipe is the well-known CPU Tiny Shakespeare recipe
@@ -225,6 +231,54 @@ def bench_generate(model_name: str, new_tokens: int, batch_sizes: list[int],
     return rows
 
 
+GPT2_SMALL = ModelConfig(vocab_size=50257, context_length=1024, embed_dim=768, num_heads=12,
+                         num_layers=12, activation="gelu_tanh")  # GPT-2's 124M model
+
+
+def bench_gpt2(device: torch.device, finetune: str = "configs/finetune_shakespeare.toml") -> dict:
+    """What the three GPT-2 uses cost with the 124M model: its directory on disk and the time to
+    load it, a prompt looked inside, sampling speed, and one fine-tuning step as the finetune
+    config takes it. The weights are random and the tokenizer synthetic (GPT-2's sizes: 50,000
+    merges, every one a pair of bytes, and <|endoftext|>), so nothing is downloaded; the costs are
+    those of the real model."""
+    torch.manual_seed(0)
+    merges = [(a, b) for a in range(256) for b in range(256)][:50_000]
+    tokenizer = BPETokenizer(merges, "gpt2", [*BPETokenizer(merges, "gpt2").token_bytes,
+                                              b"<|endoftext|>"], {"<|endoftext|>": 50_256})
+    row = {"parameters": GPT(GPT2_SMALL).num_params()}
+    with tempfile.TemporaryDirectory() as scratch:
+        export_gpt2(GPT(GPT2_SMALL), tokenizer, scratch)
+        row["disk_mb"] = sum(p.stat().st_size for p in Path(scratch).iterdir()) / 2**20
+        start = time.perf_counter()
+        model, tokenizer = load_gpt2(scratch, device)
+        row["load_s"] = time.perf_counter() - start
+    prompt = "the quick brown fox jumps over the lazy dog " * 2
+    start = time.perf_counter()
+    inspect_prompt(model, tokenizer, prompt)
+    row["inspect_s"] = time.perf_counter() - start
+    ids = torch.tensor([tokenizer.encode(prompt)], device=device)
+    row["prompt_tokens"] = ids.size(1)
+    start = time.perf_counter()
+    model.generate(ids, 50, generator=torch.Generator(device=device).manual_seed(0))
+    _sync(device)
+    row["generate_tokens_per_s"] = 50 / (time.perf_counter() - start)
+    tc = replace(load_config(finetune).train, device=str(device))
+    context = load_config(finetune).model.context_length
+    model.train()
+    trainer = Trainer(model, tc, Runtime.from_config(tc))
+    tokens = torch.randint(0, 50257, (tc.batch_size, context + 1), device=device)
+    trainer.step(lambda: (tokens[:, :-1], tokens[:, 1:]))  # warm-up: optimizer state allocated
+    _sync(device)
+    start = time.perf_counter()
+    trainer.step(lambda: (tokens[:, :-1], tokens[:, 1:]))
+    _sync(device)
+    row["finetune_step_s"] = time.perf_counter() - start
+    row["finetune_tokens_per_step"] = tc.batch_size * tc.grad_accum * context
+    row["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
+                             if device.type == "cuda" else peak_rss_mb())
+    return row
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB; nan where the OS has no getrusage (Windows)."""
     if resource is None:
@@ -310,6 +364,13 @@ def print_report(report: dict) -> None:
             mfu.insert(0, f"MFU {r['mfu_datasheet']:.1%} of the bf16 datasheet peak")
         print(f"training: {r['tokens_per_sec']:,.0f} tokens/s (median step), "
               f"{r['tflops']:.2f} TFLOP/s; " + ", ".join(mfu))
+    if report.get("gpt2"):
+        r = report["gpt2"]
+        print(f"\nGPT-2 124M ({r['parameters']:,} parameters): {r['disk_mb']:,.0f} MB on disk, "
+              f"loaded in {r['load_s']:.1f} s; a {r['prompt_tokens']}-token prompt looked inside in "
+              f"{r['inspect_s']:.2f} s; sampling {r['generate_tokens_per_s']:.1f} tokens/s; a "
+              f"fine-tuning step of {r['finetune_tokens_per_step']:,} tokens "
+              f"{r['finetune_step_s']:.1f} s; peak memory {r['peak_memory_mb']:,.0f} MB")
     if report.get("generate"):
         print("\ngeneration (tokens/s, all samples together; cache modes past the context: "
               "exact recomputes the window, fast rolls or re-prefills it)")
@@ -325,7 +386,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line, checked: one line and exit 2 for values that mean nothing."""
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=["all", "peak", "train", "generate", "speedrun"])
+                        choices=["all", "peak", "train", "generate", "speedrun", "gpt2"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -377,6 +438,8 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
     if args.what in ("all", "generate"):
         report["generate"] = bench_generate(args.generate_model, args.new_tokens,
                                             args.batch_sizes, device)
+    if args.what == "gpt2":
+        report["gpt2"] = bench_gpt2(device)
     return report
 
 
