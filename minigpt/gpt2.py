@@ -182,7 +182,8 @@ def load_from_hub(name: str, device="cpu") -> tuple[GPT, Tokenizer]:
     downloaded with huggingface_hub where it is installed and online."""
     what = f"{name} is no checkpoint, run or model directory here"
     how = (f"pass a run directory, a .pt file, or a GPT-2 directory downloaded where you are "
-           f"online (huggingface-cli download {name} --local-dir DIR)")
+           f"online (huggingface-cli download {name} config.json model.safetensors vocab.json "
+           f"merges.txt --local-dir DIR)")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
