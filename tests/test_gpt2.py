@@ -207,7 +207,8 @@ def test_a_hub_name_offline_is_one_clear_line(monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(CheckpointError, match="huggingface-cli download gpt2 config.json .* --local-dir DIR"):
+    with pytest.raises(CheckpointError,
+                       match="huggingface-cli download gpt2 config.json .* --local-dir DIR"):
         load("gpt2")
 
 
