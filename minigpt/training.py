@@ -500,11 +500,13 @@ def estimate_loss(model: GPT, data: Dataset, cfg: Config, runtime: Runtime) -> d
     """Mean loss over eval_batches batches of each split. The batches are the same at every
     eval (a fixed generator), so successive estimates compare like with like.
 
-    eval_batches = 0 scores the whole val split with split_loss, and as much of the train split,
-    its last len(val) tokens (the whole train split would cost ten times as much)."""
+    eval_batches = 0 scores the whole val split with split_loss, and for the train loss an eighth
+    as many tokens from the end of the train split (the train loss only shows the gap; scoring
+    the whole train split would cost ten times as much as val)."""
     tc = cfg.train
     if tc.eval_batches == 0:
-        return {"train": split_loss(model, data.train[-len(data.val):], tc.batch_size, runtime),
+        return {"train": split_loss(model, data.train[-(len(data.val) // 8):], tc.batch_size,
+                                    runtime),
                 "val": split_loss(model, data.val, tc.batch_size, runtime)}
     model.eval()
     generator = torch.Generator().manual_seed(cfg.train.seed + 1)

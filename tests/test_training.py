@@ -283,3 +283,40 @@ def test_a_version_1_muon_run_samples_but_cannot_resume(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="optimizer state does not fit .* cannot be resumed"):
         train(resume_config(run_dir), resume=run_dir, progress=False)
     assert load_checkpoint(run_dir / "last.pt")["step"] == 4  # untouched
+
+
+def test_the_exact_evaluator_scores_every_position_once_in_context_windows():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=11, context_length=8, embed_dim=16, num_heads=2,
+                            num_layers=1)).eval()
+    tokens = torch.randint(0, 11, (30,), dtype=torch.uint8)  # 29 targets: 3 windows of 8, and 5
+    expected, count = 0.0, 0
+    for start in range(0, 29, 8):
+        x = tokens[start:min(start + 8, 29)].long()
+        y = tokens[start + 1:min(start + 8, 29) + 1].long()
+        expected += torch.nn.functional.cross_entropy(model(x[None])[0], y, reduction="sum").item()
+        count += len(y)
+    assert count == 29
+    runtime = training.Runtime(torch.device("cpu"))
+    for batch_size in (1, 2, 5):  # batching does not change the figure
+        assert training.split_loss(model, tokens, batch_size, runtime) == pytest.approx(
+            expected / 29, rel=1e-5)
+    assert not model.training  # the model is left in the mode it came in
+
+
+def test_eval_batches_zero_makes_evaluations_exact_and_eval_only_prints_them(tmp_path):
+    cfg = run_config(tmp_path, **{"train.eval_batches": "0", "train.max_steps": "4"})
+    result = train(cfg, progress=False)
+    model, _ = load(result.run_dir / "last.pt")
+    data = training.prepare_data(cfg.data, cfg.model.context_length)
+    exact = training.split_loss(model, data.val, 4, training.Runtime(torch.device("cpu")))
+    assert result.val_losses[4] == pytest.approx(exact, rel=1e-5)
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--eval-only", "--resume",
+                          str(result.run_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["best.pt", "last.pt"]
+    assert f"val loss {exact:.4f} (perplexity {math.exp(exact):.2f}" in lines[1]
+    refused = subprocess.run([sys.executable, str(ROOT / "train.py"), "--eval-only"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: --eval-only evaluates")

@@ -146,3 +146,17 @@ def test_the_step_slider_changes_the_picture(page):
     wait_for(page, lambda: [i for i in page.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")
                             if i.is_displayed() and i.get_attribute("src") != before])
     assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+
+
+def test_the_sublayer_norm_and_position_views_draw_labelled_charts(page):
+    open_tab(page, "Layer outputs")
+    grid = wait_for(page, lambda: charts_titled(page, "sublayer"))[0]
+    rows = axis_labels(grid, "Y")
+    assert rows[:2] == ["layer 1 attention", "layer 1 FFN"] and len(rows) % 2 == 0
+    norms = wait_for(page, lambda: charts_titled(page, "LayerNorm (in stream order)"))[0]
+    assert axis_labels(norms, "Y")[-1] == "final norm"
+    open_tab(page, "Positions")
+    table = wait_for(page, lambda: charts_titled(page, "dimension"))[0]
+    assert "0" in axis_labels(table, "X")
+    assert wait_for(page, lambda: charts_titled(page, "compared with position"))
+    assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
