@@ -64,18 +64,18 @@ def logit_lens(model: GPT, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def recording(modules: dict[str, nn.Module]):
-    """Within the block, every forward of modules[name] stores (its input, its output) for batch
-    item 0 in the yielded dict under name (torch forward hooks; removed on exit)."""
+def recording(modules: dict[tuple[str, int], nn.Module | None]):
+    """Within the block, every forward of modules[key] stores (its input, its output) for batch
+    item 0 in the yielded dict under key (torch forward hooks; removed on exit)."""
     seen = {}
 
-    def keep(name):
+    def keep(key):
         def hook(module, args, output):
             out = output[0] if isinstance(output, tuple) else output  # attention: (y, weights)
-            seen[name] = (args[0][0].float(), out[0].float())
+            seen[key] = (args[0][0].float(), out[0].float())
         return hook
 
-    handles = [m.register_forward_hook(keep(name)) for name, m in modules.items() if m is not None]
+    handles = [m.register_forward_hook(keep(key)) for key, m in modules.items() if m is not None]
     try:
         yield seen
     finally:
@@ -83,7 +83,7 @@ def recording(modules: dict[str, nn.Module]):
             handle.remove()
 
 
-def sublayer_modules(model: GPT) -> dict[str, nn.Module]:
+def sublayer_modules(model: GPT) -> dict[tuple[str, int], nn.Module | None]:
     """Every block, its attention, feed-forward and norm modules, and the final norm, named
     (part, layer) with layers counted from 1 (None where an ablation removed the part)."""
     modules = {("final_norm", 0): model.final_norm}

@@ -297,10 +297,17 @@ class BPETokenizer:
     def to_dict(self) -> dict:
         data = {"kind": self.kind, "merges": [list(pair) for pair in self.merges],
                 "split": self.split}
-        if self.token_bytes != BPETokenizer(self.merges, self.split).token_bytes:
+        if not self._numbered_as_trained():
             data["tokens"] = [t.hex() for t in self.token_bytes]
             data["special"] = dict(self.special)
         return data
+
+    def _numbered_as_trained(self) -> bool:
+        """Whether the ids are minigpt's own (bytes, then one per merge), so merges say it all."""
+        try:
+            return BPETokenizer(self.merges, self.split).token_bytes == self.token_bytes
+        except ValueError:  # a merge refers to a later id: a numbering of its own
+            return False
 
 
 TOKENIZERS = {"char": CharTokenizer, "word": WordTokenizer, "bpe": BPETokenizer}

@@ -101,3 +101,13 @@ def test_decode_rejects_ids_outside_vocabulary():
 def test_unknown_tokenizer_kind():
     with pytest.raises(ValueError, match="unknown tokenizer 'wordpiece'"):
         train_tokenizer("wordpiece", TEXT)
+
+
+def test_a_bpe_vocabulary_numbered_its_own_way_survives_a_checkpoint():
+    """GPT-2-style files may number a merged token before the tokens it is made of."""
+    tokens = [bytes([i]) for i in range(256)]
+    tokens.insert(0, b"ab")  # id 0 is the merge of "a" (now 98) and "b" (now 99)
+    tok = BPETokenizer([(98, 99)], "gpt2", tokens)
+    assert tok.encode("abc") == [0, 100]
+    again = tokenizer_from_dict(tok.to_dict())
+    assert again.encode("abc") == [0, 100] and again.decode([0, 100]) == "abc"
