@@ -191,6 +191,10 @@ def choose_model():
                        f"{cfg.num_heads} heads, {cfg.embed_dim} dims, {cfg.pos_encoding} positions, "
                        f"{cfg.norm_placement}-norm; {tokenizer.kind} tokenizer, "
                        f"{tokenizer.vocab_size} tokens" + removed_parts(cfg))
+    if not cfg.causal:
+        st.sidebar.warning("This model was trained without the causal mask: it learned to read the "
+                           "next token instead of predicting it, so its views and samples show a "
+                           "cheat, not a language model.")
     return model, tokenizer, path if path.is_dir() else path.parent
 
 
@@ -199,7 +203,7 @@ def removed_parts(cfg) -> str:
     removed = [name for name, gone in (("residual connections", not cfg.residual),
                                        ("LayerNorm", not cfg.layer_norm),
                                        ("feed-forward blocks", not cfg.ffn),
-                                       ("the causal mask", not cfg.causal)) if gone]
+                                       ("causal mask", not cfg.causal)) if gone]
     return f". Ablation: no {', no '.join(removed)}" if removed else ""
 
 

@@ -9,6 +9,7 @@ Needs Debian's chromium and chromium-driver, and selenium (the dev extra). Write
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -115,8 +116,8 @@ def main() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        if args.run:
-            run_dir = Path(args.run).resolve()
+        if args.run:  # alone in a runs folder of its own: the app opens the newest run it finds
+            run_dir = Path(shutil.copytree(Path(args.run).resolve(), scratch / "runs" / "run"))
         else:
             cfg = load_config(ROOT / "configs" / "default.toml",
                               {"train.out_dir": str(scratch / "runs"), "train.run_name": "default",

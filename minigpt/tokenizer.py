@@ -212,6 +212,7 @@ class BPETokenizer:
         if split not in SPLITS:
             raise ValueError(f"unknown BPE split {split!r}; choose one of {sorted(SPLITS)}")
         self.merges, self.split, self.special = [tuple(p) for p in merges], split, special or {}
+        self.own_numbering = tokens is not None  # else the ids follow from the merges
         if tokens is None:  # minigpt's numbering: bytes, then one id per merge
             tokens = [bytes([i]) for i in range(256)]
             for n, (a, b) in enumerate(self.merges):
@@ -297,17 +298,10 @@ class BPETokenizer:
     def to_dict(self) -> dict:
         data = {"kind": self.kind, "merges": [list(pair) for pair in self.merges],
                 "split": self.split}
-        if not self._numbered_as_trained():
+        if self.own_numbering:
             data["tokens"] = [t.hex() for t in self.token_bytes]
             data["special"] = dict(self.special)
         return data
-
-    def _numbered_as_trained(self) -> bool:
-        """Whether the ids are minigpt's own (bytes, then one per merge), so merges say it all."""
-        try:
-            return BPETokenizer(self.merges, self.split).token_bytes == self.token_bytes
-        except ValueError:  # a merge refers to a later id: a numbering of its own
-            return False
 
 
 TOKENIZERS = {"char": CharTokenizer, "word": WordTokenizer, "bpe": BPETokenizer}

@@ -312,3 +312,16 @@ def test_started_as_the_readme_says_it_listens_on_loopback_only(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_ablated_model_says_what_it_lacks(monkeypatch, tmp_path, serve_as):
+    serve_as("127.0.0.1")
+    with pytest.warns(UserWarning, match="model.causal = false"):
+        train(run_config(tmp_path, **{"model.causal": "false", "model.ffn": "false"}),
+              progress=False)
+    app = make_app(monkeypatch, tmp_path / "runs")
+    app.run()
+    assert not app.exception
+    assert any("Ablation: no feed-forward blocks, no causal mask" in c.value
+               for c in app.sidebar.caption)
+    assert "without the causal mask" in app.sidebar.warning[0].value

@@ -2,10 +2,7 @@
 Chromium (Debian's chromium and chromium-driver, selenium from the dev extra). Marked `browser`:
 .ci/run installs Chromium and runs them; without it they skip, saying so."""
 
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "docs"))
+from screenshots import serve  # noqa: E402  (the README's pictures start the app the same way)
+
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 HEADS, WORDS = 2, 40
 if not (CHROMIUM and DRIVER):
@@ -39,36 +39,23 @@ def page(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("browser")
     train(run_config(tmp_path, **{"model.context_length": 64, "model.num_heads": HEADS,
                                   "train.max_steps": 8, "train.eval_interval": 4}), progress=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env={**os.environ, "MINIGPT_RUNS": str(tmp_path / "runs")})
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path / 'chrome'}"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
+    server, port = serve(tmp_path / "runs")
+    browser = None
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("the app did not start")
-                time.sleep(0.2)
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                     f"--user-data-dir={tmp_path / 'chrome'}"):
+            options.add_argument(flag)
+        browser = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
         browser.get(f"http://127.0.0.1:{port}")
         wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "input[aria-label=Prompt]"))
         yield browser
     finally:
-        browser.quit()
+        if browser is not None:
+            browser.quit()
         server.terminate()
         server.wait(timeout=30)
 
