@@ -92,6 +92,8 @@ class TrainConfig:
         "adamw, or muon for the matrices inside the blocks (AdamW for the rest)", "adamw")
     muon_lr: float = _help("peak learning rate of the muon matrices (train.lr is for the rest)",
                            0.02)
+    muon_weight_decay: float = _help("decoupled weight decay of the muon matrices: each step "
+                                     "scales them by 1 - (current muon lr) * this", 0.0)
     weight_decay: float = _help("AdamW weight decay, on weight matrices only", 0.1)
     decay_embeddings: bool = _help("apply weight decay to the token/position embeddings too, "
                                    "as nanoGPT does", False)
@@ -126,8 +128,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        for name in ["warmup_steps", "weight_decay", "grad_clip", "sample_tokens", "threads",
-                     "min_lr", "target_val_loss", "eval_batches"]:
+        for name in ["warmup_steps", "weight_decay", "muon_weight_decay", "grad_clip",
+                     "sample_tokens", "threads", "min_lr", "target_val_loss", "eval_batches"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ["lr", "muon_lr"]:

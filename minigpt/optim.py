@@ -7,7 +7,8 @@ features) and not the token/position embeddings (rows of rare tokens would shrin
 between their updates) unless train.decay_embeddings. Muon (https://kellerjordan.github.io/posts/muon/)
 takes the Nesterov momentum of each matrix's gradient and replaces it by the nearest
 semi-orthogonal matrix, so every direction of the update moves at the same rate; it is defined for
-matrices only, so embeddings, head, biases and norms stay with AdamW. Every group keeps its peak
+matrices only, so embeddings, head, biases and norms stay with AdamW; its weight decay is
+train.muon_weight_decay (off by default). Every group keeps its peak
 rate as "initial_lr"; the training loop scales all groups by one schedule.
 """
 
@@ -44,7 +45,8 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opti
     if params["muon"]:
         # "original" scales each matrix's step by sqrt(max(1, rows / cols)), so tall matrices
         # move at the same RMS rate as square ones.
-        optimizers.insert(0, torch.optim.Muon(params["muon"], lr=cfg.muon_lr, weight_decay=0.0,
+        optimizers.insert(0, torch.optim.Muon(params["muon"], lr=cfg.muon_lr,
+                                              weight_decay=cfg.muon_weight_decay,
                                               adjust_lr_fn="original"))
     for optimizer in optimizers:
         for group in optimizer.param_groups:

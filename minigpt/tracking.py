@@ -91,11 +91,11 @@ HPARAMS = {
 
 def hparams(config: dict) -> dict:
     """The settings that shape a run's result, for comparing runs in the HParams tab: model sizes,
-    data and tokenizer, optimizer, rates, batch and steps (the Muon rate and BPE size only where
+    data and tokenizer, optimizer, rates, batch and steps (the Muon settings and BPE size only where
     they apply); bookkeeping keys (directories, intervals, device) are left out."""
     keys = {section: list(names) for section, names in HPARAMS.items()}
     if config["train"]["optimizer"] == "muon":
-        keys["train"].append("muon_lr")
+        keys["train"] += ["muon_lr", "muon_weight_decay"]
     if config["data"]["tokenizer"] == "bpe":
         keys["data"].append("bpe_vocab_size")
     return {f"{section}.{key}": config[section][key] for section, names in keys.items()

@@ -69,8 +69,9 @@ def bad_inputs(tmp_path):
     ]
 
 
-FLOAT_KEYS = ["train.lr", "train.min_lr", "train.muon_lr", "train.weight_decay", "train.beta1",
-              "train.beta2", "train.grad_clip", "train.target_val_loss", "data.val_fraction"]
+FLOAT_KEYS = ["train.lr", "train.min_lr", "train.muon_lr", "train.muon_weight_decay",
+              "train.weight_decay", "train.beta1", "train.beta2", "train.grad_clip",
+              "train.target_val_loss", "data.val_fraction"]
 
 
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys):

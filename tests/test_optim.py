@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_config
+from torch.testing import assert_close
 
 from minigpt import GPT
 from minigpt.config import TrainConfig
@@ -46,6 +47,20 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert {"token_emb.weight", "pos_emb.weight", "blocks.0.norm1.weight"} <= rest[1]
     assert sum(map(len, [matrices, *rest])) == len(list(model.parameters()))
     assert not matrices & (rest[0] | rest[1])
+
+
+def test_muon_weight_decay_shrinks_the_block_matrices_by_lr_times_decay():
+    model = GPT(tiny_config())
+    cfg = TrainConfig(optimizer="muon", muon_lr=0.05, muon_weight_decay=0.2)
+    muon, _ = make_optimizers(model, cfg)
+    [group] = muon.param_groups
+    assert group["weight_decay"] == 0.2
+    before = [p.detach().clone() for p in group["params"]]
+    for p in group["params"]:
+        p.grad = torch.zeros_like(p)  # no gradient: the decay alone moves the weights
+    muon.step()
+    for p, old in zip(group["params"], before):
+        assert_close(p.detach(), old * (1 - 0.05 * 0.2))
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from minigpt.config import TrainConfig
 from minigpt.errors import CheckpointError, TrainingError
 from minigpt.generation import generate_text
 from minigpt.model import GPT, ModelConfig
+from minigpt.tracking import hparams
 from minigpt.training import lr_at, resume_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +98,14 @@ def logged_hparams(run_dir: Path) -> tuple[dict, dict]:
         [event] = events.Scalars(tag)
         metrics[tag] = event.value
     return hparams, metrics
+
+
+def test_hparams_name_the_muon_settings_only_where_muon_trains(tmp_path):
+    adamw = hparams(run_config(tmp_path).to_dict())
+    muon = hparams(run_config(tmp_path, **{"train.optimizer": "muon",
+                                           "train.muon_weight_decay": "0.03"}).to_dict())
+    assert "train.muon_lr" not in adamw and "train.muon_weight_decay" not in adamw
+    assert muon["train.muon_weight_decay"] == 0.03 and muon["train.muon_lr"] > 0
 
 
 def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(tmp_path):
@@ -302,6 +312,26 @@ def test_the_exact_evaluator_scores_every_position_once_in_context_windows():
         assert training.split_loss(model, tokens, batch_size, runtime) == pytest.approx(
             expected / 29, rel=1e-5)
     assert not model.training  # the model is left in the mode it came in
+
+
+def test_sampled_estimate_is_the_mean_loss_over_the_same_batches_every_time(tmp_path):
+    cfg = run_config(tmp_path, **{"train.eval_batches": "5", "train.batch_size": "3"})
+    data = training.prepare_data(cfg.data, cfg.model.context_length)
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    runtime = training.Runtime(torch.device("cpu"))
+    generator = torch.Generator().manual_seed(cfg.train.seed + 1)
+    expected = {}
+    with torch.no_grad():
+        for split, tokens in (("train", data.train), ("val", data.val)):  # one batch at a time
+            losses = [training.lm_loss(model(x), y) for x, y in (
+                training.get_batch(tokens, 3, cfg.model.context_length, generator)
+                for _ in range(5))]
+            expected[split] = sum(loss.item() for loss in losses) / 5
+    for _ in range(2):  # the same batches at every evaluation
+        assert training.estimate_loss(model, data, cfg, runtime) == pytest.approx(expected)
+    assert model.training
 
 
 def test_eval_batches_zero_makes_evaluations_exact_and_eval_only_prints_them(tmp_path):
