@@ -677,6 +677,9 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                     run.save("last.pt")
             if result.target_step is None and run.step < tc.max_steps:  # 4. finish
                 save_stopped_run(run, result, stop, stop_at, say)
+            elif result.target_step is None and tc.target_val_loss > 0:
+                say(f"train.target_val_loss {tc.target_val_loss} not reached in {tc.max_steps} "
+                    f"steps (best val {run.best_val:.4f}); train longer with --train.max_steps")
         except NonFiniteLoss as err:
             raise TrainingError(f"loss became {err} at step {run.step + 1}; stopped without "
                                 f"updating the weights (checkpoints in {run.dir} are the last "

@@ -133,8 +133,10 @@ def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(tmp_path):
     assert rest.step == 24 and early.losses + rest.losses == full.losses
     unreachable = train(run_config(tmp_path, **options, **{"train.run_name": "never",
                                                             "train.target_val_loss": 1e-3}),
-                        progress=False)
+                        progress=False, log=lines.append)
     assert unreachable.target_step is None and unreachable.step == 24
+    assert lines[-1] == (f"train.target_val_loss 0.001 not reached in 24 steps (best val "
+                         f"{unreachable.best_val_loss:.4f}); train longer with --train.max_steps")
 
 
 def test_checkpoint_round_trip_gives_the_trained_models_logits_and_text(tmp_path):
