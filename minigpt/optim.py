@@ -8,8 +8,8 @@ between their updates) unless train.decay_embeddings. Muon (https://kellerjordan
 takes the Nesterov momentum of each matrix's gradient and replaces it by the nearest
 semi-orthogonal matrix, so every direction of the update moves at the same rate; it is defined for
 matrices only, so embeddings, head, biases and norms stay with AdamW; its weight decay is
-train.muon_weight_decay (off by default). Every group keeps its peak
-rate as "initial_lr"; the training loop scales all groups by one schedule.
+train.muon_weight_decay (off by default). Every group keeps its peak rate as "initial_lr"; the
+training loop scales all groups by one schedule.
 """
 
 import torch
