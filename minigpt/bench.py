@@ -243,11 +243,13 @@ def bench_gpt2(device: torch.device, finetune: str = "configs/finetune_shakespea
     those of the real model."""
     torch.manual_seed(0)
     merges = [(a, b) for a in range(256) for b in range(256)][:50_000]
-    tokenizer = BPETokenizer(merges, "gpt2", [*BPETokenizer(merges, "gpt2").token_bytes,
-                                              b"<|endoftext|>"], {"<|endoftext|>": 50_256})
-    row = {"parameters": GPT(GPT2_SMALL).num_params()}
+    tokens = [bytes([b]) for b in range(256)] + [bytes(pair) for pair in merges]
+    tokenizer = BPETokenizer(merges, "gpt2", [*tokens, b"<|endoftext|>"],
+                             {"<|endoftext|>": 50_256})
+    source = GPT(GPT2_SMALL)
+    row = {"parameters": source.num_params()}
     with tempfile.TemporaryDirectory() as scratch:
-        export_gpt2(GPT(GPT2_SMALL), tokenizer, scratch)
+        export_gpt2(source, tokenizer, scratch)
         row["disk_mb"] = sum(p.stat().st_size for p in Path(scratch).iterdir()) / 2**20
         start = time.perf_counter()
         model, tokenizer = load_gpt2(scratch, device)
@@ -262,8 +264,8 @@ def bench_gpt2(device: torch.device, finetune: str = "configs/finetune_shakespea
     model.generate(ids, 50, generator=torch.Generator(device=device).manual_seed(0))
     _sync(device)
     row["generate_tokens_per_s"] = 50 / (time.perf_counter() - start)
-    tc = replace(load_config(finetune).train, device=str(device))
-    context = load_config(finetune).model.context_length
+    finetune_cfg = load_config(finetune)
+    tc, context = replace(finetune_cfg.train, device=str(device)), finetune_cfg.model.context_length
     model.train()
     trainer = Trainer(model, tc, Runtime.from_config(tc))
     tokens = torch.randint(0, 50257, (tc.batch_size, context + 1), device=device)

@@ -19,7 +19,7 @@ import torch
 
 from minigpt.errors import CheckpointError
 from minigpt.files import atomic_write
-from minigpt.gpt2 import is_gpt2_dir, load_from_hub, load_gpt2
+from minigpt.gpt2 import gpt2_description, hub_directory, is_gpt2_dir, load_gpt2
 from minigpt.model import GPT, ModelConfig
 from minigpt.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -110,8 +110,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return state
 
 
-def model_from_checkpoint(state: dict, device="cpu") -> tuple[GPT, Tokenizer]:
-    """Rebuild the model and tokenizer stored in a loaded checkpoint."""
+def checkpoint_description(state: dict) -> tuple[ModelConfig, Tokenizer]:
+    """The checked model config and tokenizer of a loaded checkpoint."""
     try:
         cfg = ModelConfig.from_dict(state["model_config"])
         tokenizer = tokenizer_from_dict(state["tokenizer"])
@@ -124,6 +124,12 @@ def model_from_checkpoint(state: dict, device="cpu") -> tuple[GPT, Tokenizer]:
     if size > MAX_PARAMS:
         raise CheckpointError(f"checkpoint's model config asks for {size:,} parameters, more than "
                               f"minigpt loads ({MAX_PARAMS:,}); the file is not trustworthy")
+    return cfg, tokenizer
+
+
+def model_from_checkpoint(state: dict, device="cpu") -> tuple[GPT, Tokenizer]:
+    """Rebuild the model and tokenizer stored in a loaded checkpoint."""
+    cfg, tokenizer = checkpoint_description(state)
     bad = [name for name, t in state["model"].items()
            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
@@ -149,11 +155,29 @@ def looks_like_hub_name(path: str | Path) -> bool:
             and not (len(path.parts) > 1 and Path(path.parts[0]).exists()))
 
 
+def gpt2_source(path: str | Path | None) -> Path | None:
+    """The GPT-2 directory that path names: itself, or a hub name's download; None for a
+    minigpt checkpoint or run."""
+    if path is not None and is_gpt2_dir(path):
+        return Path(path)
+    if path is not None and looks_like_hub_name(path):
+        return hub_directory(str(path))
+    return None
+
+
 def load(path: str | Path | None = None, device="cpu", out_dir: str | Path = "runs"):
     """(model, tokenizer) from a checkpoint file or run directory (by default the latest run), a
     Hugging Face GPT-2 directory, or a hub name such as "gpt2" (fetched where that is possible)."""
-    if path is not None and is_gpt2_dir(path):
-        return load_gpt2(path, device)
-    if path is not None and looks_like_hub_name(path):
-        return load_from_hub(str(path), device)
+    directory = gpt2_source(path)
+    if directory is not None:
+        return load_gpt2(directory, device)
     return model_from_checkpoint(load_checkpoint(path or latest_run(out_dir)), device)
+
+
+def describe(path: str | Path) -> tuple[ModelConfig, Tokenizer]:
+    """The model config and tokenizer that load(path) would give, without building the model
+    (nor reading a GPT-2 directory's weights): what a fine-tuning run's config needs."""
+    directory = gpt2_source(path)
+    if directory is not None:
+        return gpt2_description(directory)
+    return checkpoint_description(load_checkpoint(path))

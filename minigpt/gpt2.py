@@ -151,8 +151,8 @@ def gpt2_tokenizer(directory: Path) -> BPETokenizer:
                               f"({type(err).__name__}: {err})") from None
 
 
-def load_gpt2(directory: str | Path, device="cpu") -> tuple[GPT, Tokenizer]:
-    """A Hugging Face GPT-2 directory as (minigpt GPT, tokenizer)."""
+def gpt2_description(directory: str | Path) -> tuple[ModelConfig, BPETokenizer]:
+    """The model config and tokenizer of a Hugging Face GPT-2 directory; the weights stay unread."""
     directory = Path(directory)
     if not is_gpt2_dir(directory):
         raise CheckpointError(f"{directory} is not a Hugging Face model directory (it needs "
@@ -168,6 +168,13 @@ def load_gpt2(directory: str | Path, device="cpu") -> tuple[GPT, Tokenizer]:
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model "
                               f"only {cfg.vocab_size}; the directory is inconsistent")
+    return cfg, tokenizer
+
+
+def load_gpt2(directory: str | Path, device="cpu") -> tuple[GPT, Tokenizer]:
+    """A Hugging Face GPT-2 directory as (minigpt GPT, tokenizer)."""
+    cfg, tokenizer = gpt2_description(directory)
+    directory = Path(directory)
     model = GPT(cfg)
     try:
         model.load_state_dict(minigpt_state_dict(read_weights(directory), cfg))
@@ -177,9 +184,10 @@ def load_gpt2(directory: str | Path, device="cpu") -> tuple[GPT, Tokenizer]:
     return model.to(device).eval(), tokenizer
 
 
-def load_from_hub(name: str, device="cpu") -> tuple[GPT, Tokenizer]:
-    """A model of the Hugging Face hub by name ("gpt2", "openai-community/gpt2-medium"),
-    downloaded with huggingface_hub where it is installed and online."""
+def hub_directory(name: str) -> Path:
+    """The local GPT-2 directory of a model of the Hugging Face hub by name ("gpt2",
+    "openai-community/gpt2-medium"), downloaded with huggingface_hub where it is installed and
+    online."""
     what = f"{name} is no checkpoint, run or model directory here"
     how = (f"pass a run directory, a .pt file, or a GPT-2 directory downloaded where you are "
            f"online (huggingface-cli download {name} config.json model.safetensors vocab.json "
@@ -195,7 +203,7 @@ def load_from_hub(name: str, device="cpu") -> tuple[GPT, Tokenizer]:
     except Exception as err:  # offline, unknown name, no permission: all end the same way
         raise CheckpointError(f"{what}, and the Hugging Face hub did not provide it "
                               f"({type(err).__name__}); {how}") from None
-    return load_gpt2(path, device)
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- export

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from minigpt.checkpoint import (
     CHECKPOINT_NAMES,
+    describe,
     load,
     load_checkpoint,
     model_from_checkpoint,
@@ -320,8 +321,7 @@ def init_config(cfg: Config, asked: Iterable[str] = ()) -> Config:
     tokenizer are the source's; model.dropout is cfg's, and cfg may shorten model.context_length.
     asked names the model keys the user set ("model.embed_dim", from the command line or the
     config file); one that differs from the source is refused, since the weights would not fit."""
-    source = load(cfg.train.init_from)
-    model_cfg, tokenizer = source[0].config, source[1]
+    model_cfg, tokenizer = describe(cfg.train.init_from)
     for key in asked:
         name = key.removeprefix("model.")
         if name == key or name == "dropout":

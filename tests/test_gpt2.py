@@ -13,7 +13,7 @@ import torch
 from conftest import run_config
 from torch.testing import assert_close
 
-from minigpt import export
+from minigpt import checkpoint, export, gpt2
 from minigpt.checkpoint import load
 from minigpt.config import load_config
 from minigpt.corpus import load_corpus
@@ -232,6 +232,23 @@ def test_fine_tuning_starts_from_the_checkpoints_loss(tmp_path):
     resumed = train(replace(cfg, train=replace(cfg.train, max_steps=4)), resume=tuned.run_dir,
                     progress=False)
     assert resumed.step == 4  # the fine-tuned run resumes, encoding text with its own tokenizer
+
+
+def test_describe_gives_what_load_gives_without_the_weights(tmp_path, bpe, monkeypatch):
+    make_hf_gpt2(tmp_path / "gpt2", bpe)
+    model, tokenizer = load(tmp_path / "gpt2")
+    run = train(run_config(tmp_path, **{"train.max_steps": "1"}), progress=False)
+    run_model, run_tokenizer = load(run.run_dir)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("describe built a model or read GPT-2 weights")
+    monkeypatch.setattr(checkpoint.GPT, "__init__", no_weights)
+    monkeypatch.setattr(gpt2, "read_weights", no_weights)
+    for source, expected, words in ((tmp_path / "gpt2", (model, tokenizer), UNICODE_TEXT),
+                                    (run.run_dir, (run_model, run_tokenizer), "the cat sat")):
+        cfg, described = checkpoint.describe(source)
+        assert cfg == expected[0].config
+        assert described.encode(words) == expected[1].encode(words)
 
 
 def test_fine_tuning_refuses_model_keys_the_weights_do_not_fit(tmp_path, bpe):
