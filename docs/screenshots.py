@@ -35,6 +35,24 @@ IMAGES = ROOT / "docs" / "images"
 PROMPT = "the cat sat on the mat . it was warm . the dog ran to the park ."
 WIDTH = 960  # pixels of each picture in the README
 SIDEBAR = 340  # pixels of the app's sidebar (and margin) at a 1400-pixel-wide window
+# Each picture: the tab, the file name, the text at its top and the window's height in pixels.
+SHOTS = [("Attention", "app_attention", "Layers are numbered from the input", 1000),
+         ("Layer outputs", "app_layer_outputs", "Logit lens", 1000),
+         ("Layer outputs", "app_sublayers_and_norms", "What attention and the feed-forward", 1150),
+         ("Positions", "app_positions", "position table", 1560),
+         ("Watch it learn", "app_watch_it_learn", "The run's probe prompt", 1300)]
+# Scrolls the app so that the first visible text block holding arguments[0] sits just under the
+# app's header; returns false when there is none.
+SCROLL_TO = """
+const main = document.querySelector('[data-testid=stMain]');
+const texts = '[data-testid=stMarkdownContainer], [data-testid=stCaptionContainer]';
+const block = [...main.querySelectorAll(texts)].find(
+    e => e.offsetParent !== null && e.textContent.includes(arguments[0]));
+if (!block) return false;
+const top = block.getBoundingClientRect().top - main.getBoundingClientRect().top;
+main.scrollTo(0, main.scrollTop + top - 70);
+return true;
+"""
 
 
 def shrink(path: Path, left: int = 0) -> None:
@@ -81,16 +99,13 @@ def app_pictures(runs: Path, scratch: Path) -> None:
         box.send_keys(Keys.CONTROL, "a")
         box.send_keys(PROMPT, Keys.ENTER)
         time.sleep(6)
-        for tab, name, scroll in [("Attention", "app_attention", 300),
-                                  ("Layer outputs", "app_layer_outputs", 380),
-                                  ("Layer outputs", "app_sublayers_and_norms", 800),
-                                  ("Positions", "app_positions", 760),
-                                  ("Watch it learn", "app_watch_it_learn", 290)]:
+        for tab, name, anchor, height in SHOTS:
             button = browser.find_element(By.XPATH, f"//*[@role='tab'][contains(., '{tab}')]")
             browser.execute_script("arguments[0].click()", button)
+            browser.set_window_size(1400, height)
             time.sleep(3)
-            browser.execute_script(
-                "document.querySelector('[data-testid=stMain]').scrollTo(0, arguments[0])", scroll)
+            if not browser.execute_script(SCROLL_TO, anchor):
+                raise SystemExit(f"the {tab} tab shows no {anchor!r}: update SHOTS")
             time.sleep(1)
             browser.save_screenshot(str(IMAGES / f"{name}.png"))
             shrink(IMAGES / f"{name}.png", left=SIDEBAR)
