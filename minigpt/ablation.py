@@ -11,6 +11,8 @@ ordinary run directory that generate.py and the app open like any other. The tab
 (also written to results.md in the parent folder) gives each run's exact val loss over the whole
 split, and the loss it has when it generates, where no later token can be seen: the two differ
 only for the model trained without the causal mask, which reads the answer during training.
+Ctrl-C stops the run in progress (its last.pt is saved, as in train.py) and the ablation with it;
+the table then holds the runs that finished.
 """
 
 import sys
@@ -20,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from minigpt.cli import ArgumentParser, run_cli
-from minigpt.config import load_config
+from minigpt.config import Config, load_config
 from minigpt.data import prepare_data
 from minigpt.errors import ConfigError
 from minigpt.model import GPT
@@ -54,12 +56,14 @@ def parse_args(argv: list[str]):
     return parser.parse_args(argv)
 
 
-def generating_loss(model: GPT, tokens, batch_size: int, runtime: Runtime) -> float:
+def generating_loss(model: GPT, cfg: Config) -> float:
     """The val loss with the causal mask on, as when generating: no later token is there to see.
     For a causally trained model it equals the val loss."""
+    runtime = Runtime.from_config(cfg.train)
     causal = GPT(replace(model.config, causal=True)).to(runtime.device)
     causal.load_state_dict(model.state_dict())
-    return split_loss(causal, tokens, batch_size, runtime)
+    val = prepare_data(cfg.data, cfg.model.context_length).val
+    return split_loss(causal, val, cfg.train.batch_size, runtime)
 
 
 def results_table(rows: list[dict]) -> str:
@@ -88,18 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = train(cfg, progress=not args.quiet)
         seconds = time.perf_counter() - started
-        runtime = Runtime.from_config(cfg.train)
-        val = prepare_data(cfg.data, cfg.model.context_length).val
+        if result.stopped_by:  # Ctrl-C or a kill: the runs that finished make the table
+            break
+        val = result.val_losses[result.step]  # the last evaluation: exact (eval_batches = 0)
         rows.append({"name": name, "removed": ABLATIONS[name][0],
-                     "params": result.model.num_params(), "seconds": seconds,
-                     "val": split_loss(result.model, val, cfg.train.batch_size, runtime),
-                     "generating": generating_loss(result.model, val, cfg.train.batch_size,
-                                                   runtime)})
+                     "params": result.model.num_params(), "seconds": seconds, "val": val,
+                     "generating": val if cfg.model.causal else generating_loss(result.model, cfg)})
     table = results_table(rows)
     (parent / "results.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     print(f"curves:  tensorboard --logdir {parent}")
-    return 0
+    return {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped_by, 0)  # as train.py
 
 
 if __name__ == "__main__":

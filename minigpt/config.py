@@ -21,7 +21,10 @@ from typing import Literal
 from minigpt.errors import ConfigError
 from minigpt.model import ModelConfig
 
-MAX_SAMPLE_TOKENS = 10_000  # tokens of sample text per evaluation
+# Upper bounds of the counts: far beyond any real run, and low enough that a typo (an extra
+# few zeros) is an error at once rather than a run or an evaluation that never ends.
+LIMITS = {"max_steps": 10**9, "grad_accum": 100_000, "eval_batches": 100_000,
+          "sample_tokens": 10_000}  # sample_tokens: tokens of sample text per evaluation
 MAX_BPE_VOCAB = 100_000  # merges are learned one at a time: more would train for hours
 
 
@@ -151,9 +154,10 @@ class TrainConfig:
                               f"reserved name such as CON), got {self.run_name!r}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"train.seed must be in [0, 2**63), got {self.seed}")
-        if self.sample_tokens > MAX_SAMPLE_TOKENS:
-            raise ConfigError(f"train.sample_tokens must be at most {MAX_SAMPLE_TOKENS:,}, got "
-                              f"{self.sample_tokens}")
+        for name, limit in LIMITS.items():
+            if getattr(self, name) > limit:
+                raise ConfigError(f"train.{name} must be at most {limit:,}, got "
+                                  f"{getattr(self, name)}")
         if self.threads > 4 * usable_cpus():
             raise ConfigError(f"train.threads must be at most {4 * usable_cpus()} (this machine "
                               f"has {usable_cpus()} CPUs), got {self.threads}")

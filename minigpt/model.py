@@ -104,8 +104,9 @@ class ModelConfig:
         return cls(**values)
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _divisors(n: int, limit: int = 64) -> list[int]:
+    """The divisors of n up to limit (at most a few steps, however large n is)."""
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
 
 
 # ----------------------------------------------------------------------------- positions

@@ -88,6 +88,11 @@ class NonFiniteLoss(ArithmeticError):
     """The loss of a step was NaN or infinite; the weights were not updated."""
 
 
+class Diverged(ArithmeticError):
+    """The weights became NaN or infinite (a step with a finite loss can still blow them up): seen
+    as a non-finite loss at an evaluation, or in the weights before a save. Every rank sees it."""
+
+
 class Trainer:
     """A model with its optimizers and gradient scaler, and `step()`: one optimizer step.
     `python -m minigpt.bench train` times this same step."""
@@ -220,7 +225,10 @@ class Run:
         return x[mine].to(self.runtime.device), y[mine].to(self.runtime.device)
 
     def save(self, name: str) -> None:
-        """Write the checkpoint `name` in the run directory (rank 0 only)."""
+        """Write the checkpoint `name` in the run directory (rank 0 only). Weights that are no
+        longer finite raise Diverged instead, on every rank, so no save overwrites a good one."""
+        if not torch.stack([p.isfinite().all() for p in self.trainer.model.parameters()]).all():
+            raise Diverged("the weights became NaN or infinite")
         if not self.runtime.master:
             return
         with self.stop.protected():  # a second Ctrl-C does not cut a save short
@@ -528,6 +536,9 @@ def evaluate(run: Run, board: TensorBoardLog, result: TrainResult, say: Callable
     so no report outruns it), the target check, and a sample and attention images of the probe."""
     tc, step = run.cfg.train, run.step
     losses = estimate_loss(run.trainer.model, run.data, run.cfg, run.runtime)
+    for split, loss in losses.items():
+        if not math.isfinite(loss):
+            raise Diverged(f"the {split} loss at the evaluation became {loss}")
     result.val_losses[step], result.val_seconds[step] = losses["val"], seconds
     if 0 < tc.target_val_loss and losses["val"] <= tc.target_val_loss:
         result.target_step = step  # every rank sees the same val loss
@@ -571,6 +582,13 @@ def stop_at_target(run: Run, result: TrainResult, say: Callable[[str], None]) ->
         f"{run.cfg.train.target_val_loss} at step {run.step}, "
         f"{result.val_seconds[run.step]:.1f} s after start: stopping")
     run.save("last.pt")
+
+
+def diverged(what: str, run: Run) -> TrainingError:
+    """The error that ends a run whose loss or weights became NaN or infinite."""
+    kept = (f"the checkpoints in {run.dir} are the last good ones" if newest_checkpoint(run.dir)
+            else "before its first checkpoint")
+    return TrainingError(f"{what}; stopped ({kept}); try a lower train.lr")
 
 
 def save_stopped_run(run: Run, result: TrainResult, stop: "StopRequest", stop_at: int | None,
@@ -681,9 +699,9 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 say(f"train.target_val_loss {tc.target_val_loss} not reached in {tc.max_steps} "
                     f"steps (best val {run.best_val:.4f}); train longer with --train.max_steps")
         except NonFiniteLoss as err:
-            raise TrainingError(f"loss became {err} at step {run.step + 1}; stopped without "
-                                f"updating the weights (checkpoints in {run.dir} are the last "
-                                f"good ones); try a lower train.lr") from None
+            raise diverged(f"loss became {err} at step {run.step + 1}", run) from None
+        except Diverged as err:
+            raise diverged(f"{err} after step {run.step}", run) from None
         finally:
             with stop.protected():
                 bar.close()

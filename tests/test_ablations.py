@@ -1,6 +1,8 @@
 """The ablation switches: each takes one part of the transformer away, and what that does."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from minigpt import GPT, ablation
-from minigpt.checkpoint import load
+from minigpt.checkpoint import load, load_checkpoint
 from minigpt.data import prepare_data
 from minigpt.model import Block, FeedForward
 from minigpt.runtime import Runtime
@@ -108,16 +110,16 @@ def test_training_without_the_mask_cheats(tmp_path):
     options = {"train.max_steps": "300", "train.lr": "6e-3", "train.eval_interval": "300",
                "train.batch_size": "8", "train.sample_tokens": "0", "model.pos_encoding": "rope",
                "model.embed_dim": "64", "model.num_layers": "1"}
+    cheat_cfg = run_config(tmp_path, **options, **{"model.causal": "false",
+                                                   "train.run_name": "cheat"})
     with pytest.warns(UserWarning, match="model.causal = false"):
-        cheat = train(run_config(tmp_path, **options, **{"model.causal": "false",
-                                                          "train.run_name": "cheat"}),
-                      progress=False)
+        cheat = train(cheat_cfg, progress=False)
     honest = train(run_config(tmp_path, **options, **{"train.run_name": "honest"}), progress=False)
     assert sum(cheat.losses[-10:]) / 10 < 0.3 and sum(honest.losses[-10:]) / 10 > 1.0
     runtime = Runtime(torch.device("cpu"))
     val = prepare_data(run_config(tmp_path).data, 16).val
     assert split_loss(cheat.model, val, 8, runtime) < 0.5  # it reads val's answers too
-    generating = ablation.generating_loss(cheat.model, val, 8, runtime)
+    generating = ablation.generating_loss(cheat.model, cheat_cfg)
     assert generating > split_loss(honest.model, val, 8, runtime) + 1.0
 
 
@@ -143,3 +145,28 @@ def test_the_ablation_command_trains_each_run_under_one_parent(tmp_path, capsys)
 def test_the_ablation_command_refuses_a_bad_budget(tmp_path):
     with pytest.raises(ValueError, match="--max-steps must be > 0"):
         ablation.main(["--max-steps", "0", "--out-dir", str(tmp_path)])
+
+
+def test_ctrl_c_stops_the_ablation_with_the_table_of_the_runs_that_finished(tmp_path, monkeypatch,
+                                                                            capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(f'[model]\ncontext_length = 16\nembed_dim = 32\nnum_heads = 2\n'
+                      f'num_layers = 1\n[data]\ncache_dir = "{(tmp_path / "cache").as_posix()}"\n'
+                      f'[train]\nbatch_size = 4\neval_interval = 3\nsample_tokens = 0\n'
+                      f'warmup_steps = 1\ndevice = "cpu"\n')
+
+    def ctrl_c_in_the_second_run(cfg, **kwargs):
+        def on_step(step, total):
+            if cfg.train.run_name == "no-ffn" and step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        return train(cfg, on_step=on_step, **kwargs)
+
+    monkeypatch.setattr(ablation, "train", ctrl_c_in_the_second_run)
+    code = ablation.main(["--config", str(config), "--only", "baseline", "no-ffn", "single-head",
+                          "--max-steps", "6", "--out-dir", str(tmp_path / "runs"), "--quiet"])
+    assert code == 130
+    (parent,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in parent.iterdir()) == ["baseline", "no-ffn", "results.md"]
+    assert load_checkpoint(parent / "no-ffn" / "last.pt")["step"] == 2
+    table = (parent / "results.md").read_text().splitlines()
+    assert len(table) == 3 and table[2].startswith("| baseline |")

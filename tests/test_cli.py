@@ -9,6 +9,7 @@ import pytest
 from conftest import run_config
 
 from minigpt.cli import run_cli
+from minigpt.config import LIMITS
 from minigpt.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,9 @@ def bad_inputs(tmp_path):
         (["--model.context_length", str(10**9)], "needs more than model.context_length"),
         (["--model.embed_dim", str(2**20), "--model.num_heads", "1"], "parameters and needs"),
         (["--train.threads", str(10**6)], "train.threads must be at most"),
-        (["--train.sample_tokens", str(10**9)], "train.sample_tokens must be at most"),
+        *[([f"--train.{key}", str(10**20)], f"train.{key} must be at most {limit:,}")
+          for key, limit in LIMITS.items()],
+        (["--model.embed_dim", str(10**20), "--model.num_heads", "3"], "try num_heads in [1, 2, 4"),
         (["--data.bpe_vocab_size", str(10**9), "--data.tokenizer", "bpe"],
          "data.bpe_vocab_size must be in"),
         (["--train.seed", "-1"], "train.seed must be in"),

@@ -196,7 +196,8 @@ def test_absolute_positions_refuse_sequences_longer_than_context():
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(embed_dim=30, num_heads=4), "divisible by model.num_heads"),
+    (dict(embed_dim=30, num_heads=4), r"divisible by model.num_heads.*try num_heads in \[1, 2, 3, 5"),
+    (dict(embed_dim=10**20, num_heads=3), r"try num_heads in \[1, 2, 4, 5, 8, .*, 50, 64\]"),
     (dict(num_layers=0), "num_layers must be a positive integer"),
     (dict(vocab_size=-3), "vocab_size must be a positive integer"),
     (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),

@@ -210,13 +210,40 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(tmp_path, monkeypatch)
     monkeypatch.setattr(training, "lm_loss", poisoned)
     cfg = run_config(tmp_path, **{"train.eval_interval": 4, "train.checkpoint_interval": 4,
                                   "train.eval_batches": 1})
-    with pytest.raises(TrainingError, match=r"loss became nan at step \d+; stopped"):
+    kept = r"stopped \(the checkpoints in .* are the last good ones\)"
+    with pytest.raises(TrainingError, match=r"loss became nan at step \d+; " + kept):
         train(cfg, progress=False)
     run_dir = tmp_path / "runs" / "test"
     state = load_checkpoint(run_dir / "last.pt")
     assert state["step"] == 4
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert math.isfinite(load_checkpoint(run_dir / "best.pt")["best_val_loss"])
+
+
+@pytest.mark.parametrize("eval_interval,message", [
+    (4, r"the train loss at the evaluation became nan after step 4; stopped \(the checkpoints"),
+    (100, r"the weights became NaN or infinite after step 4; stopped \(the checkpoints")])
+def test_weights_blown_up_by_a_step_are_never_saved(tmp_path, monkeypatch, eval_interval,
+                                                    message):
+    """A step with a finite loss can still make the weights NaN (too high a learning rate): the
+    evaluation or the save right after it stops the run, and the checkpoints stay good."""
+    real_step, steps = training.Trainer.step, []
+
+    def blowing_up(self, next_batch):
+        result = real_step(self, next_batch)
+        steps.append(1)
+        if len(steps) == 4:
+            with torch.no_grad():
+                self.model.head.weight.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(training.Trainer, "step", blowing_up)
+    cfg = run_config(tmp_path, **{"train.eval_interval": eval_interval, "train.eval_batches": 1,
+                                  "train.checkpoint_interval": 2})
+    with pytest.raises(TrainingError, match=message):
+        train(cfg, progress=False)
+    state = load_checkpoint(tmp_path / "runs" / "test" / "last.pt")
+    assert state["step"] == 2 and all(torch.isfinite(t).all() for t in state["model"].values())
 
 
 def test_sigint_saves_last_checkpoint_and_resume_finishes(tmp_path):
