@@ -68,17 +68,17 @@ def read_prompt(args: argparse.Namespace) -> str:
             return f.read()
     except UnicodeDecodeError:
         raise InputError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a name no file can have (a NUL)
         raise InputError(f"prompt file {args.prompt_file} cannot be read: "
-                         f"{err.strerror or err}") from None
+                         f"{getattr(err, 'strerror', None) or err}") from None
 
 
 def save_attention(path: str, seen) -> None:
     """Every layer's attention over the prompt as one PNG: a row of heads per layer."""
     try:
         layers_image(seen.attentions, seen.tokens).save(path, format="PNG")
-    except OSError as err:
-        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+    except (OSError, ValueError) as err:  # ValueError: a name no file can have (a NUL)
+        raise InputError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}") from None
     print(f"wrote {path}: {len(seen.attentions)} layers x {seen.attentions[0].size(0)} heads over "
           f"the tokens {seen.tokens}", file=sys.stderr)
 

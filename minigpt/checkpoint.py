@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from minigpt.errors import CheckpointError
-from minigpt.files import atomic_write
+from minigpt.files import atomic_write, path_problem
 from minigpt.gpt2 import gpt2_description, hub_directory, is_gpt2_dir, load_gpt2
 from minigpt.model import GPT, ModelConfig
 from minigpt.tokenizer import Tokenizer, tokenizer_from_dict
@@ -42,6 +42,13 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
                               f"checkpoint there, if any, is unchanged") from None
 
 
+def check_path(path: str | Path) -> None:
+    """Refuse, with a CheckpointError, a path that no file system can hold (see path_problem)."""
+    problem = path_problem(path)
+    if problem:
+        raise CheckpointError(f"{str(path)[:80]!r} cannot be a checkpoint path: {problem}")
+
+
 def newest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint a run would resume from: last.pt, else best.pt, else None (a run stopped
     before its first save)."""
@@ -52,6 +59,7 @@ def newest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file: path itself, or a run directory's best.pt (else last.pt)."""
+    check_path(path)
     path = Path(path)
     if path.is_dir():
         for name in CHECKPOINT_NAMES:
@@ -158,6 +166,8 @@ def looks_like_hub_name(path: str | Path) -> bool:
 def gpt2_source(path: str | Path | None) -> Path | None:
     """The GPT-2 directory that path names: itself, or a hub name's download; None for a
     minigpt checkpoint or run."""
+    if path is not None:
+        check_path(path)
     if path is not None and is_gpt2_dir(path):
         return Path(path)
     if path is not None and looks_like_hub_name(path):

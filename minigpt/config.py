@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from minigpt.errors import ConfigError
+from minigpt.files import path_problem
 from minigpt.model import ModelConfig
 
 # Upper bounds of the counts: far beyond any real run, and low enough that a typo (an extra
@@ -81,6 +82,7 @@ class DataConfig:
                               f"{self.bpe_vocab_size}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check_paths("data", self, ["path", "cache_dir"])
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class TrainConfig:
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, "
                               f"got {self.device!r}")
+        _check_paths("train", self, ["out_dir", "init_from", "run_name"])
         if self.run_name and not portable_name(self.run_name):
             raise ConfigError(f"train.run_name must be a plain file name that every OS accepts "
                               f"(no / \\ : * ? \" < > |, no trailing dot or space, not a "
@@ -177,6 +180,13 @@ class Config:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # The tokenizer decides the vocabulary size; it is not a setting.
 DERIVED_KEYS = {("model", "vocab_size")}
+
+
+def _check_paths(section: str, values, names: list[str]) -> None:
+    for name in names:
+        problem = path_problem(getattr(values, name))
+        if problem:
+            raise ConfigError(f"{section}.{name} cannot be a file name: {problem}; choose another")
 
 
 def _check_choice(key: str, value, choices) -> None:

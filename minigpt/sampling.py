@@ -42,6 +42,7 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
     # A token is dropped when the mass before it already reaches p; the top token never is.
     mass_before = torch.cumsum(probs, dim=-1) - probs
     drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # even when p is below float32's smallest number (it becomes 0)
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -56,6 +57,10 @@ def sample_next(
     """Choose one token per row from logits (B, V) -> (B,). Temperature 0 is greedy argmax."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
-    probs = torch.softmax(logits.float(), dim=-1)
+    logits = logits.float()
+    # Shifted so that the largest is 0 (softmax does not change) and divided by at least 1e-30
+    # (float32 holds it): a tiny temperature sends the others far below 0, where dividing the
+    # raw logits would give +-inf, or 0/0 below float32's range, and NaN probabilities.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, 1e-30)
+    probs = torch.softmax(top_p_filter(top_k_filter(logits, top_k), top_p), dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

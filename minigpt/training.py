@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from minigpt.checkpoint import (
     CHECKPOINT_NAMES,
+    check_path,
     describe,
     load,
     load_checkpoint,
@@ -404,6 +405,7 @@ def _settable(values: dict) -> dict:
 
 def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
     """The config of the run in run_dir (its config.json), with train.* keys overridden."""
+    check_path(run_dir)
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.json); pass the "

@@ -52,6 +52,10 @@ def bad_inputs(tmp_path):
         (["--data.path", str(tmp_path / "tiny.txt"), "--data.tokenizer", "char"],
          "validation split has 2 tokens"),
         (["--resume", str(tmp_path / "no-run")], "not a run directory"),
+        (["--resume", "r" * 300], "cannot be a checkpoint path: it is longer than file systems"),
+        (["--eval-only", "--resume", "r/" * 3000], "cannot be a checkpoint path: it is longer"),
+        (["--train.out_dir", "o" * 300], "train.out_dir cannot be a file name: it is longer"),
+        (["--train.init_from", "w" * 300], "train.init_from cannot be a file name: it is longer"),
         (["--train.device", "tpu"], "train.device must be"),
         (["--bogus"], "unrecognized argument --bogus"),
         # non-finite numbers, for every float key

@@ -48,6 +48,9 @@ def test_int_in_toml_is_accepted_for_float(tmp_path):
     ("[data]\nval_fraction = 1.5\n", r"data.val_fraction must be in \(0, 1\)"),
     ("train = 3\n", r"\[train\] must be a table"),
     ("[train\nlr = 1\n", r"is not valid TOML"),
+    ('[data]\npath = "a\\u0000b"\n', r"data.path cannot be a file name: it holds a NUL"),
+    ('[train]\nout_dir = "runs\\u0000"\n', r"train.out_dir cannot be a file name: it holds a NUL"),
+    (f'[data]\ncache_dir = "{"c" * 300}"\n', r"data.cache_dir cannot be a file name: it is longer"),
 ])
 def test_bad_config_files_fail_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

@@ -40,10 +40,18 @@ def test_top_p_of_one_keeps_all(p):
     assert torch.equal(top_p_filter(LOGITS, p), LOGITS)
 
 
-def test_tiny_top_p_keeps_the_top_token_only():
-    out = top_p_filter(LOGITS, 1e-9)
+@pytest.mark.parametrize("p", [1e-9, 1e-300])  # 1e-300 is 0 in float32
+def test_tiny_top_p_keeps_the_top_token_only(p):
+    out = top_p_filter(LOGITS, p)
     assert torch.isfinite(out).sum(-1).tolist() == [1, 1]
-    assert sample_next(LOGITS, 1.0, top_p=1e-9).tolist() == [1, 2]
+    assert sample_next(LOGITS, 1.0, top_p=p).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-45, 1e-300, 5e-324])
+def test_a_tiny_temperature_is_all_but_greedy(temperature):
+    """logits / T would overflow to +-inf (and NaN probabilities) below about 1e-38."""
+    logits = torch.randn(64, 100, generator=torch.Generator().manual_seed(0)) * 10
+    assert torch.equal(sample_next(logits, temperature), logits.argmax(-1))
 
 
 def test_temperature_zero_is_greedy():

@@ -85,6 +85,10 @@ def generate_cases(tmp_path: Path, run_dir: Path) -> list[tuple[list[str], str]]
         (["--checkpoint", str(tmp_path / "binary.pt")], "not a checkpoint"),
         (["--checkpoint", str(ROOT / "README.md")], "not a checkpoint"),
         ([*ck, "--device", "quantum"], "device"),
+        (["--checkpoint", "b" * 300], "cannot be a checkpoint path: it is longer"),
+        ([*ck, "--save-attention", "a" * 300 + ".png"], "cannot write"),
+        ([*ck, "--temperature", "1e-300"], None),  # fine: all but greedy, no NaN
+        ([*ck, "--top-p", "1e-300"], None),  # fine: the top token only
         ([*ck, "--prompt", "x", "--prompt-file", str(ROOT / "README.md")], "not both"),
         ([*ck, "--unknown-flag"], "unrecognized arguments"),
     ]
