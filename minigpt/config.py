@@ -272,7 +272,7 @@ def read_toml(path: Path) -> dict:
         raise ConfigError(f"config file {path} not found; see configs/ for examples")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:  # too deep
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None

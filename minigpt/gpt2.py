@@ -130,7 +130,7 @@ def gpt2_tokenizer(directory: Path) -> BPETokenizer:
     try:
         vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
         lines = (directory / "merges.txt").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{directory} lacks a readable vocab.json and merges.txt (GPT-2's "
                               f"tokenizer files): {err}") from None
     to_byte = {char: b for b, char in bytes_to_unicode().items()}
@@ -159,7 +159,7 @@ def gpt2_description(directory: str | Path) -> tuple[ModelConfig, BPETokenizer]:
                               f"config.json and {' or '.join(WEIGHT_FILES)})")
     try:
         values = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{directory / 'config.json'} is damaged: {err}") from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{directory / 'config.json'} does not hold a JSON object")

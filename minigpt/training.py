@@ -412,7 +412,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
                               f"directory that train.py printed")
     try:
         values = _settable(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{path} is damaged: {err}") from None
     for key, text in (overrides or {}).items():
         if not key.startswith("train."):

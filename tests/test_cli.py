@@ -36,6 +36,9 @@ def bad_inputs(tmp_path):
     (tmp_path / "binary.bin").write_bytes(bytes(range(256)))
     (tmp_path / "tiny.txt").write_text("just a few words here")
     (tmp_path / "bad.toml").write_text("[train]\nlr = 'x'\n")
+    (tmp_path / "deep.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    (tmp_path / "deep-run").mkdir()
+    (tmp_path / "deep-run" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     return [
         (["--train.lrr", "1"], "unknown key 'train.lrr' (did you mean 'lr'?)"),
         (["--trian.lr", "1"], "unknown section 'trian'"),
@@ -52,6 +55,8 @@ def bad_inputs(tmp_path):
         (["--data.path", str(tmp_path / "tiny.txt"), "--data.tokenizer", "char"],
          "validation split has 2 tokens"),
         (["--resume", str(tmp_path / "no-run")], "not a run directory"),
+        (["--config", str(tmp_path / "deep.toml")], "deep.toml is not valid TOML"),
+        (["--resume", str(tmp_path / "deep-run")], "config.json is damaged"),
         (["--resume", "r" * 300], "cannot be a checkpoint path: it is longer than file systems"),
         (["--eval-only", "--resume", "r/" * 3000], "cannot be a checkpoint path: it is longer"),
         (["--train.out_dir", "o" * 300], "train.out_dir cannot be a file name: it is longer"),
