@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train(cfg, resume=args.resume, progress=not args.quiet, log=tqdm.write)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best val loss {result.best_val_loss:.4f} after {result.step} steps")
-        prompt = cfg.train.sample_prompt or "..."
-        print(f"sample:   python generate.py --checkpoint {result.run_dir} --prompt \"{prompt}\"")
+        prompt = f' --prompt "{result.prompt}"' if result.prompt else ""  # none: it could not
+        print(f"sample:   python generate.py --checkpoint {result.run_dir}{prompt}")  # be encoded
         print(f"inspect:  tensorboard --logdir {result.run_dir.parent}")
         if result.stopped_by:
             print(f"resume:   python train.py --resume {result.run_dir}")

@@ -193,7 +193,8 @@ def probe_snapshot(model: GPT, ids: list[int], top_k: int = 5) -> dict:
     seen = model.inspect(torch.tensor([ids], device=model.token_emb.weight.device))
     model.train(was_training)
     hidden = torch.stack([seen.embeddings[0], *(h[0] for h in seen.hidden_states)])
-    top = torch.softmax(logit_lens(model, hidden).float(), dim=-1).topk(top_k, dim=-1)
+    probs = torch.softmax(logit_lens(model, hidden).float(), dim=-1)
+    top = probs.topk(min(top_k, probs.size(-1)), dim=-1)  # a vocabulary may have fewer
     return {"attention": torch.stack([a[0] for a in seen.attentions]).half().cpu(),
             "lens_ids": top.indices.int().cpu(), "lens_probs": top.values.half().cpu()}
 

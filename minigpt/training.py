@@ -67,6 +67,7 @@ class TrainResult:
     stopped_by: str | None = None  # the signal name when interrupted
     target_step: int | None = None  # the step whose val loss reached train.target_val_loss
     model: GPT | None = None  # the trained model, as it is at the end
+    prompt: str = ""  # train.sample_prompt if the tokenizer could encode it, else ""
 
 
 # ----------------------------------------------------------------------------- the step
@@ -179,6 +180,7 @@ class Run:
                  directory: Path, probe: list[int]):
         self.cfg, self.runtime, self.data, self.trainer = cfg, runtime, data, trainer
         self.dir, self.probe = directory, probe
+        self.prompt = ""  # train.sample_prompt when it is the probe prompt (see probe_ids)
         self.step, self.best_val = 0, float("inf")
         self.batches = torch.Generator().manual_seed(cfg.train.seed)  # draws every rank's batches
         self.snapshots: dict | None = None  # snapshots.pt's contents, once the first is kept
@@ -200,7 +202,7 @@ class Run:
         data = prepare_data(cfg.data, cfg.model.context_length, tokenizer)
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
         check_fits(cfg.model, cfg.train, runtime.device)
-        probe = probe_ids(data, cfg)
+        probe, prompt = probe_ids(data, cfg)
         directory = Path(resume) if resume is not None else new_run_dir(cfg)
         if runtime.master:
             clear_unstarted(directory)
@@ -211,7 +213,7 @@ class Run:
             model.load_state_dict(initial_weights(init[0], cfg.model))
         model = model.to(runtime.device)
         run = cls(cfg, runtime, data, Trainer(model, cfg.train, runtime), directory, probe)
-        run.stop = stop or StopRequest()
+        run.stop, run.prompt = stop or StopRequest(), prompt
         if state is not None:
             run.load_state_dict(state)
         return run
@@ -383,18 +385,26 @@ def check_fits(cfg: ModelConfig, tc: TrainConfig, device: torch.device) -> None:
                           f"tokens per step)")
 
 
-def probe_ids(data: Dataset, cfg: Config) -> list[int]:
-    """The prompt of the logged samples and attention images (at most 32 tokens)."""
+def probe_ids(data: Dataset, cfg: Config) -> tuple[list[int], str]:
+    """The prompt of the logged samples and attention images (at most 32 tokens), and its text:
+    the tokens of train.sample_prompt, else the start of the val split (and ""). A prompt that the
+    tokenizer cannot encode (the default one, with a tokenizer learned from another text) costs a
+    warning, not the run."""
     limit = min(32, cfg.model.context_length)
-    if not cfg.train.sample_prompt:
-        return data.val[:limit].tolist()
+    problem = None
     try:
         ids = data.tokenizer.encode(cfg.train.sample_prompt)
+        if cfg.train.sample_prompt and not ids:
+            problem = "it holds no tokens"
     except ValueError as err:
-        raise ConfigError(f"train.sample_prompt cannot be encoded: {err}") from None
+        ids, problem = [], str(err)
+    if problem:
+        warnings.warn(f"train.sample_prompt {cfg.train.sample_prompt[:40]!r} cannot be the probe "
+                      f"prompt ({problem}); the samples and attention images start from the "
+                      f"validation text instead", stacklevel=2)
     if not ids:
-        raise ConfigError("train.sample_prompt holds no tokens; set some text or leave it empty")
-    return ids[-limit:]
+        return data.val[:limit].tolist(), ""
+    return ids[-limit:], cfg.train.sample_prompt
 
 
 def _settable(values: dict) -> dict:
@@ -675,7 +685,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
         bar = tqdm(total=tc.max_steps, initial=run.step, disable=not (progress and master),
                    dynamic_ncols=True, unit="step")
         say = (bar.write if progress else log) if master else (lambda line: None)
-        result = TrainResult(run.dir, run.step, run.best_val)
+        result = TrainResult(run.dir, run.step, run.best_val, prompt=run.prompt)
         try:
             while (run.step < min(tc.max_steps, stop_at or tc.max_steps)
                    and not run.runtime.any_rank(stop.reason is not None)):

@@ -21,6 +21,7 @@ from minigpt.checkpoint import load, load_checkpoint
 from minigpt.config import TrainConfig
 from minigpt.errors import CheckpointError, TrainingError
 from minigpt.generation import generate_text
+from minigpt.inspection import load_snapshots
 from minigpt.model import GPT, ModelConfig
 from minigpt.tracking import hparams
 from minigpt.training import lr_at, resume_config, train
@@ -379,3 +380,23 @@ def test_eval_batches_zero_makes_evaluations_exact_and_eval_only_prints_them(tmp
     refused = subprocess.run([sys.executable, str(ROOT / "train.py"), "--eval-only"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and refused.stderr.startswith("error: --eval-only evaluates")
+
+
+def test_own_text_with_a_prompt_it_cannot_encode_and_a_tiny_vocabulary_trains(tmp_path):
+    """Your own text, with the default sample prompt, which a char tokenizer learned from it may
+    not encode: a warning, the probe taken from the val text, no suggested --prompt. As words the
+    text has a 4-token vocabulary, fewer than the logit lens's top 5 kept at every evaluation."""
+    text = tmp_path / "ab.txt"
+    text.write_text("ab ba\n" * 400)
+    cfg = run_config(tmp_path, **{"data.path": text, "data.tokenizer": "char",
+                                  "train.sample_prompt": "the cat"})
+    with pytest.warns(UserWarning, match="train.sample_prompt 'the cat' cannot be the probe"):
+        result = train(cfg, progress=False)
+    assert result.step == 8 and result.prompt == ""
+    kept = load_snapshots(result.run_dir)
+    assert kept["steps"] == [4, 8] and len(kept["tokens"]) == 16  # the val text's first 16
+    words = train(run_config(tmp_path, **{"data.path": text, "data.tokenizer": "word",
+                                          "train.sample_prompt": "ab", "train.run_name": "words"}),
+                  progress=False)
+    assert words.prompt == "ab"
+    assert load_snapshots(words.run_dir)["snapshots"][-1]["lens_ids"].shape[-1] == 4
