@@ -47,6 +47,7 @@ import torch
 from minigpt.cli import ArgumentParser, run_cli
 from minigpt.config import TrainConfig, load_config
 from minigpt.errors import InputError
+from minigpt.files import path_problem
 from minigpt.gpt2 import export_gpt2, load_gpt2
 from minigpt.inspection import inspect_prompt
 from minigpt.model import GPT, ModelConfig
@@ -418,6 +419,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bad = [item for item in args.set if "=" not in item]
     if bad:
         parser.error(f"--set takes KEY=VALUE, got {bad[0]!r}")
+    problem = path_problem(args.json) or (None if Path(args.json).absolute().parent.is_dir()
+                                          else "its folder does not exist")
+    if problem:  # found now, not after minutes of measuring
+        parser.error(f"--json {args.json[:80]!r} cannot be written: {problem}")
     return args
 
 

@@ -142,6 +142,8 @@ def test_bad_speedrun_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
         (["--target", "-1"], 2, "--target must be a val loss > 0"),
         (["--set", "train.lr=fast"], 1, "train.lr must be float, got 'fast'"),
         (["--config", str(tmp_path / "nowhere.toml")], 1, "not found"),
+        (["--json", str(tmp_path / "no" / "b.json")], 2, "cannot be written: its folder does not"),
+        (["--json", "b" * 300], 2, "cannot be written: it is longer than file systems allow"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             run_cli(lambda args=args: bench.main(["speedrun", "--json", str(tmp_path / "b.json"),
