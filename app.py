@@ -21,7 +21,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from minigpt.checkpoint import list_runs, load
+from minigpt.checkpoint import check_path, list_runs, load
 from minigpt.config import load_config
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
@@ -180,6 +180,7 @@ def choose_model():
                 f"or run `python train.py` and reload.")
         return None
     try:
+        check_path(path)  # before the OS calls below, which fail on such a path in many ways
         modified = max((p.stat().st_mtime for p in path.glob("*.pt")), default=0.0) \
             if path.is_dir() else (path.stat().st_mtime if path.exists() else 0.0)
         model, tokenizer = load_model(str(path), modified)

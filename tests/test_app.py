@@ -192,7 +192,7 @@ def test_the_page_says_what_the_command_line_would_warn_about(app_with_runs):
 def test_a_bad_checkpoint_path_shows_a_short_error_without_its_contents(app, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"SECRET-CONTENTS not a checkpoint")
     app.run()
-    for path in (str(tmp_path / "missing.pt"), str(tmp_path / "junk.pt")):
+    for path in (str(tmp_path / "missing.pt"), str(tmp_path / "junk.pt"), "x" * 300, "a\0b"):
         app.text_input(key="checkpoint").input(path).run()
         assert not app.exception
         message = app.error[0].value
