@@ -18,7 +18,7 @@ from tqdm import tqdm
 from minigpt.cli import ArgumentParser
 from minigpt.config import Config, describe_keys, load_config, read_toml
 from minigpt.errors import ConfigError
-from minigpt.runtime import tune_process
+from minigpt.runtime import torchrun_ranks, tune_process
 from minigpt.training import evaluate_run, init_config, resume_config, train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = run_config(args, overrides)
     tune_process()  # process-wide speed settings (glibc keeps freed memory; TF32 on CUDA)
     result = train(cfg, resume=args.resume, progress=not args.quiet, log=tqdm.write)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if (torchrun_ranks() or (0,))[0] == 0:  # rank 0 prints what to do next
         print(f"best val loss {result.best_val_loss:.4f} after {result.step} steps")
         prompt = f' --prompt "{result.prompt}"' if result.prompt else ""  # none: it could not
         print(f"sample:   python generate.py --checkpoint {result.run_dir}{prompt}")  # be encoded

@@ -92,6 +92,29 @@ def physical_memory() -> int | None:
     return status.total_physical
 
 
+TORCHRUN = ("start the processes with torchrun (torchrun --nproc_per_node=N train.py ...), or "
+            "unset RANK and WORLD_SIZE to train in one process")
+
+
+def torchrun_ranks() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from the environment torchrun sets, checked; None for a
+    single process (neither RANK nor WORLD_SIZE set)."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
+        return None
+    given = {name: os.environ.get(name) for name in names}
+    try:
+        rank, world = int(given["RANK"]), int(given["WORLD_SIZE"])
+        local = int(given["LOCAL_RANK"] or rank)
+    except (TypeError, ValueError):
+        rank = world = local = -1
+    if not 0 <= rank < world or local < 0 or not given["MASTER_ADDR"] or not given["MASTER_PORT"]:
+        shown = ", ".join(f"{name}={value!r}" for name, value in given.items())
+        raise ConfigError(f"the torchrun environment is incomplete or inconsistent ({shown}); "
+                          f"{TORCHRUN}")
+    return rank, world, local
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
@@ -103,15 +126,15 @@ class Runtime:
     @classmethod
     def from_config(cls, tc) -> "Runtime":
         """From train.device / train.precision / train.threads and torchrun's environment."""
-        distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-        rank = int(os.environ["RANK"]) if distributed else 0
+        ranks = torchrun_ranks()
+        rank, world_size, local_rank = ranks or (0, 1, 0)
         device = resolve_device(tc.device)
-        if distributed and device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        if ranks and device.type == "cuda":
+            device = torch.device("cuda", local_rank)
         if tc.threads:  # asked for explicitly by the config
             torch.set_num_threads(tc.threads)
-        return cls(device, resolve_precision(tc.precision, device), rank,
-                   int(os.environ["WORLD_SIZE"]) if distributed else 1, distributed)
+        return cls(device, resolve_precision(tc.precision, device), rank, world_size,
+                   ranks is not None)
 
     @property
     def master(self) -> bool:

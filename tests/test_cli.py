@@ -96,6 +96,18 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys):
         assert not (tmp_path / "runs").exists(), args
 
 
+@pytest.mark.parametrize("env", [{"RANK": "abc"}, {"RANK": "3"}, {"RANK": "0", "WORLD_SIZE": "x"},
+                                 {"RANK": "2", "WORLD_SIZE": "2"},
+                                 {"RANK": "0", "WORLD_SIZE": "2"}])  # no MASTER_ADDR: no torchrun
+def test_a_broken_torchrun_environment_is_one_line(tmp_path, capsys, monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_train(capsys, *small(tmp_path))
+    assert code == 1 and not (tmp_path / "runs").exists()
+    assert err.startswith("error: the torchrun environment is incomplete or inconsistent (RANK=")
+    assert "unset RANK and WORLD_SIZE" in err and len(err.strip().splitlines()) == 1
+
+
 def test_existing_runs_are_untouched_by_a_failed_start(tmp_path, capsys):
     result = train(run_config(tmp_path), progress=False)
     before = {p.name: p.read_bytes() for p in result.run_dir.iterdir() if p.is_file()}
