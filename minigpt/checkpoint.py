@@ -109,12 +109,19 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a minigpt checkpoint")
     version = state.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path} has no valid format version ({version!r}); the file is "
+                              f"damaged")
+    if version > VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {version}, newer than this "
                               f"minigpt reads ({VERSION}); upgrade minigpt")
     for key in ("model", "model_config", "tokenizer"):
         if key not in state:
             raise CheckpointError(f"{path} is missing {key!r}; the file is damaged")
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path} holds no weights (its 'model' is a "
+                              f"{type(state['model']).__name__}, not a dict of tensors); the file "
+                              f"is damaged")
     return state
 
 

@@ -74,6 +74,21 @@ def test_newer_format_version(trained, tmp_path):
         load_checkpoint(tmp_path / "future.pt")
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("version", "2", r"no valid format version \('2'\); the file is damaged"),
+    ("version", -5, r"no valid format version \(-5\)"),
+    ("version", True, r"no valid format version \(True\)"),
+    ("model", [1, 2], r"holds no weights \(its 'model' is a list, not a dict of tensors\)"),
+    ("model", None, r"holds no weights \(its 'model' is a NoneType"),
+])
+def test_damaged_fields_are_named(trained, tmp_path, key, value, message):
+    state = load_checkpoint(trained / "last.pt")
+    state[key] = value
+    torch.save(state, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "damaged.pt")
+
+
 class Exploit:
     def __init__(self, marker):
         self.marker = marker
