@@ -45,7 +45,7 @@ from minigpt.checkpoint import (
 )
 from minigpt.config import DERIVED_KEYS, Config, TrainConfig, build_config, parse_value
 from minigpt.data import Dataset, get_batch, prepare_data
-from minigpt.errors import CheckpointError, ConfigError, TrainingError
+from minigpt.errors import CheckpointError, ConfigError, MiniGPTError, TrainingError
 from minigpt.files import atomic_write
 from minigpt.inspection import SNAPSHOTS, load_snapshots, probe_snapshot
 from minigpt.model import GPT, ModelConfig
@@ -215,7 +215,15 @@ class Run:
         run = cls(cfg, runtime, data, Trainer(model, cfg.train, runtime), directory, probe)
         run.stop, run.prompt = stop or StopRequest(), prompt
         if state is not None:
-            run.load_state_dict(state)
+            try:
+                run.load_state_dict(state)
+            except MiniGPTError:
+                raise
+            except (KeyError, TypeError, ValueError, RuntimeError, NotImplementedError) as err:
+                raise CheckpointError(
+                    f"the checkpoint in {directory} cannot be resumed: its training state is "
+                    f"damaged ({type(err).__name__}: {str(err)[:120]}); its weights may still "
+                    f"sample, or start a new run from them with --init-from") from None
         return run
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,6 +272,11 @@ class Run:
             pass
 
     def load_state_dict(self, state: dict) -> None:
+        step, best = state["step"], state["best_val_loss"]
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= 10**9:
+            raise ValueError(f"step {step!r}")
+        if isinstance(best, bool) or not isinstance(best, (int, float)):
+            raise TypeError(f"best_val_loss {best!r}")
         self.trainer.model.load_state_dict(state["model"])
         self.trainer.load_state_dict(state)
         self.step, self.best_val = state["step"], state["best_val_loss"]
@@ -310,7 +323,12 @@ def load_resume_state(run_dir: str | Path, cfg: Config, path: Path | None = None
     if path is None:
         return None
     state = load_checkpoint(path)
-    saved = build_config(_settable(state["config"]))
+    try:
+        saved = build_config(_settable(state["config"]))
+    except (KeyError, AttributeError, TypeError, ConfigError) as err:
+        raise CheckpointError(f"{path} holds no usable run config ({type(err).__name__}: "
+                              f"{str(err)[:120]}); sample from it with generate.py, or start a "
+                              f"new run from its weights with --init-from") from None
     if (saved.model, saved.data) != (cfg.model, cfg.data):
         raise ConfigError(f"the model/data config differs from the run in {run_dir}; only "
                           f"train.* keys can change when resuming")

@@ -191,6 +191,28 @@ def test_resume_may_extend_max_steps_but_not_change_the_model(tmp_path):
         resume_config(run_dir, {"model.embed_dim": "64"})
 
 
+DAMAGED_STATES = {  # what a hand-edited or foreign last.pt may hold, and the error it gives
+    "step": ("x", "cannot be resumed: its training state is damaged \\(ValueError: step 'x'\\)"),
+    "best_val_loss": (None, "cannot be resumed: .*best_val_loss None"),
+    "rng": ({"torch": torch.zeros(3)}, "cannot be resumed: its training state is damaged"),
+    "optimizers": (None, "cannot be resumed: its training state is damaged \\(TypeError"),
+    "config": (None, "holds no usable run config"),
+}
+
+
+@pytest.mark.parametrize("key", DAMAGED_STATES)
+def test_a_damaged_training_state_is_one_error_and_the_run_stays(tmp_path, key):
+    train(run_config(tmp_path), progress=False)
+    run_dir = tmp_path / "runs" / "test"
+    state = load_checkpoint(run_dir / "last.pt")
+    state[key], message = DAMAGED_STATES[key]
+    torch.save(state, run_dir / "last.pt")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(CheckpointError, match=message):
+        train(resume_config(run_dir), resume=run_dir, progress=False)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
 def test_existing_run_directory_is_not_overwritten(tmp_path):
     train(run_config(tmp_path), progress=False)
     before = (tmp_path / "runs" / "test" / "last.pt").read_bytes()
