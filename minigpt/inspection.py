@@ -206,6 +206,21 @@ def load_snapshots(run_dir) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=True)
+        kept = torch.load(path, weights_only=True)
     except Exception:  # a damaged file only costs the pictures of training
         return None
+    return kept if _well_formed(kept) else None
+
+
+def _well_formed(kept) -> bool:
+    """Whether kept has the layout probe_snapshot's callers write: a step and an attention
+    tensor (L, H, T, T) per evaluation, T the number of probe tokens."""
+    try:
+        tokens, steps, snapshots = kept["tokens"], kept["steps"], kept["snapshots"]
+        return (all(isinstance(t, str) for t in tokens) and len(steps) == len(snapshots)
+                and all(isinstance(s, int) for s in steps)
+                and all(isinstance(s["attention"], torch.Tensor) and s["attention"].dim() == 4
+                        and s["attention"].shape[-2:] == (len(tokens), len(tokens))
+                        for s in snapshots))
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return False

@@ -18,7 +18,15 @@ from minigpt.heatmap import (
     positional_encoding_image,
     to_tensor,
 )
-from minigpt.inspection import inspect_prompt, logit_lens, position_similarity, token_probabilities
+from minigpt.inspection import (
+    SNAPSHOTS,
+    inspect_prompt,
+    load_snapshots,
+    logit_lens,
+    position_similarity,
+    probe_snapshot,
+    token_probabilities,
+)
 from minigpt.model import sinusoidal_table
 
 TEXT = "the cat sat on the mat.\n"
@@ -241,3 +249,21 @@ def test_to_tensor_is_the_layout_tensorboard_takes():
     tensor = to_tensor(image)
     assert tensor.shape == (3, 6, 10) and tensor.dtype == torch.uint8
     assert tuple(tensor[:, 4, 7].tolist()) == image.getpixel((7, 4))
+
+
+@pytest.mark.parametrize("content", [
+    [1, 2], {"steps": [1]}, {"tokens": ["a"], "steps": [1, 2], "snapshots": []},
+    {"tokens": ["a", "b"], "steps": ["x"], "snapshots": [{"attention": torch.zeros(1, 1, 2, 2)}]},
+    {"tokens": ["a", "b"], "steps": [4], "snapshots": [{"attention": torch.zeros(1, 1, 3, 3)}]},
+    {"tokens": ["a", "b"], "steps": [4], "snapshots": [{"lens": 1}]},
+    {"tokens": 5, "steps": [4], "snapshots": [{"attention": torch.zeros(2, 2)}]},
+])
+def test_snapshots_of_another_layout_are_ignored_not_shown(tmp_path, content):
+    """The app's "Watch it learn" and a resumed run read snapshots.pt; a file of another layout
+    (hand-made, foreign, damaged but loadable) counts as none, as an unreadable one does."""
+    torch.save(content, tmp_path / SNAPSHOTS)
+    assert load_snapshots(tmp_path) is None
+    model = GPT(tiny_config())
+    good = {"tokens": ["a", "b", "c"], "steps": [4], "snapshots": [probe_snapshot(model, [1, 2, 3])]}
+    torch.save(good, tmp_path / SNAPSHOTS)
+    assert load_snapshots(tmp_path)["steps"] == [4]
