@@ -92,10 +92,6 @@ def physical_memory() -> int | None:
     return status.total_physical
 
 
-TORCHRUN = ("start the processes with torchrun (torchrun --nproc_per_node=N train.py ...), or "
-            "unset RANK and WORLD_SIZE to train in one process")
-
-
 def torchrun_ranks() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) from the environment torchrun sets, checked; None for a
     single process (neither RANK nor WORLD_SIZE set)."""
@@ -111,7 +107,8 @@ def torchrun_ranks() -> tuple[int, int, int] | None:
     if not 0 <= rank < world or local < 0 or not given["MASTER_ADDR"] or not given["MASTER_PORT"]:
         shown = ", ".join(f"{name}={value!r}" for name, value in given.items())
         raise ConfigError(f"the torchrun environment is incomplete or inconsistent ({shown}); "
-                          f"{TORCHRUN}")
+                          f"start the processes with torchrun (torchrun --nproc_per_node=N "
+                          f"train.py ...), or unset RANK and WORLD_SIZE to train in one process")
     return rank, world, local
 
 

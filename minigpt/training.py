@@ -43,7 +43,7 @@ from minigpt.checkpoint import (
     newest_checkpoint,
     save_checkpoint,
 )
-from minigpt.config import DERIVED_KEYS, Config, TrainConfig, build_config, parse_value
+from minigpt.config import DERIVED_KEYS, LIMITS, Config, TrainConfig, build_config, parse_value
 from minigpt.data import Dataset, get_batch, prepare_data
 from minigpt.errors import CheckpointError, ConfigError, MiniGPTError, TrainingError
 from minigpt.files import atomic_write
@@ -273,7 +273,7 @@ class Run:
 
     def load_state_dict(self, state: dict) -> None:
         step, best = state["step"], state["best_val_loss"]
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= 10**9:
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= LIMITS["max_steps"]:
             raise ValueError(f"step {step!r}")
         if isinstance(best, bool) or not isinstance(best, (int, float)):
             raise TypeError(f"best_val_loss {best!r}")

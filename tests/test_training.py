@@ -200,17 +200,17 @@ DAMAGED_STATES = {  # what a hand-edited or foreign last.pt may hold, and the er
 }
 
 
-@pytest.mark.parametrize("key", DAMAGED_STATES)
-def test_a_damaged_training_state_is_one_error_and_the_run_stays(tmp_path, key):
+def test_a_damaged_training_state_is_one_error_and_the_run_stays(tmp_path):
     train(run_config(tmp_path), progress=False)
     run_dir = tmp_path / "runs" / "test"
-    state = load_checkpoint(run_dir / "last.pt")
-    state[key], message = DAMAGED_STATES[key]
-    torch.save(state, run_dir / "last.pt")
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    with pytest.raises(CheckpointError, match=message):
-        train(resume_config(run_dir), resume=run_dir, progress=False)
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    for key, (value, message) in DAMAGED_STATES.items():
+        state = load_checkpoint(run_dir / "best.pt")
+        state[key] = value
+        torch.save(state, run_dir / "last.pt")
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        with pytest.raises(CheckpointError, match=message):
+            train(resume_config(run_dir), resume=run_dir, progress=False)
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before, key
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):
