@@ -57,20 +57,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+MAX_PROMPT_BYTES = 16 * 2**20  # a prompt keeps only its last context_length tokens anyway
+
+
 def read_prompt(args: argparse.Namespace) -> str:
-    """The prompt text: --prompt, or the contents of --prompt-file."""
+    """The prompt text: --prompt, or the contents of --prompt-file (at most 16 MiB, so that a
+    device such as /dev/zero is refused instead of read for ever)."""
     if not args.prompt_file:
         return args.prompt or ""
     if args.prompt is not None:
         raise InputError("give --prompt or --prompt-file, not both")
     try:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise InputError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
+        with open(args.prompt_file, "rb") as f:
+            data = f.read(MAX_PROMPT_BYTES + 1)
     except (OSError, ValueError) as err:  # ValueError: a name no file can have (a NUL)
         raise InputError(f"prompt file {args.prompt_file} cannot be read: "
                          f"{getattr(err, 'strerror', None) or err}") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise InputError(f"prompt file {args.prompt_file} holds more than 16 MiB; the model reads "
+                         f"only the end of a prompt, so pass a file with just that")
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as text mode
+    except UnicodeDecodeError:
+        raise InputError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
 
 
 def save_attention(path: str, seen) -> None:

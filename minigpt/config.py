@@ -268,6 +268,8 @@ def parse_value(key: str, text: str):
 
 
 def read_toml(path: Path) -> dict:
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config path {path} is not a regular file; pass a TOML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; see configs/ for examples")
     try:

@@ -69,6 +69,8 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"data path {path} is a directory; pass a UTF-8 text file")
+    if path.exists() and not path.is_file():
+        raise DataError(f"data path {path} is not a regular file; pass a UTF-8 text file")
     if not path.is_file():
         raise DataError(f"data file {path} not found; check --data.path")
     try:

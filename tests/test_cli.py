@@ -1,6 +1,7 @@
 """train.py from the command line: bad input gives one clear line, and nothing is written."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,8 @@ def bad_inputs(tmp_path):
          "validation split has 2 tokens"),
         (["--resume", str(tmp_path / "no-run")], "not a run directory"),
         (["--config", str(tmp_path / "deep.toml")], "deep.toml is not valid TOML"),
+        (["--config", str(tmp_path)], "is not a regular file; pass a TOML file"),
+        *([(["--data.path", "/dev/zero"], "is not a regular file")] if os.name == "posix" else []),
         (["--resume", str(tmp_path / "deep-run")], "config.json is damaged"),
         (["--resume", "r" * 300], "cannot be a checkpoint path: it is longer than file systems"),
         (["--eval-only", "--resume", "r/" * 3000], "cannot be a checkpoint path: it is longer"),

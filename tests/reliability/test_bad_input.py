@@ -58,6 +58,8 @@ def generate_cases(tmp_path: Path, run_dir: Path) -> list[tuple[list[str], str]]
     (tmp_path / "binary.pt").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "prompt.bin").write_bytes(b"\xff\xfe\x00bad")
     (tmp_path / "empty_dir").mkdir()
+    with open(tmp_path / "huge.txt", "wb") as f:  # sparse: 17 MiB of NULs, as /dev/zero would give
+        f.truncate(17 * 2**20)
     ck = ["--checkpoint", str(run_dir), "--max-new-tokens", "3"]
     return [
         ([*ck, "--temperature", "-0.1"], "temperature must be a finite number >= 0"),
@@ -80,6 +82,7 @@ def generate_cases(tmp_path: Path, run_dir: Path) -> list[tuple[list[str], str]]
         ([*ck, "--prompt-file", str(tmp_path / "nope.txt")], "No such file"),
         ([*ck, "--prompt-file", str(tmp_path / "prompt.bin")], "is not UTF-8"),
         ([*ck, "--prompt-file", str(tmp_path)], "Is a directory"),
+        ([*ck, "--prompt-file", str(tmp_path / "huge.txt")], "holds more than 16 MiB"),
         (["--checkpoint", str(tmp_path / "missing.pt")], "not found"),
         (["--checkpoint", str(tmp_path / "empty_dir")], "holds no checkpoint"),
         (["--checkpoint", str(tmp_path / "binary.pt")], "not a checkpoint"),
