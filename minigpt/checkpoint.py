@@ -73,7 +73,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def list_runs(out_dir: str | Path = "runs") -> list[Path]:
-    """The run directories directly under out_dir that hold a checkpoint, newest first."""
+    """The run directories directly under out_dir that hold a checkpoint, newest first (none when
+    out_dir cannot exist)."""
+    if path_problem(out_dir):
+        return []
     runs = {p.parent for name in CHECKPOINT_NAMES for p in Path(out_dir).glob(f"*/{name}")}
     return sorted(runs, key=lambda run: max(p.stat().st_mtime for p in run.glob("*.pt")),
                   reverse=True)

@@ -34,6 +34,9 @@ def test_run_directory_resolves_to_best_checkpoint(trained):
 
 def test_latest_run_picks_the_newest(trained, tmp_path):
     assert latest_run(trained.parent) == trained
+    for nowhere in ("r" * 300, "runs\0"):  # a runs folder that cannot exist holds no run
+        with pytest.raises(CheckpointError, match="no trained run found"):
+            latest_run(nowhere)
     with pytest.raises(CheckpointError, match="no trained run found"):
         latest_run(tmp_path)
 
