@@ -135,7 +135,7 @@ def inspect_prompt(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], to
            else encode_prompt(tokenizer, prompt, model.config.context_length, drop_unknown))
     device = model.token_emb.weight.device
     with recording(sublayer_modules(model)) as parts:
-        seen = model.inspect(torch.tensor([ids], device=device))
+        seen = model.inspect(torch.tensor([ids], dtype=torch.long, device=device))
     attention_change, ffn_change = sublayer_changes(model, parts)
     hidden = [seen.embeddings[0], *(h[0] for h in seen.hidden_states)]  # L + 1 of (T, C)
     lens = []

@@ -487,7 +487,21 @@ class GPT(nn.Module):
     def inspect(self, idx: torch.Tensor) -> Inspection:
         """Run idx (B, T) through the explicit attention path, keeping every layer's attention
         weights and output, for visualising attention and comparing layer outputs."""
+        self.check_ids(idx)
         return Inspection(*self._run(idx, return_weights=True))
+
+    def check_ids(self, idx: torch.Tensor) -> None:
+        """Refuse a prompt that no embedding row fits: not integer ids, no token, or an id outside
+        the vocabulary (on CUDA the lookup would end the process with a device-side assert).
+        Generation and inspection check; the training step does not pay for it."""
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise TypeError(f"token ids must be an integer tensor, got {idx.dtype}")
+        if idx.size(-1) == 0:
+            raise ValueError("generation and inspection need at least one prompt token")
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}) (the "
+                             f"vocabulary), got ids from {low} to {high}")
 
     def new_cache(self, batch_size: int) -> KVCache:
         weight = self.token_emb.weight
@@ -523,8 +537,7 @@ class GPT(nn.Module):
         check_sampling_args(temperature, top_k, top_p)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if idx.size(1) == 0:
-            raise ValueError("generation needs at least one prompt token")
+        self.check_ids(idx)
         if past_context not in ("exact", "fast"):
             raise ValueError(f"past_context must be 'exact' or 'fast', got {past_context!r}")
         choose = choose or (lambda logits: sample_next(logits, temperature, top_k, top_p,

@@ -156,6 +156,23 @@ def test_generate_rejects_bad_controls():
         model.generate(torch.tensor([[1]]), max_new_tokens=1, temperature=-1)
 
 
+@pytest.mark.parametrize("idx,error,message", [
+    (torch.tensor([[1, 10**6]]), ValueError, r"token ids must be in \[0, 23\) \(the vocabulary\), "
+                                             r"got ids from 1 to 1000000"),
+    (torch.tensor([[-1]]), ValueError, r"must be in \[0, 23\).*from -1 to -1"),
+    (torch.tensor([[1.0]]), TypeError, "token ids must be an integer tensor, got torch.float32"),
+    (torch.zeros(1, 0, dtype=torch.long), ValueError, "need at least one prompt token"),
+])
+def test_prompts_no_embedding_fits_are_refused_before_the_lookup(idx, error, message):
+    """On CUDA an id outside the vocabulary is a device-side assert that ends the process."""
+    model = GPT(tiny_config())
+    assert model.config.vocab_size == 23
+    with pytest.raises(error, match=message):
+        model.generate(idx, max_new_tokens=1)
+    with pytest.raises(error, match=message):
+        model.inspect(idx)
+
+
 # ----------------------------------------------------------------------------- text level
 
 @pytest.fixture(scope="module")
