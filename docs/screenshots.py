@@ -37,7 +37,7 @@ WIDTH = 960  # pixels of each picture in the README
 SIDEBAR = 340  # pixels of the app's sidebar (and margin) at a 1400-pixel-wide window
 # Each picture: the tab, the file name, the text at its top and the window's height in pixels.
 SHOTS = [("Attention", "app_attention", "Layers are numbered from the input", 1000),
-         ("Layer outputs", "app_layer_outputs", "Logit lens", 1000),
+         ("Layer outputs", "app_layer_outputs", "Logit lens", 970),
          ("Layer outputs", "app_sublayers_and_norms", "What attention and the feed-forward", 1150),
          ("Positions", "app_positions", "position table", 1560),
          ("Watch it learn", "app_watch_it_learn", "The run's probe prompt", 1300)]
