@@ -176,13 +176,12 @@ def looks_like_hub_name(path: str | Path) -> bool:
 def gpt2_source(path: str | Path | None) -> Path | None:
     """The GPT-2 directory that path names: itself, or a hub name's download; None for a
     minigpt checkpoint or run."""
-    if path is not None:
-        check_path(path)
-    if path is not None and is_gpt2_dir(path):
+    if path is None:
+        return None
+    check_path(path)
+    if is_gpt2_dir(path):
         return Path(path)
-    if path is not None and looks_like_hub_name(path):
-        return hub_directory(str(path))
-    return None
+    return hub_directory(str(path)) if looks_like_hub_name(path) else None
 
 
 def load(path: str | Path | None = None, device="cpu", out_dir: str | Path = "runs"):

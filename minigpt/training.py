@@ -177,10 +177,10 @@ class Run:
     checkpointed. Build it with `Run.start`."""
 
     def __init__(self, cfg: Config, runtime: Runtime, data: Dataset, trainer: Trainer,
-                 directory: Path, probe: list[int]):
+                 directory: Path, probe: list[int], prompt: str):
         self.cfg, self.runtime, self.data, self.trainer = cfg, runtime, data, trainer
         self.dir, self.probe = directory, probe
-        self.prompt = ""  # train.sample_prompt when it is the probe prompt (see probe_ids)
+        self.prompt = prompt  # train.sample_prompt when it is the probe prompt (see probe_ids)
         self.step, self.best_val = 0, float("inf")
         self.batches = torch.Generator().manual_seed(cfg.train.seed)  # draws every rank's batches
         self.snapshots: dict | None = None  # snapshots.pt's contents, once the first is kept
@@ -212,8 +212,8 @@ class Run:
         if init is not None:
             model.load_state_dict(initial_weights(init[0], cfg.model))
         model = model.to(runtime.device)
-        run = cls(cfg, runtime, data, Trainer(model, cfg.train, runtime), directory, probe)
-        run.stop, run.prompt = stop or StopRequest(), prompt
+        run = cls(cfg, runtime, data, Trainer(model, cfg.train, runtime), directory, probe, prompt)
+        run.stop = stop or StopRequest()
         if state is not None:
             try:
                 run.load_state_dict(state)
