@@ -1,5 +1,7 @@
 """The interactive demo, driven headless with Streamlit's AppTest (and once as a real server)."""
 
+import ast
+import json
 import shutil
 import socket
 import subprocess
@@ -111,9 +113,10 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     app.selectbox(key="layer").select(2).run()
     assert not app.exception
     specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
-    # a heatmap per head; the logit lens, sublayer grid and norm bars; the position table and its
-    # similarity; temperature
-    assert len(specs) == 2 + 3 + 2 + 1
+    # the model view and a heatmap per head; the logit lens, sublayer grid and norm bars; the
+    # position table and its similarity; temperature; the run's attention in Watch it learn
+    assert len(specs) == 1 + 2 + 3 + 2 + 1 + 1
+    assert not app.get("image")  # every picture in the app is a chart
     assert sum('"top token"' in spec for spec in specs) == 1  # written in the lens grid's cells
     sublayers = next(spec for spec in specs if '"sublayer"' in spec)
     for row in ("layer 1 attention", "layer 1 FFN", "layer 2 attention", "layer 2 FFN"):
@@ -149,7 +152,13 @@ def test_the_positions_tab_shows_the_sinusoidal_table_and_the_learned_one(app_wi
 def test_a_thumbnail_of_the_model_view_opens_its_head(app_with_runs):
     app = app_with_runs
     app.run()
-    assert len(app.get("image")) >= 2 * 2  # every layer x head as a thumbnail
+    model_view = next(json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
+                      if '"facet"' in c.proto.spec and '"axis": null' in c.proto.spec)
+    assert model_view["facet"]["row"]["field"] == "layer"  # every layer x head as a thumbnail
+    assert model_view["facet"]["column"]["field"] == "head"
+    assert {"query", "key"} <= {t["field"] for t in model_view["spec"]["encoding"]["tooltip"]}
+    assert {b.key for b in app.button if b.key.startswith("open_")} == {
+        f"open_{layer}_{head}" for layer in (1, 2) for head in (0, 1)}
     app.button(key="open_2_1").click().run()
     assert not app.exception
     assert app.selectbox(key="layer").value == 2 and app.selectbox(key="head").value == 1
@@ -174,9 +183,16 @@ def test_the_step_slider_plays_back_the_runs_evaluations(app_with_runs):
     slider = app.select_slider(key="step")
     assert slider.options == [str(s) for s in (*range(4, 30, 4), 30)]  # every evaluation
     assert slider.value == 30
-    first = [i.proto for i in app.get("image")]
+
+    def learning_chart():
+        return next(c.proto for c in app.get("vega_lite_chart")
+                    if '"facet"' in c.proto.spec and "attends to (key)" in c.proto.spec)
+
+    first = learning_chart()
+    assert any(c.value == "attention at step 30" for c in app.caption)
     slider.set_value(4).run()
-    assert not app.exception and [i.proto for i in app.get("image")] != first
+    assert not app.exception and learning_chart() != first
+    assert any(c.value == "attention at step 4" for c in app.caption)
 
 
 def test_the_page_says_what_the_command_line_would_warn_about(app_with_runs):
@@ -325,3 +341,76 @@ def test_an_ablated_model_says_what_it_lacks(monkeypatch, tmp_path, serve_as):
     assert any("Ablation: no feed-forward blocks, no causal mask" in c.value
                for c in app.sidebar.caption)
     assert "without the causal mask" in app.sidebar.warning[0].value
+
+
+CHARTS_WITHOUT_STREAMLIT = """
+import sys
+import altair as alt
+import torch
+from minigpt import charts
+from minigpt.inspection import inspect_prompt
+from minigpt.model import GPT, ModelConfig
+from minigpt.tokenizer import CharTokenizer
+
+torch.manual_seed(0)
+tokenizer = CharTokenizer("abcdefgh ")
+model = GPT(ModelConfig(vocab_size=9, context_length=16, embed_dim=16, num_heads=2,
+                        num_layers=2)).eval()
+seen = inspect_prompt(model, tokenizer, "abc dea")
+built = [charts.attention_chart(seen.attentions[0][1], seen.tokens),
+         charts.model_view_chart(seen.attentions, seen.tokens),
+         charts.layers_chart(seen.attentions, seen.tokens),
+         charts.logit_lens_chart(seen), charts.sublayer_chart(seen), charts.norm_chart(seen),
+         charts.matrix_chart(seen.hidden_states[0], "dimension", "position", "value"),
+         charts.temperature_chart(seen.next_token_probs, tokenizer, 0.8),
+         charts.probability_chart(["a", "b"], [0.5, 0.25], 7)]
+with alt.data_transformers.disable_max_rows():  # as Streamlit does; Altair stops at 5000
+    for chart in built:
+        chart.to_dict()  # validates the spec against Vega-Lite's schema
+assert "streamlit" not in sys.modules, "minigpt.charts must not need Streamlit"
+print(len(built))
+"""
+
+
+def test_the_charts_draw_an_inspection_without_streamlit():
+    """A notebook gets the app's charts from minigpt.charts alone."""
+    done = subprocess.run([sys.executable, "-c", CHARTS_WITHOUT_STREAMLIT], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["9"]
+
+
+def test_the_model_view_pools_a_long_prompt_keeping_rows_that_sum_to_one():
+    import altair as alt
+    import torch
+
+    from minigpt.charts import MODEL_VIEW_CELLS, model_view_chart, pooled
+
+    T = 2 * MODEL_VIEW_CELLS + 5  # 3 tokens a group, the last group of 2
+    causal = torch.ones(T, T).tril().bool()
+    weights = torch.randn(2, 3, T, T).masked_fill(~causal, float("-inf")).softmax(-1)
+    grouped, names = pooled(weights, [str(i) for i in range(T)], MODEL_VIEW_CELLS)
+    assert grouped.shape == (2, 3, 34, 34) and names[0] == "0-2" and names[-1] == f"99-{T - 1}"
+    torch.testing.assert_close(grouped.sum(-1), torch.ones(2, 3, 34), atol=1e-5, rtol=0)
+    torch.testing.assert_close(grouped[0, 0, 0, 0], weights[0, 0, :3, :3].sum(-1).mean())
+    with alt.data_transformers.disable_max_rows():
+        spec = model_view_chart(list(weights), [f"w{i}" for i in range(T)]).to_dict()
+    assert sum(len(rows) for rows in spec["datasets"].values()) == 2 * 3 * 34 * 34
+    short = model_view_chart(list(weights[:, :, :5, :5]), list("abcde")).to_dict()
+    assert sum(len(rows) for rows in short["datasets"].values()) == 2 * 3 * 5 * 5
+
+
+APP_FILES = [ROOT / "app.py", ROOT / "minigpt" / "charts.py",
+             *sorted((ROOT / "minigpt" / "app").glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", APP_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_app_reads_in_short_functions(path):
+    """The page, its views and its charts: no function over 60 lines, no file over 400."""
+    source = path.read_text()
+    assert len(source.splitlines()) <= 400
+    long = [f"{node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.end_lineno - node.lineno + 1 > 60]
+    assert not long

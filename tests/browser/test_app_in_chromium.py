@@ -121,18 +121,27 @@ def test_the_probability_chart_covers_every_generated_token(page):
     assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
 
 
+# What a chart draws: its canvas's pixels, or its SVG.
+PICTURE = """const canvas = arguments[0].querySelector('canvas');
+return canvas ? canvas.toDataURL() : arguments[0].querySelector('svg').outerHTML;"""
+
+
 def test_the_step_slider_changes_the_picture(page):
     open_tab(page, "Watch it learn")
-    picture = wait_for(page, lambda: [i for i in page.find_elements(
-        By.CSS_SELECTOR, "[data-testid=stImage] img") if i.is_displayed()])[0]
-    before = picture.get_attribute("src")
+
+    def picture():
+        shown = [c for c in page.find_elements(By.CSS_SELECTOR, "[data-testid=stVegaLiteChart]")
+                 if c.is_displayed()]  # the other tabs' charts are hidden
+        return page.execute_script(PICTURE, shown[0]) if len(shown) == 1 else None
+
+    before = wait_for(page, picture)
     slider = next(s for s in page.find_elements(By.CSS_SELECTOR, "[data-testid=stSlider]")
                   if "training step" in s.text)
     thumb = slider.find_element(By.CSS_SELECTOR, "[tabindex='0']")
     page.execute_script("arguments[0].focus()", thumb)
     ActionChains(page).send_keys(Keys.ARROW_LEFT).perform()  # from step 8 to step 4
-    wait_for(page, lambda: [i for i in page.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")
-                            if i.is_displayed() and i.get_attribute("src") != before])
+    wait_for(page, lambda: page.find_elements(By.XPATH, "//*[text()='attention at step 4']"))
+    wait_for(page, lambda: picture() not in (None, before))
     assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
 
 

@@ -1,0 +1,127 @@
+"""The app's page: the sidebar (which model, the sampling controls, the training panel), the
+prompt, the generated text and the tabs of views. `main()` draws it once; Streamlit runs it again
+at every widget change."""
+
+import warnings
+from pathlib import Path
+
+import streamlit as st
+
+from minigpt.app import views
+from minigpt.app.training import runs_dir, training_panel
+from minigpt.checkpoint import check_path, list_runs, load
+from minigpt.errors import MiniGPTError
+from minigpt.inspection import inspect_prompt
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint...")
+def load_model(path: str, modified: float):
+    """(model, tokenizer), cached per file and modification time so widgets respond at once."""
+    return load(path)
+
+
+def serving_locally() -> bool:
+    """Whether the server listens on the loopback address only, so every visitor is on this
+    machine (`--server.address 0.0.0.0` shares the app and turns this off)."""
+    return (st.get_option("server.address") or "") in LOOPBACK
+
+
+def choose_model():
+    """The sidebar's choice of run (and the button that trains one): (model, tokenizer, run
+    directory), or None when there is nothing to show yet."""
+    st.sidebar.header("Model")
+    out_dir = runs_dir()
+    runs = list_runs(out_dir)
+    path = st.sidebar.selectbox("Run (newest first)", runs, format_func=lambda run: run.name,
+                                key="run") if runs else None
+    if serving_locally():
+        with st.sidebar.expander("Open a checkpoint by path (this machine only)"):
+            typed = st.text_input("run directory or .pt file", key="checkpoint").strip()
+        path = Path(typed) if typed else path
+    with st.sidebar:
+        training_panel()
+    if path is None:
+        st.info(f"No trained run in {out_dir}/ yet: train the default tiny model from the sidebar, "
+                f"or run `python train.py` and reload.")
+        return None
+    try:
+        check_path(path)  # before the OS calls below, which fail on such a path in many ways
+        modified = max((p.stat().st_mtime for p in path.glob("*.pt")), default=0.0) \
+            if path.is_dir() else (path.stat().st_mtime if path.exists() else 0.0)
+        model, tokenizer = load_model(str(path), modified)
+    except (MiniGPTError, OSError) as err:
+        st.error(f"Cannot load that checkpoint: {err}")
+        return None
+    describe_model(model, tokenizer)
+    return model, tokenizer, path if path.is_dir() else path.parent
+
+
+def describe_model(model, tokenizer) -> None:
+    """The model's sizes and parts under the run list, and a warning for a non-causal one."""
+    cfg = model.config
+    st.sidebar.caption(f"{model.num_params():,} parameters; {cfg.num_layers} layers x "
+                       f"{cfg.num_heads} heads, {cfg.embed_dim} dims, {cfg.pos_encoding} positions, "
+                       f"{cfg.norm_placement}-norm; {tokenizer.kind} tokenizer, "
+                       f"{tokenizer.vocab_size} tokens" + removed_parts(cfg))
+    if not cfg.causal:
+        st.sidebar.warning("This model was trained without the causal mask: it learned to read the "
+                           "next token instead of predicting it, so its views and samples show a "
+                           "cheat, not a language model.")
+
+
+def removed_parts(cfg) -> str:
+    """The ablation switches a model was trained with, as words for the sidebar."""
+    removed = [name for name, gone in (("residual connections", not cfg.residual),
+                                       ("LayerNorm", not cfg.layer_norm),
+                                       ("feed-forward blocks", not cfg.ffn),
+                                       ("causal mask", not cfg.causal)) if gone]
+    return f". Ablation: no {', no '.join(removed)}" if removed else ""
+
+
+def sampling_controls(vocab_size: int, context_length: int) -> dict:
+    """The sampling sliders; new tokens are capped at the model's context length."""
+    st.sidebar.header("Sampling")
+    most = min(300, context_length)
+    return {
+        "temperature": st.sidebar.slider("temperature", 0.0, 2.0, 0.8, 0.05, key="temperature"),
+        "top_k": st.sidebar.slider("top-k (0 = all)", 0, min(200, vocab_size), 0, key="top_k")
+        or None,
+        "top_p": st.sidebar.slider("top-p (1 = all)", 0.05, 1.0, 1.0, 0.05, key="top_p"),
+        "max_new_tokens": st.sidebar.slider("max new tokens", 1, most, min(40, most),
+                                            key="max_new_tokens"),
+        "seed": int(st.sidebar.number_input("seed", 0, 2**31 - 1, 0, key="seed")),
+    }
+
+
+def main() -> None:
+    st.set_page_config(page_title="minigpt", layout="wide")
+    st.title("minigpt: look inside a small GPT")
+    loaded = choose_model()
+    if loaded is None:
+        return
+    model, tokenizer, run_dir = loaded
+    controls = sampling_controls(tokenizer.vocab_size, model.config.context_length)
+    prompt = st.text_input("Prompt", value="the cat sat on", key="prompt")
+    try:
+        with warnings.catch_warnings():  # said in the page instead, by prompt_notes
+            warnings.simplefilter("ignore")
+            seen = inspect_prompt(model, tokenizer, prompt)
+    except MiniGPTError as err:
+        st.error(f"That prompt cannot be used: {err}")
+        return
+    views.prompt_notes(tokenizer, prompt)
+    views.generation_view(model, tokenizer, prompt, controls)
+    attention_tab, layers_tab, positions_tab, temperature_tab, learning_tab = st.tabs(
+        ["Attention", "Layer outputs", "Positions", "Temperature", "Watch it learn"])
+    with attention_tab:
+        views.attention_view(seen, model.config)
+    with layers_tab:
+        views.layers_view(seen)
+    with positions_tab:
+        views.positions_view(model)
+    with temperature_tab:
+        views.temperature_view(seen, tokenizer, controls["temperature"])
+    with learning_tab:
+        views.learning_view(run_dir)

@@ -1,0 +1,213 @@
+"""What the app shows under the prompt: the generated text, and a view per tab (attention, layer
+outputs, positions, temperature, watch it learn). Each view lays out Streamlit widgets and text
+around charts drawn by minigpt.charts."""
+
+import html
+from pathlib import Path
+
+import streamlit as st
+
+from minigpt import charts
+from minigpt.generation import generate_text
+from minigpt.heatmap import colour
+from minigpt.inspection import load_snapshots, position_similarity, token_probabilities
+from minigpt.positions import sinusoidal_table
+from minigpt.tokenizer import WordTokenizer
+
+LAYERS_NOTE = ("Layers are numbered from the input: layer 0 is the embeddings (token and "
+               "position), layer N the output of block N.")
+POSITIONS_SHOWN, DIMENSIONS_SHOWN = 64, 128  # the rest adds cells, not insight
+
+
+def prompt_notes(tokenizer, prompt: str) -> None:
+    """Say in the page what the command line would warn about."""
+    if not prompt:
+        st.info("The prompt is empty: the model starts as if at the beginning of a new line, so "
+                "the views below show that single start token.")
+    unknown = tokenizer.unknown_words(prompt) if isinstance(tokenizer, WordTokenizer) else []
+    if unknown:
+        st.warning(f"{len(unknown)} word(s) are not in this model's vocabulary and become <unk> "
+                   f"(shown as such below): {', '.join(unknown[:10])}")
+
+
+def generation_view(model, tokenizer, prompt: str, controls: dict) -> None:
+    """The Generate button, the streamed text, and the probability of each generated token."""
+    if st.button("Generate", key="generate", type="primary"):
+        placeholder, text = st.empty(), ""  # streamed in the same box the full text stays in
+        for piece in generate_text(model, tokenizer, prompt, **controls):
+            text += piece.text
+            placeholder.code(prompt + text, language=None, wrap_lines=True)
+        placeholder.empty()
+        st.session_state["generated"] = (prompt, text)
+    if st.session_state.get("generated", (None,))[0] != prompt:
+        return
+    generated = st.session_state["generated"][1]
+    st.markdown("**Generated text** (prompt, then the model's continuation)")
+    st.code(prompt + generated, language=None, wrap_lines=True)
+    prompt_ids = tokenizer.encode(prompt) if prompt else []
+    new_ids = tokenizer.encode(tokenizer.decode(prompt_ids) + generated)[len(prompt_ids):]
+    if new_ids and prompt_ids:
+        with st.expander("Token-by-token probabilities of the generated text"):
+            # One forward pass per token: kept across reruns (a slider move reruns the page).
+            key = (id(model), prompt, generated)
+            if st.session_state.get("probabilities", (None,))[0] != key:
+                st.session_state["probabilities"] = (
+                    key, token_probabilities(model, prompt_ids + new_ids, len(prompt_ids)))
+            tokens = [tokenizer.decode([i]) for i in new_ids]
+            st.altair_chart(charts.probability_chart(tokens, st.session_state["probabilities"][1],
+                                                     len(prompt_ids)), width="stretch")
+
+
+def attention_view(seen, cfg) -> None:
+    st.caption(LAYERS_NOTE + " Each heatmap: rows are the prompt's tokens (queries), columns the "
+               "tokens each one attends to (keys); a row sums to 1.")
+    with st.expander("Model view: every layer and head at once (open one with its button)",
+                     expanded=True):
+        model_view(seen, cfg)
+    layer = st.selectbox("layer", range(1, cfg.num_layers + 1), key="layer")
+    count = len(seen.tokens)
+    columns = st.columns(4 if count <= 12 else 2 if count <= 30 else 1)
+    for head in range(cfg.num_heads):
+        with columns[head % len(columns)]:
+            st.caption(f"layer {layer}, head {head}")
+            st.altair_chart(charts.attention_chart(seen.attentions[layer - 1][head], seen.tokens,
+                                                   legend=head == cfg.num_heads - 1),
+                            width="stretch")
+    head_view(seen, layer, cfg.num_heads)
+
+
+def model_view(seen, cfg) -> None:
+    """Every layer x head as a thumbnail in one chart, in the shared palette (0 to 1); the buttons
+    under it, laid out as the thumbnails are, open a head in the heatmaps and the head view."""
+    if len(seen.tokens) > charts.MODEL_VIEW_CELLS:
+        st.caption(f"A long prompt: each thumbnail cell is a group of consecutive tokens (up to "
+                   f"{charts.MODEL_VIEW_CELLS} groups); hover a cell for the positions.")
+    st.altair_chart(charts.model_view_chart(seen.attentions, seen.tokens), width="content")
+    for layer in range(1, cfg.num_layers + 1):
+        for head, column in enumerate(st.columns(cfg.num_heads)):
+            column.button(f"layer {layer}, head {head}", key=f"open_{layer}_{head}",
+                          on_click=open_head, args=(layer, head))
+
+
+def open_head(layer: int, head: int) -> None:
+    st.session_state["layer"], st.session_state["head"] = layer, head
+
+
+def head_view(seen, layer: int, num_heads: int) -> None:
+    """Pick a head and a token: the prompt with every earlier token shaded by how much that token
+    attends to it."""
+    st.markdown(f"**Head view** (layer {layer}): where one token looks")
+    left, right = st.columns(2)
+    head = left.selectbox("head", range(num_heads), key="head")
+    labels = charts.token_labels(seen.tokens)
+    query = right.selectbox("token", range(len(labels)), index=len(labels) - 1,
+                            format_func=lambda i: labels[i], key="query")
+    weights = seen.attentions[layer - 1][head][query]
+    spans = []
+    for i, token in enumerate(seen.tokens):
+        shade = "#{:02x}{:02x}{:02x}".format(*colour(float(weights[i])))
+        ink = "black" if weights[i] > 0.5 else "white"
+        border = "2px solid #c0392b" if i == query else "none"
+        style = f"background:{shade};color:{ink};border:{border};padding:1px 3px;margin:1px"
+        title = f"{labels[i]}: {float(weights[i]):.3f}" if i <= query else "later: not visible"
+        spans.append(f'<span style="{style}" title="{html.escape(title)}">'
+                     f"{html.escape(repr(token)[1:-1]) or '&nbsp;'}</span>")
+    st.markdown(" ".join(spans), unsafe_allow_html=True)
+
+
+def layers_view(seen) -> None:
+    """The logit lens, what each sublayer adds, and what LayerNorm does to the stream."""
+    st.caption(LAYERS_NOTE)
+    st.markdown("**Logit lens**: the most likely next token read from each layer's output "
+                "(through the final norm and head); colour is its probability, hover for the "
+                "top 5.")
+    st.altair_chart(charts.logit_lens_chart(seen), width="stretch")
+    st.markdown("**What attention and the feed-forward block each add**: the size of each "
+                "sublayer's output relative to the residual stream it is added to, per token.")
+    st.caption("What am I looking at: attention moves information between tokens, the "
+               "feed-forward block (GELU MLP) transforms each token on its own. A bright cell is a "
+               "sublayer that rewrote that token; a dark one barely touched it. The colour scale is "
+               "logarithmic, as the first layer rewrites the small embeddings far more than later "
+               "layers change their input.")
+    st.altair_chart(charts.sublayer_chart(seen), width="stretch")
+    st.markdown("**What LayerNorm does to the stream**: each token vector's size (root mean "
+                "square) entering and leaving every LayerNorm, averaged over the prompt's tokens "
+                "(hover for the smallest and largest).")
+    if not seen.norm_scales:
+        st.info("This model has no LayerNorm (model.layer_norm = false, an ablation).")
+        return
+    st.caption("What am I looking at: the stream grows as the layers add to it, and differs "
+               "from token to token; every LayerNorm brings each token back to size about 1 "
+               "(times its learned gain) before a sublayer reads it, which keeps training stable.")
+    st.altair_chart(charts.norm_chart(seen), width="stretch")
+
+
+def position_table(model):
+    """The radio choice of position table: (its name, the table, what to notice in it)."""
+    cfg = model.config
+    kinds = ["sinusoidal (the deck's formula)"]
+    if cfg.pos_encoding == "learned":
+        kinds.append("learned (this model's table)")
+    else:
+        st.caption(f"This model uses {cfg.pos_encoding} positions"
+                   + ("." if cfg.pos_encoding == "sinusoidal" else
+                      ", so it adds no table: the sinusoidal one is shown for comparison."))
+    kind = st.radio("position table", kinds, horizontal=True, key="positions")
+    if kind.startswith("learned"):
+        return kind, model.pos_emb.vectors(), (
+            "trained like any weight, with no formula: compare its fingerprint picture with the "
+            "sinusoidal table's.")
+    return kind, sinusoidal_table(cfg.context_length, cfg.embed_dim), (
+        "each pair of columns is a sine and a cosine wave; the first columns change fast from one "
+        "position to the next, the later ones slowly, like the hands of a clock.")
+
+
+def positions_view(model) -> None:
+    """The deck's sinusoidal position table at this model's sizes (or the table the model learned),
+    and how alike every two positions are."""
+    cfg = model.config
+    kind, table, note = position_table(model)
+    table = table.detach().float().cpu()[:POSITIONS_SHOWN]
+    st.markdown(f"**The {kind.split()[0]} position table**: one row per position, one column per "
+                "dimension of the embedding; the row is added to the embedding of the token at "
+                "that position.")
+    st.caption("What am I looking at: " + note
+               + (f" First {DIMENSIONS_SHOWN} of {cfg.embed_dim} dimensions."
+                  if cfg.embed_dim > DIMENSIONS_SHOWN else "")
+               + (f" First {POSITIONS_SHOWN} of {cfg.context_length} positions."
+                  if cfg.context_length > POSITIONS_SHOWN else ""))
+    st.altair_chart(charts.matrix_chart(table[:, :DIMENSIONS_SHOWN], "dimension", "position",
+                                        "value"), width="stretch")
+    st.markdown("**Every position a unique fingerprint**: the cosine similarity of every two "
+                "positions' vectors.")
+    st.caption("What am I looking at: row p compares position p with every other. Only the "
+               "diagonal reaches 1, so no two positions look alike to the model, and nearby "
+               "positions are more similar than distant ones.")
+    similarity = position_similarity(table)  # the colours span its own range, for contrast
+    st.altair_chart(charts.matrix_chart(similarity, "compared with position", "position",
+                                        "similarity", domain=[float(similarity.min()), 1.0]),
+                    width="stretch")
+
+
+def temperature_view(seen, tokenizer, temperature: float) -> None:
+    st.markdown("The next-token distribution after the prompt, `softmax(logits / T)`, at the "
+                f"sidebar's temperature (T = {temperature:g}) beside lower and higher ones: low T "
+                "sharpens it, high T flattens it. T = 0 would always pick the top token.")
+    st.altair_chart(charts.temperature_chart(seen.next_token_probs, tokenizer, temperature),
+                    width="stretch")
+
+
+def learning_view(run_dir: Path) -> None:
+    """The probe prompt's attention as it was at each evaluation of the run."""
+    kept = load_snapshots(run_dir)
+    if not kept or not kept["steps"]:
+        st.info("This run kept no snapshots of its evaluations (runs trained before this version "
+                "of minigpt); train a new one to watch it learn.")
+        return
+    st.markdown("The run's probe prompt (`train.sample_prompt`) as the model saw it at every "
+                "evaluation: move the slider to watch previous-token and first-token heads form.")
+    steps = kept["steps"]
+    step = st.select_slider("training step", options=steps, value=steps[-1], key="step")
+    snapshot = kept["snapshots"][steps.index(step)]
+    st.caption(f"attention at step {step}")
+    st.altair_chart(charts.layers_chart(snapshot["attention"], kept["tokens"]), width="content")

@@ -1,0 +1,249 @@
+"""Charts of what a model does with a prompt, drawn with Altair: attention heatmaps and the model
+view, logit-lens and sublayer grids, position tables, LayerNorm sizes, temperature and token
+probabilities.
+
+    seen = inspect_prompt(model, tokenizer, "the cat sat on")   # minigpt.inspection
+    attention_chart(seen.attentions[0][1], seen.tokens)         # layer 1, head 1
+    model_view_chart(seen.attentions, seen.tokens)              # every layer x head
+    logit_lens_chart(seen).save("lens.html")
+
+Each function takes tensors or an inspection and returns an alt.Chart: a notebook shows it as it
+is, the demo app passes it to st.altair_chart. Nothing here knows about Streamlit, and the core
+library never imports this module (altair and pandas come with the `app` extra). Every chart uses
+minigpt.heatmap.PALETTE, the one colour scale of minigpt's pictures.
+"""
+
+import altair as alt
+import pandas as pd
+import torch
+
+from minigpt.heatmap import PALETTE, colours
+
+MODEL_VIEW_CELLS = 48  # the most rows a thumbnail shows: more cells than pixels add nothing
+
+
+def token_labels(tokens: list[str], start: int = 0, width: int | None = None) -> list[str]:
+    """"3:'cat'" for each token: its position (counted from start), then its text with spaces and
+    newlines visible, cut to width characters."""
+    return [f"{start + i}:{t!r}"[:width] for i, t in enumerate(tokens)]
+
+
+def _weight_colour(legend: bool = True) -> alt.Color:
+    """Attention weights in the palette: every head shares the scale [0, 1]."""
+    return alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE)),
+                     legend=alt.Legend(title="weight") if legend else None)
+
+
+def attention_chart(weights: torch.Tensor, tokens: list[str], legend: bool = True) -> alt.Chart:
+    """Heatmap of one head's (T, T) weights with token labels; hovering shows the weight. All
+    heads share the scale [0, 1], so only one of them needs the legend."""
+    labels = token_labels(tokens, width=14)
+    rows = [{"query": labels[q], "key": labels[k], "weight": float(weights[q, k])}
+            for q in range(len(tokens)) for k in range(len(tokens))]
+    axis = alt.Axis(labelOverlap=False, labelLimit=120)
+    return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
+        x=alt.X("key:N", sort=labels, title="attends to (key)",
+                axis=alt.Axis(labelOverlap=False, labelLimit=120, labelAngle=-90)),
+        y=alt.Y("query:N", sort=labels, title="token (query)", axis=axis),
+        color=_weight_colour(legend),
+        tooltip=["query", "key", alt.Tooltip("weight:Q", format=".3f")],
+    ).properties(height=max(200, 22 * len(tokens)))
+
+
+def pooled(weights: torch.Tensor, labels: list[str], most: int) -> tuple[torch.Tensor, list[str]]:
+    """(..., T, T) attention weights and their T labels, with consecutive tokens pooled into at
+    most `most` groups when T is larger: a group's weight is what its queries give the group's
+    keys, on average over the queries, so every row still sums to 1. Groups are labelled by the
+    positions they span ("8-15")."""
+    T = weights.size(-1)
+    size = -(-T // most)  # tokens per group
+    if size == 1:
+        return weights, labels
+    group = torch.arange(T) // size
+    count = int(group[-1]) + 1
+    keys = weights.new_zeros(*weights.shape[:-1], count).index_add_(-1, group, weights)
+    both = weights.new_zeros(*weights.shape[:-2], count, count).index_add_(-2, group, keys)
+    queries = torch.bincount(group).to(weights.dtype)  # the last group may be shorter
+    names = [f"{i * size}-{min((i + 1) * size, T) - 1}" for i in range(count)]
+    return both / queries[:, None], names
+
+
+def _layers_frame(weights: torch.Tensor, labels: list[str]) -> pd.DataFrame:
+    """(L, H, T, T) weights as one row per layer, head, query and key; layers counted from 1."""
+    L, H, T, _ = weights.shape
+    index = torch.cartesian_prod(*(torch.arange(n) for n in (L, H, T, T)))  # (L*H*T*T, 4)
+    return pd.DataFrame({"layer": (index[:, 0] + 1).tolist(), "head": index[:, 1].tolist(),
+                         "query": [labels[q] for q in index[:, 2].tolist()],
+                         "key": [labels[k] for k in index[:, 3].tolist()],
+                         "weight": weights.flatten().tolist()})
+
+
+def _layers_chart(weights: torch.Tensor, labels: list[str], cell: int, axes: bool) -> alt.Chart:
+    """Small multiples of cell-pixel squares (whole pixels: fractions draw seams between cells), a
+    row of heads per layer (layer 1 on top), sharing one colour legend. Where cells are narrower
+    than the text, every n-th token is labelled."""
+    shown = labels[::-(-12 // cell)]  # the labels' font is about 12 pixels high
+
+    def axis(title: str, angle: int):
+        return alt.Axis(title=title, values=shown, labelOverlap=False, labelLimit=120,
+                        labelAngle=angle) if axes else None
+
+    header = {"labelFontSize": 12, "title": None}
+    return alt.Chart(_layers_frame(weights, labels)).mark_rect().encode(
+        x=alt.X("key:N", sort=labels, axis=axis("attends to (key)", -90)),
+        y=alt.Y("query:N", sort=labels, axis=axis("token (query)", 0)),
+        color=_weight_colour(),
+        tooltip=["layer:O", "head:O", "query", "key", alt.Tooltip("weight:Q", format=".3f")],
+    ).properties(width=cell * len(labels), height=cell * len(labels)).facet(
+        row=alt.Row("layer:O", header=alt.Header(labelExpr="'layer ' + datum.value", **header)),
+        column=alt.Column("head:O", header=alt.Header(labelExpr="'head ' + datum.value",
+                                                      **header)),
+        spacing=8)
+
+
+def _stacked(attentions) -> torch.Tensor:
+    """A list of per-layer (H, T, T) weights (or one (L, H, T, T) tensor) as (L, H, T, T)."""
+    return torch.stack([w.detach().float().cpu() for w in attentions])
+
+
+def model_view_chart(attentions, tokens: list[str], width: int = 900) -> alt.Chart:
+    """Every layer x head as a thumbnail in about `width` pixels (bertviz's model view), in the
+    shared scale [0, 1]; hovering shows layer, head, query, key and weight. Prompts longer than
+    MODEL_VIEW_CELLS tokens are pooled into groups of consecutive tokens."""
+    weights, labels = pooled(_stacked(attentions), token_labels(tokens, width=14),
+                             MODEL_VIEW_CELLS)
+    side = max(60, min(140, width // weights.size(1) - 12))  # pixels of a thumbnail
+    return _layers_chart(weights, labels, max(1, side // len(labels)), axes=False)
+
+
+def layers_chart(attentions, tokens: list[str]) -> alt.Chart:
+    """Every layer x head with the tokens along both axes (as heatmap.layers_image draws them for
+    TensorBoard): the probe prompt's attention in Watch it learn."""
+    cell = max(6, min(22, 240 // len(tokens)))
+    return _layers_chart(_stacked(attentions), token_labels(tokens, width=14), cell, axes=True)
+
+
+def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[float],
+               x_title: str, y_title: str, text: str | None = None, tooltip=(),
+               scale: str = "linear") -> alt.Chart:
+    """A coloured grid in the shared palette, rows and columns in the frame's order, with an
+    optional word written in each cell."""
+    order_x, order_y = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
+    base = alt.Chart(frame).encode(
+        x=alt.X(f"{x}:N", sort=order_x, title=x_title,
+                axis=alt.Axis(labelAngle=-90, labelOverlap=False)),
+        y=alt.Y(f"{y}:N", sort=order_y, title=y_title))
+    chart = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(type=scale, domain=domain,
+                                                      range=list(PALETTE)),
+                        title=value),
+        tooltip=list(tooltip) or [x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
+    if text:
+        chart += base.mark_text(fontSize=11).encode(
+            text=f"{text}:N",
+            color=alt.condition(f"datum.{value} > {(domain[0] + domain[1]) / 2}",
+                                alt.value("black"), alt.value("white")))
+    return chart.properties(height=28 * len(order_y) + 120)  # the rows, and room for the axes
+
+
+def logit_lens_chart(seen) -> alt.Chart:
+    """The most likely next token read from each layer's output, per prompt token; colour is its
+    probability, hovering shows the top 5."""
+    labels = token_labels(seen.tokens)
+    lens = pd.DataFrame([
+        {"position": labels[i], "layer": f"layer {lens_layer.layer}",
+         "top token": repr(lens_layer.tokens[i][0])[1:-1][:8],
+         "probability": float(lens_layer.probs[i, 0]),
+         "top 5": ", ".join(f"{t!r} {p:.2f}" for t, p in zip(lens_layer.tokens[i],
+                                                             lens_layer.probs[i].tolist()))}
+        for lens_layer in seen.logit_lens for i in range(len(labels))])
+    return grid_chart(lens, "position", "layer", "probability", [0, 1],
+                      "prompt token (position)", "layer", text="top token",
+                      tooltip=["layer", "position", "top 5"])
+
+
+def sublayer_chart(seen) -> alt.Chart:
+    """How much attention and the feed-forward block each changed every token, a row per
+    sublayer in the order the residual stream meets them, on a logarithmic colour scale."""
+    labels = token_labels(seen.tokens)
+    parts = [("attention", seen.attention_change), ("FFN", seen.ffn_change)]
+    rows = [{"position": labels[i], "sublayer": f"layer {layer + 1} {name}",
+             "relative change": float(change[layer, i])}
+            for layer in range(seen.attention_change.size(0))
+            for name, change in parts if change is not None for i in range(len(labels))]
+    frame = pd.DataFrame(rows)
+    return grid_chart(frame, "position", "sublayer", "relative change",
+                      [0, float(frame["relative change"].max())],
+                      "prompt token (position)", "sublayer", scale="symlog")
+
+
+def norm_chart(seen) -> alt.Chart:
+    """Each token vector's size (RMS) entering and leaving every LayerNorm, averaged over the
+    prompt's tokens; hovering shows the smallest and largest. The model must have LayerNorms."""
+    rows = [{"norm": n.name, "where": where, "size": float(values.mean()),
+             "smallest": float(values.min()), "largest": float(values.max())}
+            for n in seen.norm_scales for where, values in (("before", n.before), ("after", n.after))]
+    order = [n.name for n in seen.norm_scales]
+    return alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+        y=alt.Y("norm:N", sort=order, title="LayerNorm (in stream order)"),
+        x=alt.X("size:Q", title="token vector size (RMS), mean over tokens"),
+        yOffset=alt.YOffset("where:N", sort=["before", "after"]),
+        color=alt.Color("where:N", sort=["before", "after"],
+                        scale=alt.Scale(range=[PALETTE[1], PALETTE[4]]), title="stream"),
+        tooltip=["norm", "where", alt.Tooltip("size:Q", format=".3f"),
+                 alt.Tooltip("smallest:Q", format=".3f"), alt.Tooltip("largest:Q", format=".3f")]
+    ).properties(height=44 * len(order))
+
+
+def matrix_chart(matrix: torch.Tensor, x: str, y: str, value: str,
+                 domain: list[float] | None = None) -> alt.Chart:
+    """A (rows, columns) matrix (a position table, a similarity) as a heatmap in the shared
+    palette, symmetric about 0 unless a domain is given, with a tick every few rows and columns
+    and the value on hover."""
+    limit = float(matrix.abs().max()) or 1.0
+    rows = [{y: r, x: c, value: float(matrix[r, c])}
+            for r in range(matrix.size(0)) for c in range(matrix.size(1))]
+
+    def axis(n: int) -> alt.Axis:
+        return alt.Axis(values=list(range(0, n, max(1, n // 8))), labelAngle=0)
+
+    return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
+        x=alt.X(f"{x}:O", axis=axis(matrix.size(1))),
+        y=alt.Y(f"{y}:O", axis=axis(matrix.size(0))),
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=domain or [-limit, limit],
+                                                      range=list(PALETTE)), title=value),
+        tooltip=[y, x, alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(height=min(480, 7 * matrix.size(0) + 60))
+
+
+def temperature_chart(next_token_probs: torch.Tensor, tokenizer, temperature: float) -> alt.Chart:
+    """The 10 likeliest next tokens under softmax(logits / T) at this temperature beside 0.5, 1
+    and 2: low T sharpens the distribution, high T flattens it."""
+    logits = next_token_probs.log()
+    top = next_token_probs.topk(min(10, next_token_probs.numel())).indices.tolist()
+    temperatures = sorted({0.5, 1.0, 2.0, max(temperature, 0.05)})
+    rows = []
+    for t in temperatures:
+        probs = torch.softmax(logits / t, dim=-1)
+        rows += [{"token": repr(tokenizer.decode([i])), "T": t,
+                  "probability": float(probs[i])} for i in top]
+    order = [repr(tokenizer.decode([i])) for i in top]  # most likely first
+    return alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+        y=alt.Y("token:N", sort=order, title="next token (most likely first)"),
+        x=alt.X("probability:Q", title="probability"),
+        color=alt.Color("T:O", scale=alt.Scale(range=colours(len(temperatures))),
+                        title="temperature"),
+        yOffset="T:O", tooltip=["token", "T", alt.Tooltip("probability:Q", format=".3f")]
+    ).properties(height=40 * len(top))
+
+
+def probability_chart(tokens: list[str], probs: list[float], start: int) -> alt.Chart:
+    """A bar per generated token (labelled with its position in the whole text, the first at
+    start): the probability the model gave it when it was chosen."""
+    positions = token_labels(tokens, start)
+    frame = pd.DataFrame({"position": positions, "token": tokens, "probability": probs})
+    return alt.Chart(frame).mark_bar(color=PALETTE[2]).encode(
+        x=alt.X("position:N", sort=positions, title="generated token (position in the text)",
+                axis=alt.Axis(labelAngle=-60)),
+        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]), title="probability when chosen"),
+        tooltip=["position", "token", alt.Tooltip("probability:Q", format=".3f")])
