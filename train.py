@@ -18,8 +18,10 @@ from tqdm import tqdm
 from minigpt.cli import ArgumentParser
 from minigpt.config import Config, describe_keys, load_config, read_toml
 from minigpt.errors import ConfigError
+from minigpt.evaluation import evaluate_run
+from minigpt.resume import init_config, resume_config
 from minigpt.runtime import torchrun_ranks, tune_process
-from minigpt.training import evaluate_run, init_config, resume_config, train
+from minigpt.training import train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
 

@@ -25,9 +25,10 @@ from minigpt.cli import ArgumentParser, run_cli
 from minigpt.config import Config, load_config
 from minigpt.data import prepare_data
 from minigpt.errors import ConfigError
+from minigpt.evaluation import split_loss
 from minigpt.model import GPT
 from minigpt.runtime import Runtime, tune_process
-from minigpt.training import split_loss, train
+from minigpt.training import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 

@@ -8,7 +8,7 @@
     python -m minigpt.bench gpt2                   # what GPT-2 124M costs: disk, load, sample, tune
 
 Training is measured per variant in a fresh subprocess (so peak memory is that variant's own).
-Every variant but `floor` times `minigpt.training.Trainer.step`, the very step train() runs, on a
+Every variant but `floor` times `minigpt.step.Trainer.step`, the very step train() runs, on a
 fixed batch: `eager` (torch's for-loop AdamW instead of the fused one: the baseline), `fused` (the
 optimizers train() uses), `tuned` (what train.py runs: fused, plus `minigpt.runtime.tune_process`,
 which on CPU keeps glibc from returning freed memory to the OS), `compiled` (tuned +
@@ -48,12 +48,14 @@ from minigpt.cli import ArgumentParser, run_cli
 from minigpt.config import TrainConfig, load_config
 from minigpt.errors import InputError
 from minigpt.files import path_problem
+from minigpt.generation import generate
 from minigpt.gpt2 import export_gpt2, load_gpt2
 from minigpt.inspection import inspect_prompt
 from minigpt.model import GPT, ModelConfig
 from minigpt.runtime import Runtime, resolve_device, tune_process
+from minigpt.step import Trainer
 from minigpt.tokenizer import BPETokenizer
-from minigpt.training import Trainer, train
+from minigpt.training import train
 
 # name: (model, batch size). cpu_recipe is the well-known CPU Tiny Shakespeare recipe
 # (configs/shakespeare_char_cpu_baseline.toml), gpu_recipe the well-known 6-layer GPU one
@@ -216,15 +218,15 @@ def bench_generate(model_name: str, new_tokens: int, batch_sizes: list[int],
     for batch_size in batch_sizes:
         prompt = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         row = {"model": model_name, "batch_size": batch_size, "new_tokens": new_tokens}
-        # the KV cache in its two modes past the context (see GPT.stream), and no cache at all
+        # the KV cache in its two modes past the context (generation.stream), and no cache at all
         for name, use_cache, past_context in [("cached_exact", True, "exact"),
                                               ("cached_fast", True, "fast"),
                                               ("recompute", False, "exact")]:
             generator = torch.Generator(device=device).manual_seed(0)
             _sync(device)
             start = time.perf_counter()
-            model.generate(prompt, new_tokens, temperature=1.0, generator=generator,
-                           use_cache=use_cache, past_context=past_context)
+            generate(model, prompt, new_tokens, temperature=1.0, generator=generator,
+                     use_cache=use_cache, past_context=past_context)
             _sync(device)
             row[name] = batch_size * new_tokens / (time.perf_counter() - start)
         row["speedup"] = row["cached_fast"] / row["recompute"]
@@ -262,7 +264,7 @@ def bench_gpt2(device: torch.device, finetune: str = "configs/finetune_shakespea
     ids = torch.tensor([tokenizer.encode(prompt)], device=device)
     row["prompt_tokens"] = ids.size(1)
     start = time.perf_counter()
-    model.generate(ids, 50, generator=torch.Generator(device=device).manual_seed(0))
+    generate(model, ids, 50, generator=torch.Generator(device=device).manual_seed(0))
     _sync(device)
     row["generate_tokens_per_s"] = 50 / (time.perf_counter() - start)
     finetune_cfg = load_config(finetune)

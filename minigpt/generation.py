@@ -1,20 +1,25 @@
-"""Text in, text out: prompts, stop strings and streaming on top of `GPT.stream`.
+"""Decoding: a GPT's next tokens one at a time, with a KV cache, stop sequences and the policy
+past the context, as token ids or as streamed text.
 
     model, tokenizer = minigpt.load("runs/my-run")
     for piece in generate_text(model, tokenizer, "the cat sat on", max_new_tokens=50):
         print(piece.text, end="", flush=True)
+    ids = generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=20, temperature=0.8)
+
+`stream` yields each step's tokens; `generate` (token ids) and `generate_text` (text, streamed)
+are built on it. Sampling itself (temperature, top-k, top-p) is minigpt.sampling.
 """
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from minigpt.errors import InputError
-from minigpt.model import GPT
+from minigpt.model import GPT, ModelConfig, eval_mode
 from minigpt.runtime import device_memory
-from minigpt.sampling import check_sampling_args
+from minigpt.sampling import check_sampling_args, sample_next
 from minigpt.tokenizer import CharTokenizer, Tokenizer, warn_unknown_words
 
 START_TEXT = "\n"  # with no prompt, generation starts as if at the start of a new line
@@ -29,12 +34,56 @@ class Piece:
     done: bool = False
 
 
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer, so decoding feeds one token
+    per step instead of the whole sequence (GPT.forward(idx, cache) fills it).
+
+    `length` slots are filled; `position` is the absolute position of the next token (it exceeds
+    `length` once a rope model has rolled old keys out of the window).
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, device=None, dtype=None):
+        shape = (cfg.num_layers, batch_size, cfg.num_heads, cfg.context_length, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = cfg.context_length
+        self.length = 0
+        self.position = 0
+
+    @classmethod
+    def for_model(cls, model: GPT, batch_size: int) -> "KVCache":
+        weight = model.token_emb.weight
+        return cls(model.config, batch_size, device=weight.device, dtype=weight.dtype)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, H, T, D) after the filled slots; return all keys and values (B, H, S, D)."""
+        end = self.length + k.size(2)
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, num_tokens: int) -> None:
+        self.length += num_tokens
+        self.position += num_tokens
+
+    def evict(self, num_tokens: int) -> None:
+        """Drop the oldest num_tokens keys and values (used by rope models past context_length)."""
+        keep = self.length - num_tokens
+        self.keys[:, :, :, :keep] = self.keys[:, :, :, num_tokens:self.length].clone()
+        self.values[:, :, :, :keep] = self.values[:, :, :, num_tokens:self.length].clone()
+        self.length = keep
+
+    def reset(self) -> None:
+        self.length = 0
+        self.position = 0
+
+
 MAX_NEW_TOKENS = 100_000  # hours of CPU decoding for a small model; more is a slip of the keyboard
 MAX_SAMPLES = 1024
 
 
 def check_generation_args(max_new_tokens: int, temperature: float, top_k: int | None,
-                          top_p: float | None, num_samples: int, seed: int | None = None,
+                          top_p: float | None, num_samples: int = 1, seed: int | None = None,
                           stop: Sequence[str] = ()) -> None:
     """Raise InputError for controls that have no meaning (before any model is loaded)."""
     check_sampling_args(temperature, top_k, top_p)
@@ -87,9 +136,104 @@ def check_batch_fits(model: GPT, num_samples: int) -> None:
                          f"{weight.device}; ask for fewer samples")
 
 
-def _first_stop(text: str, stop: Sequence[str]) -> int | None:
-    hits = [text.find(s) for s in stop if s and s in text]
+def first_stop(sequence: str | list[int], stops: Sequence) -> int | None:
+    """Where the earliest stop in sequence begins, or None: stop strings in text, or stop token-id
+    lists in a list of ids (whose stops are checked after every token, so only at its end)."""
+    if isinstance(sequence, str):
+        hits = [sequence.find(s) for s in stops if s and s in sequence]
+    else:
+        hits = [len(sequence) - len(s) for s in stops
+                if s and sequence[-len(s):] == list(s)]
     return min(hits) if hits else None
+
+
+PAST_CONTEXT = ("exact", "fast")
+
+
+def stream(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None, use_cache: bool = True,
+           past_context: str = "exact",
+           choose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens next-token batches (B,), continuing idx (B, T), in eval mode.
+
+    Every next token is predicted from the last context_length tokens. With use_cache the
+    prompt is processed once and each step feeds one token, which gives the same logits as
+    recomputing the window, as long as the sequence fits the context. Past it, past_context
+    says what happens:
+
+    - "exact" (the default): every step recomputes the window of the last context_length
+      tokens, as use_cache=False does throughout: the logits are those of the model on that
+      window, whatever the position encoding or depth. Slower past the context.
+    - "fast": keep using a cache. Relative (rope) models drop the oldest cached keys and
+      values, a rolling window: with one layer this equals recomputing the window, with more
+      it differs (deeper layers' cached keys were computed while the dropped tokens were still
+      visible). Absolute encodings re-prefill the last context_length // 2 + 1 tokens when
+      the cache is full, so the window shrinks to half and grows back, paying for a prefill
+      once every context_length / 2 tokens.
+
+    choose picks the next tokens from the logits (B, V) instead of sampling with temperature,
+    top_k and top_p (tests use it to feed fixed tokens and read the logits).
+    """
+    check_generation_args(max_new_tokens, temperature, top_k, top_p)
+    model.check_ids(idx)
+    if past_context not in PAST_CONTEXT:
+        raise InputError(f"past_context must be one of {PAST_CONTEXT}, got {past_context!r}")
+    choose = choose or (lambda logits: sample_next(logits, temperature, top_k, top_p, generator))
+    window, relative = model.config.context_length, model.pos_emb.relative
+    cache = KVCache.for_model(model, idx.size(0)) if use_cache else None
+    idx = idx[:, -window:]
+    with torch.no_grad(), eval_mode(model):
+        logits = model(idx, cache)[:, -1]
+        for step in range(max_new_tokens):
+            next_token = choose(logits)  # (B,)
+            yield next_token
+            if step == max_new_tokens - 1:
+                return
+            idx = torch.cat([idx, next_token[:, None]], dim=1)[:, -window:]  # the last window
+            if cache is not None and cache.length == window:  # the cache is full
+                if past_context == "exact":
+                    cache = None  # from here on, recompute the window every step
+                elif not relative:
+                    cache.reset()
+                    logits = model(idx[:, -(window // 2 + 1):], cache)[:, -1]
+                    continue
+            logits = (model(idx) if cache is None else model(next_token[:, None], cache))[:, -1]
+
+
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None,
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             stop: Sequence[Sequence[int]] = (), pad_id: int = -1,
+             past_context: str = "exact") -> torch.Tensor:
+    """Sample up to max_new_tokens tokens after idx (B, T); returns idx with them appended.
+
+    stop: token-id sequences. A row ends just before the first stop sequence it produces (the
+    sequence is not returned), and generation ends once every row has ended. Rows that end
+    before the longest one are filled up with pad_id: -1 by default, which is no token's id, so
+    `row[row >= 0]` gives a row back. (Stop *strings* are matched on text by generate_text, since
+    token boundaries need not match them.)
+    """
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise TypeError("generate takes a (B, T) tensor of token ids (the deck's "
+                        "MiniTransformer.generate also takes a plain list)")
+    stop = [list(s) for s in stop if len(s)]
+    rows = [[] for _ in range(idx.size(0))]  # the new tokens of each row
+    ends: list[int | None] = [None] * idx.size(0)  # where each row's first stop sequence begins
+    for tokens in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator,
+                         use_cache, past_context):
+        for i, token in enumerate(tokens.tolist()):
+            rows[i].append(token)
+            if ends[i] is None:
+                ends[i] = first_stop(rows[i], stop)
+        if stop and None not in ends:
+            break
+    kept = [row if end is None else row[:end] for row, end in zip(rows, ends)]
+    new = torch.full((idx.size(0), max(map(len, kept))), pad_id, dtype=torch.long,
+                     device=idx.device)
+    for i, row in enumerate(kept):
+        new[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return torch.cat([idx, new], dim=1)
 
 
 def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str | list[int],
@@ -117,16 +261,15 @@ def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str | list[int],
     shown = [0] * num_samples  # characters of new text already yielded
     done = [False] * num_samples
     hold = max((len(s) for s in stop), default=1) - 1
-    model.eval()
-    for step, tokens in enumerate(model.stream(idx, max_new_tokens, temperature, top_k, top_p,
-                                               generator, use_cache, past_context)):
+    for step, tokens in enumerate(stream(model, idx, max_new_tokens, temperature, top_k, top_p,
+                                         generator, use_cache, past_context)):
         last = step == max_new_tokens - 1
         for i, token in enumerate(tokens.tolist()):
             if done[i]:
                 continue
             new_ids[i].append(token)
             text = tokenizer.decode(ids + new_ids[i])[len(prompt_text):]
-            cut = _first_stop(text, stop)
+            cut = first_stop(text, stop)
             if cut is not None or last:
                 done[i] = True
                 end = cut if cut is not None else len(text)

@@ -9,10 +9,10 @@
     seen.norm_scales                # the residual stream's size before and after each LayerNorm
     token_probabilities(model, ids, start)   # what the model gave each token after start
 
+Built on the model's hook points (minigpt.hooks): one forward pass records every activation.
 Plain tensors and dataclasses only; pictures are drawn by minigpt.heatmap (Pillow) or the app.
 """
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from minigpt.generation import encode_prompt
-from minigpt.model import GPT
+from minigpt.hooks import capture
+from minigpt.model import GPT, eval_mode
 from minigpt.tokenizer import Tokenizer
 
 
@@ -63,100 +64,94 @@ def logit_lens(model: GPT, hidden: torch.Tensor) -> torch.Tensor:
     return model.head(model.final_norm(hidden))
 
 
-@contextlib.contextmanager
-def recording(modules: dict[tuple[str, int], nn.Module | None]):
-    """Within the block, every forward of modules[key] stores (its input, its output) for batch
-    item 0 in the yielded dict under key (torch forward hooks; removed on exit)."""
-    seen = {}
-
-    def keep(key):
-        def hook(module, args, output):
-            out = output[0] if isinstance(output, tuple) else output  # attention: (y, weights)
-            seen[key] = (args[0][0].float(), out[0].float())
-        return hook
-
-    handles = [m.register_forward_hook(keep(key)) for key, m in modules.items() if m is not None]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
+def run_with_hooks(model: GPT, ids: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass of ids in eval mode, with every hook point's activation for the one
+    sequence (batch dimension dropped): (logits (T, V), {hook point name: activation})."""
+    idx = torch.tensor([ids], device=model.token_emb.weight.device)
+    model.check_ids(idx)
+    with torch.no_grad(), eval_mode(model), capture(model) as seen:
+        logits = model(idx)
+    return logits[0], {name: value[0] for name, value in seen.items()}
 
 
-def sublayer_modules(model: GPT) -> dict[tuple[str, int], nn.Module | None]:
-    """Every block, its attention, feed-forward and norm modules, and the final norm, named
-    (part, layer) with layers counted from 1 (None where an ablation removed the part)."""
-    modules = {("final_norm", 0): model.final_norm}
-    for layer, block in enumerate(model.blocks, 1):
-        modules[("block", layer)] = block
-        for part in ("attn", "ffn", "norm1", "norm2"):
-            modules[(part, layer)] = getattr(block, part)
-    return modules
+def residual_stream(model: GPT, seen: dict) -> list[torch.Tensor]:
+    """The stream at the embeddings and after each block: L + 1 of (T, C)."""
+    layers = range(model.config.num_layers)
+    return [seen["blocks.0.hook_resid_in"], *(seen[f"blocks.{i}.hook_resid_out"] for i in layers)]
 
 
 def sublayer_changes(model: GPT, seen: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(L, T) sizes of each attention and feed-forward output relative to the residual stream it
     is added to: the block's input for attention; for the FFN, the stream between the sublayers
     (what norm2 reads in a pre-norm block, what the FFN reads in a post-norm one)."""
-    pre = model.config.norm_placement == "pre"
-    layers = range(1, model.config.num_layers + 1)
+    layers = range(model.config.num_layers)
 
     def relative(out, stream):
-        return out.norm(dim=-1) / stream.norm(dim=-1).clamp_min(1e-12)
+        return out.float().norm(dim=-1) / stream.float().norm(dim=-1).clamp_min(1e-12)
 
-    attention = torch.stack([relative(seen[("attn", i)][1], seen[("block", i)][0])
-                             for i in layers])
+    attention = torch.stack([relative(seen[f"blocks.{i}.hook_attn_out"],
+                                      seen[f"blocks.{i}.hook_resid_in"]) for i in layers])
     if not model.config.ffn:
         return attention, None
-    ffn = torch.stack([relative(seen[("ffn", i)][1], seen[("norm2" if pre else "ffn", i)][0])
-                       for i in layers])
+    ffn = torch.stack([relative(seen[f"blocks.{i}.hook_ffn_out"],
+                                seen[f"blocks.{i}.hook_resid_mid"]) for i in layers])
     return attention, ffn
 
 
+@torch.no_grad()
 def norm_scales(model: GPT, seen: dict) -> list[NormScale]:
-    """The stream's root-mean-square size per token, into and out of every real LayerNorm."""
+    """The stream's root-mean-square size per token, into and out of every real LayerNorm, in the
+    order the stream meets them. Pre-norm blocks normalise the stream a sublayer reads; post-norm
+    blocks normalise the sum of the stream and what the sublayer added."""
     def rms(x):
-        return x.pow(2).mean(dim=-1).sqrt()
+        return x.float().pow(2).mean(dim=-1).sqrt()
 
-    names = [((f"norm{n}", i), f"layer {i}, norm {n}")
-             for i in range(1, model.config.num_layers + 1) for n in (1, 2)]
-    names.append((("final_norm", 0), "final norm"))
-    modules = sublayer_modules(model)
-    return [NormScale(label, rms(seen[key][0]), rms(seen[key][1])) for key, label in names
-            if isinstance(modules[key], nn.LayerNorm)]
+    scales = []
+    for i, block in enumerate(model.blocks):
+        into = [seen[f"blocks.{i}.hook_resid_in"]]
+        if block.ffn is not None:
+            into.append(seen[f"blocks.{i}.hook_resid_mid"])
+        added = [seen[f"blocks.{i}.hook_attn_out"], seen.get(f"blocks.{i}.hook_ffn_out")]
+        for n, (norm, x, out) in enumerate(zip((block.norm1, block.norm2), into, added), 1):
+            if isinstance(norm, nn.LayerNorm):
+                x = x if block.pre_norm else block.add(x, out)
+                scales.append(NormScale(f"layer {i + 1}, norm {n}", rms(x), rms(norm(x))))
+    if isinstance(model.final_norm, nn.LayerNorm):
+        x = residual_stream(model, seen)[-1]
+        scales.append(NormScale("final norm", rms(x), rms(model.final_norm(x))))
+    return scales
 
 
 @torch.no_grad()
 def inspect_prompt(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], top_k: int = 5,
                    drop_unknown: bool = False) -> PromptInspection:
-    """prompt is text, or token ids already made by encode_prompt."""
-    model.eval()
+    """Everything the views show for one prompt: text, or token ids already made by
+    encode_prompt. Runs in eval mode and leaves the model's mode as it found it."""
     ids = (prompt if isinstance(prompt, list)
            else encode_prompt(tokenizer, prompt, model.config.context_length, drop_unknown))
-    device = model.token_emb.weight.device
-    with recording(sublayer_modules(model)) as parts:
-        seen = model.inspect(torch.tensor([ids], dtype=torch.long, device=device))
-    attention_change, ffn_change = sublayer_changes(model, parts)
-    hidden = [seen.embeddings[0], *(h[0] for h in seen.hidden_states)]  # L + 1 of (T, C)
+    logits, seen = run_with_hooks(model, ids)
+    hidden = [h.float() for h in residual_stream(model, seen)]  # L + 1 of (T, C)
     lens = []
     for layer, h in enumerate(hidden):
-        probs = torch.softmax(logit_lens(model, h).float(), dim=-1)
+        probs = torch.softmax(logit_lens(model, h.to(logits.dtype)).float(), dim=-1)
         top = probs.topk(min(top_k, probs.size(-1)), dim=-1)
         lens.append(LensLayer(layer, [[tokenizer.decode([i]) for i in row]
                                       for row in top.indices.tolist()], top.values.cpu()))
     change = torch.stack([(hidden[i] - hidden[i - 1]).norm(dim=-1) / hidden[i - 1].norm(dim=-1)
                           for i in range(1, len(hidden))])
+    attention_change, ffn_change = sublayer_changes(model, seen)
     return PromptInspection(
         tokens=[tokenizer.decode([i]) for i in ids],
-        attentions=[a[0].cpu() for a in seen.attentions],
+        attentions=[seen[f"blocks.{i}.attn.hook_pattern"].float().cpu()
+                    for i in range(model.config.num_layers)],
         hidden_states=[h.cpu() for h in hidden],
         logit_lens=lens,
         layer_change=change.cpu(),
         attention_change=attention_change.cpu(),
         ffn_change=None if ffn_change is None else ffn_change.cpu(),
         norm_scales=[NormScale(n.name, n.before.cpu(), n.after.cpu())
-                     for n in norm_scales(model, parts)],
-        next_token_probs=torch.softmax(seen.logits[0, -1].float(), dim=-1).cpu(),
+                     for n in norm_scales(model, seen)],
+        next_token_probs=torch.softmax(logits[-1].float(), dim=-1).cpu(),
     )
 
 
@@ -173,11 +168,12 @@ def token_probabilities(model: GPT, ids: list[int], start: int) -> list[float]:
     """The probability the model gave each of ids[start:], from the context it would have been
     chosen in: the last context_length tokens before it (as exact decoding sees them)."""
     window, device = model.config.context_length, model.token_emb.weight.device
-    model.eval()
     probs = []
-    for position in range(start, len(ids)):
-        context = torch.tensor([ids[max(0, position - window):position]], device=device)
-        probs.append(torch.softmax(model(context)[0, -1].float(), dim=-1)[ids[position]].item())
+    with eval_mode(model):
+        for position in range(start, len(ids)):
+            context = torch.tensor([ids[max(0, position - window):position]], device=device)
+            logits = model(context)[0, -1].float()
+            probs.append(torch.softmax(logits, dim=-1)[ids[position]].item())
     return probs
 
 
@@ -188,14 +184,12 @@ SNAPSHOTS = "snapshots.pt"  # in a run directory: the probe prompt seen at every
 def probe_snapshot(model: GPT, ids: list[int], top_k: int = 5) -> dict:
     """What the model does with a prompt, small enough to keep at every evaluation: each layer's
     attention (L, H, T, T) and the logit lens's top_k guesses (L + 1, T, top_k), as fp16/int32."""
-    was_training = model.training
-    model.eval()
-    seen = model.inspect(torch.tensor([ids], device=model.token_emb.weight.device))
-    model.train(was_training)
-    hidden = torch.stack([seen.embeddings[0], *(h[0] for h in seen.hidden_states)])
+    _, seen = run_with_hooks(model, ids)
+    hidden = torch.stack(residual_stream(model, seen))  # (L + 1, T, C)
     probs = torch.softmax(logit_lens(model, hidden).float(), dim=-1)
     top = probs.topk(min(top_k, probs.size(-1)), dim=-1)  # a vocabulary may have fewer
-    return {"attention": torch.stack([a[0] for a in seen.attentions]).half().cpu(),
+    attention = [seen[f"blocks.{i}.attn.hook_pattern"] for i in range(model.config.num_layers)]
+    return {"attention": torch.stack(attention).half().cpu(),
             "lens_ids": top.indices.int().cpu(), "lens_probs": top.values.half().cpu()}
 
 

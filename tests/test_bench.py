@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from minigpt import bench
 from minigpt.cli import run_cli
 from minigpt.model import GPT
-from minigpt.training import Trainer
+from minigpt.step import Trainer
 
 ATEN = torch.ops.aten
 # FlopCounterMode has no formula for the CPU flash-attention kernel; these use torch's own SDPA counts.

@@ -11,7 +11,8 @@ from conftest import VARIANTS, run_config, tiny_config
 from torch.testing import assert_close
 
 from minigpt import GPT, CharTokenizer, MiniTransformer
-from minigpt.generation import encode_prompt, generate_text
+from minigpt.generation import KVCache, encode_prompt, generate, generate_text, stream
+from minigpt.inspection import inspect_prompt
 from minigpt.tokenizer import UnknownCharactersError, WordTokenizer
 from minigpt.training import train
 
@@ -34,7 +35,7 @@ def test_cached_decoding_equals_full_recompute(pos_encoding, norm_placement):
                             context_length=32)).eval()
     prompt = torch.randint(0, 23, (2, 5))
     expected, expected_logits = greedy_reference(model, prompt, 27, 32)  # fills the context
-    cache = model.new_cache(2)
+    cache = KVCache.for_model(model, 2)
     logits = model(prompt, cache)[:, -1]
     idx = prompt
     for step in range(27):
@@ -44,21 +45,21 @@ def test_cached_decoding_equals_full_recompute(pos_encoding, norm_placement):
         if step < 26:
             logits = model(token, cache)[:, -1]
     assert torch.equal(idx, expected)
-    assert torch.equal(model.generate(prompt, 27, temperature=0), expected)
+    assert torch.equal(generate(model, prompt, 27, temperature=0), expected)
 
 
 WINDOW = 8
 
 
 def forced_logits(model: GPT, prompt: torch.Tensor, tokens: torch.Tensor, **options) -> list:
-    """The logits GPT.stream computes before each of `tokens`, fed to it in place of samples."""
+    """The logits stream computes before each of `tokens`, fed to it in place of samples."""
     seen, fed = [], iter(tokens.T)
 
     def choose(logits):
         seen.append(logits)
         return next(fed)
 
-    for _ in model.stream(prompt, tokens.size(1), choose=choose, **options):
+    for _ in stream(model, prompt, tokens.size(1), choose=choose, **options):
         pass
     return seen
 
@@ -127,17 +128,17 @@ def test_generate_without_cache_is_the_recompute_reference():
     model = GPT(tiny_config(pos_encoding="learned")).eval()
     prompt = torch.randint(0, 23, (2, 4))
     expected, _ = greedy_reference(model, prompt, 30, 16)
-    assert torch.equal(model.generate(prompt, 30, temperature=0, use_cache=False), expected)
+    assert torch.equal(generate(model, prompt, 30, temperature=0, use_cache=False), expected)
 
 
 def test_generate_is_tensor_in_tensor_out_and_restores_training_mode():
     model = GPT(tiny_config()).train()
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    out = model.generate(prompt, max_new_tokens=4)
+    out = generate(model, prompt, max_new_tokens=4)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 7) and out.dtype == torch.long
     assert torch.equal(out[:, :3], prompt) and model.training
     with pytest.raises(TypeError, match=r"a \(B, T\) tensor of token ids"):
-        model.generate([1, 2, 3], max_new_tokens=4)
+        generate(model, [1, 2, 3], max_new_tokens=4)
 
 
 def test_the_decks_list_form_lives_on_mini_transformer():
@@ -151,9 +152,9 @@ def test_the_decks_list_form_lives_on_mini_transformer():
 def test_generate_rejects_bad_controls():
     model = GPT(tiny_config())
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
-        model.generate(torch.tensor([[1]]), max_new_tokens=-1)
+        generate(model, torch.tensor([[1]]), max_new_tokens=-1)
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
-        model.generate(torch.tensor([[1]]), max_new_tokens=1, temperature=-1)
+        generate(model, torch.tensor([[1]]), max_new_tokens=1, temperature=-1)
 
 
 @pytest.mark.parametrize("idx,error,message", [
@@ -168,9 +169,9 @@ def test_prompts_no_embedding_fits_are_refused_before_the_lookup(idx, error, mes
     model = GPT(tiny_config())
     assert model.config.vocab_size == 23
     with pytest.raises(error, match=message):
-        model.generate(idx, max_new_tokens=1)
+        generate(model, idx, max_new_tokens=1)
     with pytest.raises(error, match=message):
-        model.inspect(idx)
+        inspect_prompt(model, None, idx[0].tolist())
 
 
 # ----------------------------------------------------------------------------- text level
@@ -204,7 +205,7 @@ def test_streamed_pieces_concatenate_to_the_full_text(char_model):
     pieces = list(generate_text(model, tok, "the ", 25, seed=3))
     assert len(pieces) > 5 and pieces[-1].done
     ids = tok.encode("the ")
-    out = model.generate(torch.tensor([ids]), 25, generator=torch.Generator().manual_seed(3))
+    out = generate(model, torch.tensor([ids]), 25, generator=torch.Generator().manual_seed(3))
     assert "".join(p.text for p in pieces) == tok.decode(out[0, len(ids):].tolist())
 
 
@@ -286,20 +287,20 @@ def first_at(row: list[int], seq: list[int]) -> int | None:
 def test_generate_stops_at_a_token_sequence():
     model = GPT(tiny_config()).eval()
     prompt = torch.tensor([[1, 2, 3]])
-    new = model.generate(prompt, 20, temperature=0)[0, 3:].tolist()
+    new = generate(model, prompt, 20, temperature=0)[0, 3:].tolist()
     stop = new[4:6]
-    cut = model.generate(prompt, 20, temperature=0, stop=[stop, [99]])
+    cut = generate(model, prompt, 20, temperature=0, stop=[stop, [99]])
     assert cut[0].tolist() == [1, 2, 3] + new[:first_at(new, stop)]  # cut before the sequence
 
 
 def test_rows_that_stop_early_are_padded():
     model = GPT(tiny_config()).eval()
     prompts = torch.tensor([[1, 2, 3], [7, 8, 9]])
-    rows = [model.generate(p[None], 20, temperature=0)[0, 3:].tolist() for p in prompts]
+    rows = [generate(model, p[None], 20, temperature=0)[0, 3:].tolist() for p in prompts]
     stop = rows[0][2:4]
     ends = [first_at(row, stop) for row in rows]
     assume_differs = ends[0] != ends[1]
-    out = model.generate(prompts, 20, temperature=0, stop=[stop], pad_id=-1)
+    out = generate(model, prompts, 20, temperature=0, stop=[stop], pad_id=-1)
     kept = [row[:end] if end is not None else row for row, end in zip(rows, ends)]
     assert out.shape == (2, 3 + max(map(len, kept)))
     for i, row in enumerate(kept):

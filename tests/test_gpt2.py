@@ -19,12 +19,14 @@ from minigpt.config import load_config
 from minigpt.corpus import load_corpus
 from minigpt.data import prepare_data
 from minigpt.errors import CheckpointError, ConfigError
+from minigpt.evaluation import split_loss
 from minigpt.gpt2 import bytes_to_unicode, export_gpt2, load_gpt2
 from minigpt.inspection import inspect_prompt
 from minigpt.model import GPT, ModelConfig
+from minigpt.resume import init_config
 from minigpt.runtime import Runtime
 from minigpt.tokenizer import BPETokenizer, CharTokenizer
-from minigpt.training import init_config, split_loss, train
+from minigpt.training import train
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent

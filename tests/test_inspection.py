@@ -27,7 +27,7 @@ from minigpt.inspection import (
     probe_snapshot,
     token_probabilities,
 )
-from minigpt.model import sinusoidal_table
+from minigpt.positions import sinusoidal_table
 
 TEXT = "the cat sat on the mat.\n"
 

@@ -9,13 +9,9 @@ from conftest import tiny_config
 from torch.testing import assert_close
 
 from minigpt import GPT, ModelConfig
-from minigpt.model import (
-    PositionalEncoding,
-    RotaryEmbedding,
-    apply_rotary,
-    explicit_attention,
-    sinusoidal_table,
-)
+from minigpt.hooks import capture
+from minigpt.model import explicit_attention
+from minigpt.positions import PositionalEncoding, RotaryEmbedding, apply_rotary, sinusoidal_table
 
 
 def test_forward_shape(variant_model):
@@ -34,20 +30,25 @@ def test_causality(variant_model):
 
 
 def test_fused_attention_matches_explicit_path(variant_model):
+    """Watching the attention pattern switches to the explicit softmax path; the logits agree."""
     idx = torch.randint(0, 23, (2, 16))
-    inspection = variant_model.inspect(idx)
-    assert_close(variant_model(idx), inspection.logits, rtol=1e-5, atol=1e-5)
+    with capture(variant_model, ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]):
+        explicit = variant_model(idx)
+    assert_close(variant_model(idx), explicit, rtol=1e-5, atol=1e-5)
 
 
-def test_inspect_returns_every_layer_and_head(variant_model):
-    inspection = variant_model.inspect(torch.randint(0, 23, (2, 10)))
-    assert len(inspection.attentions) == len(inspection.hidden_states) == 2
-    for weights in inspection.attentions:
+def test_hook_points_show_every_layer_and_head(variant_model):
+    with capture(variant_model) as seen:
+        variant_model(torch.randint(0, 23, (2, 10)))
+    for layer in range(2):
+        weights = seen[f"blocks.{layer}.attn.hook_pattern"]
         assert weights.shape == (2, 4, 10, 10)
         assert_close(weights.sum(-1), torch.ones(2, 4, 10), rtol=0, atol=1e-5)
         assert torch.all(weights.triu(diagonal=1) == 0)  # no weight on future tokens
-    assert all(h.shape == (2, 10, 32) for h in inspection.hidden_states)
-    assert inspection.embeddings.shape == (2, 10, 32)
+        assert seen[f"blocks.{layer}.attn.hook_heads"].shape == (2, 10, 4, 8)
+        for point in ("resid_in", "attn_out", "resid_mid", "resid_out"):
+            assert seen[f"blocks.{layer}.hook_{point}"].shape == (2, 10, 32)
+    assert seen["hook_final_norm"].shape == (2, 10, 32)
 
 
 def test_explicit_attention_is_softmax_of_scaled_scores():
@@ -227,8 +228,9 @@ def test_token_embedding_is_a_row_lookup_of_the_embedding_table():
     it stands; the position is added on top (here: none, so the rows are the model's input)."""
     model = GPT(tiny_config(pos_encoding="none")).eval()
     ids = torch.tensor([[7, 3, 7]])
-    seen = model.inspect(ids)
-    assert_close(seen.embeddings[0], model.token_emb.weight[[7, 3, 7]])
+    with capture(model, ["blocks.0.hook_resid_in"]) as seen:
+        model(ids)
+    assert_close(seen["blocks.0.hook_resid_in"][0], model.token_emb.weight[[7, 3, 7]])
     assert model.token_emb.weight.shape == (23, 32)  # (vocab_size, embed_dim)
 
 

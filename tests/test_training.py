@@ -16,15 +16,20 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.testing import assert_close
 
-import minigpt.training as training
+import minigpt.evaluation as evaluation
+import minigpt.step as step_module
 from minigpt.checkpoint import load, load_checkpoint
 from minigpt.config import TrainConfig
+from minigpt.data import get_batch, prepare_data
 from minigpt.errors import CheckpointError, TrainingError
 from minigpt.generation import generate_text
 from minigpt.inspection import load_snapshots
 from minigpt.model import GPT, ModelConfig
+from minigpt.resume import resume_config
+from minigpt.runtime import Runtime
+from minigpt.step import lr_at
 from minigpt.tracking import hparams
-from minigpt.training import lr_at, resume_config, train
+from minigpt.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -222,7 +227,7 @@ def test_existing_run_directory_is_not_overwritten(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_good_checkpoints(tmp_path, monkeypatch):
-    real_loss = training.lm_loss
+    real_loss = step_module.lm_loss
     calls = []
 
     def poisoned(logits, targets):
@@ -230,7 +235,7 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(tmp_path, monkeypatch)
         loss = real_loss(logits, targets)
         return loss * float("nan") if len(calls) > 4 + 2 else loss  # from step 5, after 1 eval
 
-    monkeypatch.setattr(training, "lm_loss", poisoned)
+    monkeypatch.setattr(step_module, "lm_loss", poisoned)
     cfg = run_config(tmp_path, **{"train.eval_interval": 4, "train.checkpoint_interval": 4,
                                   "train.eval_batches": 1})
     kept = r"stopped \(the checkpoints in .* are the last good ones\)"
@@ -250,7 +255,7 @@ def test_weights_blown_up_by_a_step_are_never_saved(tmp_path, monkeypatch, eval_
                                                     message):
     """A step with a finite loss can still make the weights NaN (too high a learning rate): the
     evaluation or the save right after it stops the run, and the checkpoints stay good."""
-    real_step, steps = training.Trainer.step, []
+    real_step, steps = step_module.Trainer.step, []
 
     def blowing_up(self, next_batch):
         result = real_step(self, next_batch)
@@ -260,7 +265,7 @@ def test_weights_blown_up_by_a_step_are_never_saved(tmp_path, monkeypatch, eval_
                 self.model.head.weight.fill_(float("nan"))
         return result
 
-    monkeypatch.setattr(training.Trainer, "step", blowing_up)
+    monkeypatch.setattr(step_module.Trainer, "step", blowing_up)
     cfg = run_config(tmp_path, **{"train.eval_interval": eval_interval, "train.eval_batches": 1,
                                   "train.checkpoint_interval": 2})
     with pytest.raises(TrainingError, match=message):
@@ -359,30 +364,30 @@ def test_the_exact_evaluator_scores_every_position_once_in_context_windows():
         expected += torch.nn.functional.cross_entropy(model(x[None])[0], y, reduction="sum").item()
         count += len(y)
     assert count == 29
-    runtime = training.Runtime(torch.device("cpu"))
+    runtime = Runtime(torch.device("cpu"))
     for batch_size in (1, 2, 5):  # batching does not change the figure
-        assert training.split_loss(model, tokens, batch_size, runtime) == pytest.approx(
+        assert evaluation.split_loss(model, tokens, batch_size, runtime) == pytest.approx(
             expected / 29, rel=1e-5)
     assert not model.training  # the model is left in the mode it came in
 
 
 def test_sampled_estimate_is_the_mean_loss_over_the_same_batches_every_time(tmp_path):
     cfg = run_config(tmp_path, **{"train.eval_batches": "5", "train.batch_size": "3"})
-    data = training.prepare_data(cfg.data, cfg.model.context_length)
+    data = prepare_data(cfg.data, cfg.model.context_length)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
     torch.manual_seed(0)
     model = GPT(cfg.model)
-    runtime = training.Runtime(torch.device("cpu"))
+    runtime = Runtime(torch.device("cpu"))
     generator = torch.Generator().manual_seed(cfg.train.seed + 1)
     expected = {}
     with torch.no_grad():
         for split, tokens in (("train", data.train), ("val", data.val)):  # one batch at a time
-            losses = [training.lm_loss(model(x), y) for x, y in (
-                training.get_batch(tokens, 3, cfg.model.context_length, generator)
+            losses = [step_module.lm_loss(model(x), y) for x, y in (
+                get_batch(tokens, 3, cfg.model.context_length, generator)
                 for _ in range(5))]
             expected[split] = sum(loss.item() for loss in losses) / 5
     for _ in range(2):  # the same batches at every evaluation
-        assert training.estimate_loss(model, data, cfg, runtime) == pytest.approx(expected)
+        assert evaluation.estimate_loss(model, data, cfg, runtime) == pytest.approx(expected)
     assert model.training
 
 
@@ -390,8 +395,8 @@ def test_eval_batches_zero_makes_evaluations_exact_and_eval_only_prints_them(tmp
     cfg = run_config(tmp_path, **{"train.eval_batches": "0", "train.max_steps": "4"})
     result = train(cfg, progress=False)
     model, _ = load(result.run_dir / "last.pt")
-    data = training.prepare_data(cfg.data, cfg.model.context_length)
-    exact = training.split_loss(model, data.val, 4, training.Runtime(torch.device("cpu")))
+    data = prepare_data(cfg.data, cfg.model.context_length)
+    exact = evaluation.split_loss(model, data.val, 4, Runtime(torch.device("cpu")))
     assert result.val_losses[4] == pytest.approx(exact, rel=1e-5)
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--eval-only", "--resume",
                           str(result.run_dir)], capture_output=True, text=True, timeout=120)

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from minigpt import checkpoint as checkpoint_module
-from minigpt import training
+from minigpt import run as run_module
 from minigpt.checkpoint import load, load_checkpoint
 from minigpt.errors import CheckpointError
+from minigpt.resume import resume_config
 from minigpt.training import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -152,7 +153,7 @@ def test_a_start_stopped_before_its_first_checkpoint_is_no_dead_end(tmp_path):
     """What a kill between config.json and the first checkpoint leaves (config, events, a temp
     file of a save cut short) neither blocks a re-run of the same command nor --resume."""
     cfg = run_config(tmp_path)
-    run = training.Run.start(cfg)
+    run = run_module.Run.start(cfg)
     run.open_log(lambda line: None).close(cfg.to_dict(), float("inf"), None)
     run_dir = tmp_path / "runs" / "test"
     (run_dir / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
@@ -162,20 +163,20 @@ def test_a_start_stopped_before_its_first_checkpoint_is_no_dead_end(tmp_path):
     assert again.step == 8 and not list(run_dir.glob("*.tmp"))
     assert aborted and not aborted & set(run_dir.glob("events.out.tfevents.*"))  # replaced
     fresh = run_config(tmp_path, **{"train.run_name": "second"})
-    training.Run.start(fresh).open_log(lambda line: None).close(fresh.to_dict(), 0.0, None)
-    resumed = train(training.resume_config(tmp_path / "runs" / "second"),
+    run_module.Run.start(fresh).open_log(lambda line: None).close(fresh.to_dict(), 0.0, None)
+    resumed = train(resume_config(tmp_path / "runs" / "second"),
                     resume=tmp_path / "runs" / "second", progress=False)
     assert resumed.step == 8 and resumed.losses == again.losses  # from step 0, the same run
 
 
 def test_a_signal_during_start_up_ends_in_a_resumable_checkpoint(tmp_path, monkeypatch):
-    real_prepare = training.prepare_data
+    real_prepare = run_module.prepare_data
 
     def slow_prepare(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # arrives while the data is being prepared
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(training, "prepare_data", slow_prepare)
+    monkeypatch.setattr(run_module, "prepare_data", slow_prepare)
     lines = []
     result = train(run_config(tmp_path), progress=False, log=lines.append)
     run_dir = tmp_path / "runs" / "test"
@@ -183,11 +184,11 @@ def test_a_signal_during_start_up_ends_in_a_resumable_checkpoint(tmp_path, monke
     assert load_checkpoint(run_dir / "last.pt")["step"] == 0
     assert any(f"--resume {run_dir}" in line for line in lines)
     monkeypatch.undo()
-    assert train(training.resume_config(run_dir), resume=run_dir, progress=False).step == 8
+    assert train(resume_config(run_dir), resume=run_dir, progress=False).step == 8
 
 
 def test_a_second_ctrl_c_during_the_final_save_does_not_cut_it_short(tmp_path, monkeypatch):
-    real_save = training.save_checkpoint
+    real_save = run_module.save_checkpoint
     saves = []
 
     def interrupted_save(path, state):
@@ -197,7 +198,7 @@ def test_a_second_ctrl_c_during_the_final_save_does_not_cut_it_short(tmp_path, m
 
     def first_ctrl_c(step, total):
         if step == 3:
-            monkeypatch.setattr(training, "save_checkpoint", interrupted_save)
+            monkeypatch.setattr(run_module, "save_checkpoint", interrupted_save)
             os.kill(os.getpid(), signal.SIGINT)
 
     result = train(run_config(tmp_path, **{"train.checkpoint_interval": 100}), progress=False,
@@ -211,6 +212,6 @@ def test_temporary_files_of_killed_saves_go_when_the_run_is_next_used(tmp_path):
     run_dir = tmp_path / "runs" / "test"
     for name in (".last.pt.a1b2c3.tmp", ".best.pt.d4e5f6.tmp"):
         (run_dir / name).write_bytes(b"\0" * 4096)
-    train(training.resume_config(run_dir), resume=run_dir, progress=False)
+    train(resume_config(run_dir), resume=run_dir, progress=False)
     assert not list(run_dir.glob("*.tmp"))
     assert {"last.pt", "best.pt", "config.json"} <= {p.name for p in run_dir.iterdir()}

@@ -1,0 +1,252 @@
+"""One training run's life: everything checked before anything is written (`Run.start`), the
+run directory, its header lines and TensorBoard log, and how the run is checkpointed.
+
+    run = Run.start(cfg)            # or Run.start(cfg, resume="runs/NAME")
+    board = run.open_log(print)     # creates the directory, config.json and the TensorBoard log
+    run.save("last.pt")
+"""
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from minigpt.checkpoint import load, newest_checkpoint, save_checkpoint
+from minigpt.config import LIMITS, Config, TrainConfig
+from minigpt.data import Dataset, get_batch, prepare_data
+from minigpt.errors import CheckpointError, ConfigError, MiniGPTError, TrainingError
+from minigpt.files import atomic_write
+from minigpt.inspection import SNAPSHOTS, load_snapshots
+from minigpt.model import GPT, ModelConfig
+from minigpt.resume import initial_weights, load_resume_state, saved_tokenizer
+from minigpt.runtime import Runtime, device_memory
+from minigpt.step import Diverged, Trainer
+from minigpt.stopping import StopRequest
+from minigpt.tracking import TensorBoardLog
+
+NOT_CAUSAL = ("model.causal = false: every token can see the tokens after it, including the one "
+              "it must predict, so the training loss will fall towards zero by copying the answer. "
+              "The model learns nothing it can use to generate; this run only shows why the "
+              "causal mask exists.")
+
+
+class Run:
+    """One training run: config, runtime, data, trainer, directory and counters, and how it is
+    checkpointed. Build it with `Run.start`."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, data: Dataset, trainer: Trainer,
+                 directory: Path, probe: list[int], prompt: str):
+        self.cfg, self.runtime, self.data, self.trainer = cfg, runtime, data, trainer
+        self.dir, self.probe = directory, probe
+        self.prompt = prompt  # train.sample_prompt when it is the probe prompt (see probe_ids)
+        self.step, self.best_val = 0, float("inf")
+        self.batches = torch.Generator().manual_seed(cfg.train.seed)  # draws every rank's batches
+        self.snapshots: dict | None = None  # snapshots.pt's contents, once the first is kept
+        self.tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum * runtime.world_size
+                                * cfg.model.context_length)
+
+    @classmethod
+    def start(cls, cfg: Config, resume: str | Path | None = None,
+              stop: "StopRequest | None" = None) -> "Run":
+        """Check everything that can fail, then build the model and trainer (and load the
+        checkpoint when resuming). Nothing is written yet but the removal of what an interrupted
+        start or save left behind."""
+        if not cfg.model.causal:
+            warnings.warn(NOT_CAUSAL, stacklevel=3)
+        state = load_resume_state(resume, cfg) if resume is not None else None
+        init = load(cfg.train.init_from) if state is None and cfg.train.init_from else None
+        runtime = Runtime.from_config(cfg.train)
+        tokenizer = saved_tokenizer(state) if state is not None else init[1] if init else None
+        data = prepare_data(cfg.data, cfg.model.context_length, tokenizer)
+        cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
+        check_fits(cfg.model, cfg.train, runtime.device)
+        probe, prompt = probe_ids(data, cfg)
+        directory = Path(resume) if resume is not None else new_run_dir(cfg)
+        if runtime.master:
+            clear_unstarted(directory)
+        runtime.start()
+        torch.manual_seed(cfg.train.seed)
+        model = GPT(cfg.model)
+        if init is not None:
+            model.load_state_dict(initial_weights(init[0], cfg.model))
+        model = model.to(runtime.device)
+        run = cls(cfg, runtime, data, Trainer(model, cfg.train, runtime), directory, probe, prompt)
+        run.stop = stop or StopRequest()
+        if state is not None:
+            try:
+                run.load_state_dict(state)
+            except MiniGPTError:
+                raise
+            except (KeyError, TypeError, ValueError, RuntimeError, NotImplementedError) as err:
+                raise CheckpointError(
+                    f"the checkpoint in {directory} cannot be resumed: its training state is "
+                    f"damaged ({type(err).__name__}: {str(err)[:120]}); its weights may still "
+                    f"sample, or start a new run from them with --init-from") from None
+        return run
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's micro-batch. One draw serves all ranks, each taking its own slice: every
+        rank's stream differs, and the generator state saved by rank 0 resumes all of them."""
+        tc, rank = self.cfg.train, self.runtime.rank
+        x, y = get_batch(self.data.train, tc.batch_size * self.runtime.world_size,
+                         self.cfg.model.context_length, self.batches)
+        mine = slice(rank * tc.batch_size, (rank + 1) * tc.batch_size)
+        return x[mine].to(self.runtime.device), y[mine].to(self.runtime.device)
+
+    def save(self, name: str) -> None:
+        """Write the checkpoint `name` in the run directory (rank 0 only). Weights that are no
+        longer finite raise Diverged instead, on every rank, so no save overwrites a good one."""
+        if not torch.stack([p.isfinite().all() for p in self.trainer.model.parameters()]).all():
+            raise Diverged("the weights became NaN or infinite")
+        if not self.runtime.master:
+            return
+        with self.stop.protected():  # a second Ctrl-C does not cut a save short
+            save_checkpoint(self.dir / name, self.state_dict())
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.trainer.model.state_dict(), "model_config": asdict(self.cfg.model),
+            "tokenizer": self.data.tokenizer.to_dict(), "config": self.cfg.to_dict(),
+            **self.trainer.state_dict(), "step": self.step, "best_val_loss": self.best_val,
+            "rng": {**self.runtime.rng_state(), "batches": self.batches.get_state()}}
+
+    def keep_snapshot(self, snapshot: dict) -> None:
+        """Add what the model does with the probe prompt now to the run's snapshots.pt, which the
+        app plays back with a step slider (rank 0 only; a write failure costs only that file)."""
+        if not self.runtime.master:
+            return
+        if self.snapshots is None:  # this process's first evaluation: take over the file's
+            kept = load_snapshots(self.dir) or {"steps": [], "snapshots": []}
+            earlier = [i for i, s in enumerate(kept["steps"]) if s < self.step]  # resumed: redo
+            self.snapshots = {"tokens": self.probe_tokens(),
+                              "steps": [kept["steps"][i] for i in earlier],
+                              "snapshots": [kept["snapshots"][i] for i in earlier]}
+        self.snapshots["steps"].append(self.step)
+        self.snapshots["snapshots"].append(snapshot)
+        try:
+            with self.stop.protected():
+                atomic_write(self.dir / SNAPSHOTS, lambda f: torch.save(self.snapshots, f))
+        except OSError:
+            pass
+
+    def load_state_dict(self, state: dict) -> None:
+        step, best = state["step"], state["best_val_loss"]
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= LIMITS["max_steps"]:
+            raise ValueError(f"step {step!r}")
+        if isinstance(best, bool) or not isinstance(best, (int, float)):
+            raise TypeError(f"best_val_loss {best!r}")
+        self.trainer.model.load_state_dict(state["model"])
+        self.trainer.load_state_dict(state)
+        self.step, self.best_val = state["step"], state["best_val_loss"]
+        self.batches.set_state(state["rng"]["batches"])
+        self.runtime.set_rng_state(state["rng"])
+
+    def open_log(self, log: Callable[[str], None]) -> TensorBoardLog:
+        """Rank 0 creates the run directory, writes config.json, opens TensorBoard and prints the
+        run's header lines through log; other ranks get a log that writes nothing."""
+        if not self.runtime.master:
+            return TensorBoardLog(None)
+        config = self.cfg.to_dict()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.json").write_text(json.dumps(config, indent=2) + "\n",
+                                                  encoding="utf-8")
+        except OSError as err:
+            raise TrainingError(f"cannot write the run directory {self.dir}: "
+                                f"{err.strerror or err}; choose a writable --train.out_dir") from None
+        board = TensorBoardLog(self.dir)
+        board.start(config, self.probe_tokens(), self.step)
+        table = self.trainer.model.pos_emb.vectors()
+        if table is not None:
+            board.positions(self.cfg.model.pos_encoding, table, self.step)
+        model, tokenizer = self.trainer.model, self.data.tokenizer
+        log(f"config: {json.dumps(config)}")
+        log(f"data: {self.data.source}, {len(self.data.train):,} train / {len(self.data.val):,} "
+            f"val tokens, {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens")
+        log(f"model: {model.num_params():,} parameters "
+            f"({model.num_params(non_embedding=True):,} outside embeddings and head)")
+        log(f"device: {self.runtime.device} ({str(self.runtime.dtype).removeprefix('torch.')}), "
+            f"world size {self.runtime.world_size}, {self.tokens_per_step:,} tokens per step")
+        log(f"run directory: {self.dir}" + (f" (resuming at step {self.step})" if self.step else ""))
+        return board
+
+    def probe_tokens(self) -> list[str]:
+        return [self.data.tokenizer.decode([i]) for i in self.probe]
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """The directory of a new run. One that exists but holds no checkpoint is a start that was
+    stopped early: it is used again (re-running the same command goes on from there)."""
+    name = cfg.train.run_name or f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(cfg.train.out_dir) / name
+    if run_dir.is_file():
+        raise TrainingError(f"{run_dir} is a file, not a run directory; choose another "
+                            f"--train.run_name or --train.out_dir")
+    if newest_checkpoint(run_dir) is not None:
+        raise TrainingError(f"run directory {run_dir} already holds a run; continue it with "
+                            f"--resume {run_dir} or choose another --train.run_name")
+    return run_dir
+
+
+def clear_unstarted(run_dir: Path) -> None:
+    """Remove what a start stopped before its first checkpoint left (config, TensorBoard events)
+    and the temporary files of saves cut short by a kill, so the run starts clean."""
+    if not run_dir.is_dir():
+        return
+    leftovers = [*run_dir.glob(".*.tmp")]
+    if newest_checkpoint(run_dir) is None:
+        leftovers += [*run_dir.glob("events.out.tfevents.*"), run_dir / "config.json",
+                      run_dir / SNAPSHOTS]
+    for path in leftovers:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise TrainingError(f"cannot clean up {path}: {err.strerror or err}") from None
+
+
+def check_fits(cfg: ModelConfig, tc: TrainConfig, device: torch.device) -> None:
+    """Refuse, before allocating anything, a run that cannot fit the device: the weights,
+    gradients and AdamW moments (4 fp32 copies), plus a micro-batch's activations, estimated
+    roughly (about 20 C floats per token and layer kept for the backward pass, and the logits)."""
+    params = GPT.count_params(cfg)
+    weights, total = 16 * params, device_memory(device)
+    if total is None:  # the OS does not say: let the allocator be the judge
+        return
+    if weights > total:
+        raise ConfigError(f"the model has {params:,} parameters and needs about "
+                          f"{weights / 2**30:,.1f} GiB for weights, gradients and optimizer state, "
+                          f"more than the {total / 2**30:,.1f} GiB of {device}; choose a smaller model")
+    tokens = tc.batch_size * cfg.context_length
+    activations = 4 * tokens * (20 * cfg.num_layers * cfg.embed_dim + 3 * cfg.vocab_size)
+    if weights + activations > total:
+        raise ConfigError(f"a micro-batch of train.batch_size={tc.batch_size} sequences of "
+                          f"{cfg.context_length} tokens needs about {activations / 2**30:,.1f} GiB "
+                          f"of activations, more than the {total / 2**30:,.1f} GiB of {device} "
+                          f"holds; use a smaller train.batch_size (train.grad_accum keeps the "
+                          f"tokens per step)")
+
+
+def probe_ids(data: Dataset, cfg: Config) -> tuple[list[int], str]:
+    """The prompt of the logged samples and attention images (at most 32 tokens), and its text:
+    the tokens of train.sample_prompt, else the start of the val split (and ""). A prompt that the
+    tokenizer cannot encode (the default one, with a tokenizer learned from another text) costs a
+    warning, not the run."""
+    limit = min(32, cfg.model.context_length)
+    problem = None
+    try:
+        ids = data.tokenizer.encode(cfg.train.sample_prompt)
+        if cfg.train.sample_prompt and not ids:
+            problem = "it holds no tokens"
+    except ValueError as err:
+        ids, problem = [], str(err)
+    if problem:
+        warnings.warn(f"train.sample_prompt {cfg.train.sample_prompt[:40]!r} cannot be the probe "
+                      f"prompt ({problem}); the samples and attention images start from the "
+                      f"validation text instead", stacklevel=2)
+    if not ids:
+        return data.val[:limit].tolist(), ""
+    return ids[-limit:], cfg.train.sample_prompt
