@@ -9,26 +9,24 @@
 """
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
-from minigpt.cli import ArgumentParser
-from minigpt.config import Config, describe_keys, load_config, read_toml
+from minigpt.cli import ArgumentParser, exit_code
+from minigpt.config import (
+    Config,
+    default_config_path,
+    describe_keys,
+    find_config,
+    load_config,
+    read_toml,
+)
 from minigpt.errors import ConfigError
 from minigpt.evaluation import evaluate_run
 from minigpt.resume import init_config, resume_config
 from minigpt.runtime import torchrun_ranks, tune_process
 from minigpt.training import train
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.toml")
-
-
-def default_config_path() -> str | None:
-    """configs/default.toml beside train.py, what runs without --config (None if it is gone)."""
-    return DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -39,7 +37,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
                     "overrides. The defaults shown are those of configs/default.toml, which runs "
                     "when no --config is given.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="a TOML config file (default: configs/default.toml)")
+    parser.add_argument("--config", help="a TOML config file, or the name of a shipped one such as "
+                                         "shakespeare_char (default: configs/default.toml)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last.pt (train.* keys may change)")
     parser.add_argument("--init-from", metavar="WEIGHTS",
@@ -79,7 +78,7 @@ def run_config(args: argparse.Namespace, overrides: dict[str, str]) -> Config:
     cfg = load_config(args.config or (None if fine_tuning else default_config_path()), overrides)
     if not cfg.train.init_from:
         return cfg
-    in_file = read_toml(Path(args.config)).get("model", {}) if args.config else {}
+    in_file = read_toml(find_config(args.config)).get("model", {}) if args.config else {}
     return init_config(cfg, [*overrides, *(f"model.{key}" for key in in_file)])
 
 
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inspect:  tensorboard --logdir {result.run_dir.parent}")
         if result.stopped_by:
             print(f"resume:   python train.py --resume {result.run_dir}")
-    return 130 if result.stopped_by == "SIGINT" else 143 if result.stopped_by == "SIGTERM" else 0
+    return exit_code(result.stopped_by)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from minigpt.checkpoint import load  # noqa: E402
-from minigpt.config import load_config  # noqa: E402
+from minigpt.config import default_config_path, load_config  # noqa: E402
 from minigpt.heatmap import ATTENTION_NOTE, add_legend, attention_image  # noqa: E402
 from minigpt.inspection import load_snapshots  # noqa: E402
 from minigpt.training import train  # noqa: E402
@@ -134,7 +134,7 @@ def main() -> None:
         if args.run:  # alone in a runs folder of its own: the app opens the newest run it finds
             run_dir = Path(shutil.copytree(Path(args.run).resolve(), scratch / "runs" / "run"))
         else:
-            cfg = load_config(ROOT / "configs" / "default.toml",
+            cfg = load_config(default_config_path(),
                               {"train.out_dir": str(scratch / "runs"), "train.run_name": "default",
                                "train.sample_prompt": "the cat sat on the mat . it was"})
             run_dir = train(cfg, progress=False).run_dir

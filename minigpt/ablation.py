@@ -21,16 +21,14 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from minigpt.cli import ArgumentParser, run_cli
-from minigpt.config import Config, load_config
+from minigpt.cli import ArgumentParser, exit_code, run_cli
+from minigpt.config import Config, default_config_path, load_config
 from minigpt.data import prepare_data
 from minigpt.errors import ConfigError
 from minigpt.evaluation import split_loss
 from minigpt.model import GPT
 from minigpt.runtime import Runtime, tune_process
 from minigpt.training import train
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
 ABLATIONS = {  # run name -> (what is taken away, model config overrides)
     "baseline": ("nothing: the default model", {}),
@@ -44,10 +42,12 @@ ABLATIONS = {  # run name -> (what is taken away, model config overrides)
 
 
 def parse_args(argv: list[str]):
-    parser = ArgumentParser(description="Train the default model and one model per removed part "
+    parser = ArgumentParser(prog="python -m minigpt.ablation",
+                            description="Train the default model and one model per removed part "
                                         "with the same budget, and compare their losses.")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="the config every run starts from (default: configs/default.toml)")
+    parser.add_argument("--config", default=str(default_config_path()),
+                        help="the config every run starts from: a TOML file or a shipped config's "
+                             "name (default: configs/default.toml)")
     parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(ABLATIONS),
                         help=f"train only these, out of: {', '.join(ABLATIONS)}")
     parser.add_argument("--max-steps", type=int, help="steps per run (default: the config's)")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     (parent / "results.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     print(f"curves:  tensorboard --logdir {parent}")
-    return {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped_by, 0)  # as train.py
+    return exit_code(result.stopped_by)
 
 
 if __name__ == "__main__":

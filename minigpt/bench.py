@@ -53,9 +53,9 @@ from minigpt.gpt2 import export_gpt2, load_gpt2
 from minigpt.inspection import inspect_prompt
 from minigpt.model import GPT, ModelConfig
 from minigpt.runtime import Runtime, resolve_device, tune_process
+from minigpt.speedrun import matmul_peak, speedrun, sync_device
 from minigpt.step import Trainer
 from minigpt.tokenizer import BPETokenizer
-from minigpt.training import train
 
 # name: (model, batch size). cpu_recipe is the well-known CPU Tiny Shakespeare recipe
 # (configs/shakespeare_char_cpu_baseline.toml), gpu_recipe the well-known 6-layer GPU one
@@ -67,9 +67,6 @@ MODELS = {
                                num_layers=6, bias=False), 64),
 }
 VARIANTS = ("eager", "fused", "tuned", "compiled", "floor")
-# Dense bf16 tensor-core peaks from NVIDIA's datasheets (TFLOP/s; the larger published figures
-# assume 2:4 sparsity). The first name found in torch.cuda.get_device_name() wins.
-BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
 
 
 def step_matmuls(cfg: ModelConfig, batch_size: int) -> list[tuple[int, int, int, int]]:
@@ -86,31 +83,6 @@ def step_matmuls(cfg: ModelConfig, batch_size: int) -> list[tuple[int, int, int,
     for _ in range(cfg.num_layers):  # Q K^T and P V; backward: dP, dV, dQ, dK
         shapes += [(heads, T, head_dim, T)] * 2 + [(heads, T, T, head_dim)] * 4
     return shapes
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> dict:
-    """Measured GFLOP/s of a square matmul: fp32 on CPU, bf16 on CUDA."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cuda":
-        size = 8192
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return {"dtype": str(dtype).removeprefix("torch."), "size": size,
-            "gflops": 2 * size ** 3 / statistics.median(times) / 1e9}
 
 
 def training_step(cfg: ModelConfig, batch_size: int, variant: str, device: torch.device):
@@ -154,14 +126,14 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
     start = time.perf_counter()
     for _ in range(3):  # warm-up, compilation included
         step()
-    _sync(device)
+    sync_device(device)
     warmup_s = time.perf_counter() - start
     faults = minor_faults()
     times = []
     while len(times) < steps and (len(times) < 3 or sum(times) < max_seconds):
         start = time.perf_counter()
         step()
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - start)
     faults = minor_faults() - faults
     step_s = statistics.median(times)
@@ -223,11 +195,11 @@ def bench_generate(model_name: str, new_tokens: int, batch_sizes: list[int],
                                               ("cached_fast", True, "fast"),
                                               ("recompute", False, "exact")]:
             generator = torch.Generator(device=device).manual_seed(0)
-            _sync(device)
+            sync_device(device)
             start = time.perf_counter()
             generate(model, prompt, new_tokens, temperature=1.0, generator=generator,
                      use_cache=use_cache, past_context=past_context)
-            _sync(device)
+            sync_device(device)
             row[name] = batch_size * new_tokens / (time.perf_counter() - start)
         row["speedup"] = row["cached_fast"] / row["recompute"]
         rows.append(row)
@@ -238,7 +210,7 @@ GPT2_SMALL = ModelConfig(vocab_size=50257, context_length=1024, embed_dim=768, n
                          num_layers=12, activation="gelu_tanh")  # GPT-2's 124M model
 
 
-def bench_gpt2(device: torch.device, finetune: str = "configs/finetune_shakespeare.toml") -> dict:
+def bench_gpt2(device: torch.device, finetune: str = "finetune_shakespeare") -> dict:
     """What the three GPT-2 uses cost with the 124M model: its directory on disk and the time to
     load it, a prompt looked inside, sampling speed, and one fine-tuning step as the finetune
     config takes it. The weights are random and the tokenizer synthetic (GPT-2's sizes: 50,000
@@ -265,7 +237,7 @@ def bench_gpt2(device: torch.device, finetune: str = "configs/finetune_shakespea
     row["prompt_tokens"] = ids.size(1)
     start = time.perf_counter()
     generate(model, ids, 50, generator=torch.Generator(device=device).manual_seed(0))
-    _sync(device)
+    sync_device(device)
     row["generate_tokens_per_s"] = 50 / (time.perf_counter() - start)
     finetune_cfg = load_config(finetune)
     tc, context = replace(finetune_cfg.train, device=str(device)), finetune_cfg.model.context_length
@@ -273,10 +245,10 @@ def bench_gpt2(device: torch.device, finetune: str = "configs/finetune_shakespea
     trainer = Trainer(model, tc, Runtime.from_config(tc))
     tokens = torch.randint(0, 50257, (tc.batch_size, context + 1), device=device)
     trainer.step(lambda: (tokens[:, :-1], tokens[:, 1:]))  # warm-up: optimizer state allocated
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     trainer.step(lambda: (tokens[:, :-1], tokens[:, 1:]))
-    _sync(device)
+    sync_device(device)
     row["finetune_step_s"] = time.perf_counter() - start
     row["finetune_tokens_per_step"] = tc.batch_size * tc.grad_accum * context
     row["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20
@@ -295,42 +267,6 @@ def peak_rss_mb() -> float:
 def minor_faults() -> float:
     """Page faults this process has taken so far (nan on Windows)."""
     return float("nan") if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def datasheet_peak_tflops(device: torch.device) -> float | None:
-    """The card's dense bf16 peak, if it is one we know; None on CPU or an unknown card."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops for key, tflops in BF16_PEAK_TFLOPS.items() if key in name), None)
-
-
-def speedrun(config: str | None, target: float, overrides: dict[str, str]) -> tuple[dict, dict]:
-    """Train `config` until val loss <= target (or max_steps); time it and its MFU.
-    Returns the device's matmul peak and the speedrun's figures."""
-    cfg = load_config(config, {**overrides, "train.target_val_loss": str(target)})
-    device = resolve_device(cfg.train.device)
-    tune_process()  # as train.py does
-    peak = matmul_peak(device)
-    start = time.perf_counter()
-    result = train(cfg, progress=False, log=print)
-    wall_s = time.perf_counter() - start
-    # the vocabulary size comes from the data
-    with open(result.run_dir / "config.json", encoding="utf-8") as f:
-        model_cfg = ModelConfig(**json.load(f)["model"])
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * model_cfg.context_length
-    tokens_per_sec = tokens_per_step / statistics.median(result.step_seconds)
-    flops = GPT.flops_per_token(model_cfg) * tokens_per_sec
-    datasheet = datasheet_peak_tflops(device)
-    reached = result.target_step
-    return peak, {
-        "config": cfg.name, "run_dir": str(result.run_dir), "compile": cfg.train.compile,
-        "target": target, "reached_at_step": reached,
-        "time_to_target_s": result.val_seconds[reached] if reached is not None else None,
-        "steps": result.step, "wall_s": wall_s, "best_val_loss": result.best_val_loss,
-        "val_losses": result.val_losses, "tokens_per_sec": tokens_per_sec,
-        "tflops": flops / 1e12, "mfu_datasheet": flops / (datasheet * 1e12) if datasheet else None,
-        "mfu_measured_peak": flops / (peak["gflops"] * 1e9)}
 
 
 def print_report(report: dict) -> None:
@@ -389,7 +325,7 @@ def print_report(report: dict) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line, checked: one line and exit 2 for values that mean nothing."""
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m minigpt.bench", description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
                         choices=["all", "peak", "train", "generate", "speedrun", "gpt2"])
     parser.add_argument("--device", default="auto")

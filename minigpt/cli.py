@@ -12,6 +12,13 @@ from collections.abc import Callable
 
 from minigpt.errors import MiniGPTError
 
+STOP_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells do
+
+
+def exit_code(stopped_by: str | None) -> int:
+    """The exit code of a command whose training stopped for this reason (None: it finished)."""
+    return STOP_EXIT_CODES.get(stopped_by, 0)
+
 
 def run_cli(main: Callable[[], int]) -> None:
     """Run main() and exit with its code; a user error prints `error: ...` and exits 1, and a
@@ -30,7 +37,7 @@ def run_cli(main: Callable[[], int]) -> None:
         code = 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        code = 130
+        code = STOP_EXIT_CODES["SIGINT"]
     sys.exit(code)
 
 

@@ -1,6 +1,7 @@
 """Run configuration: one frozen dataclass per TOML section, read with stdlib tomllib.
 
     cfg = load_config("configs/default.toml", {"train.lr": "3e-4"})
+    cfg = load_config("shakespeare_char")          # a shipped config, by name, from any folder
 
 Precedence: overrides (from the command line, as strings) > the TOML file > dataclass defaults.
 Unknown sections or keys and wrongly typed values raise ConfigError naming the key and the valid
@@ -15,6 +16,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -112,8 +114,8 @@ class TrainConfig:
                                    "(0: train for all max_steps)", 0.0)
     checkpoint_interval: int = _help("save last.pt every this many steps", 100)
     sample_tokens: int = _help("tokens of sample text logged at each eval (0: none)", 60)
-    sample_prompt: str = _help("prompt of the logged samples (empty: the data's first token)",
-                               "")
+    sample_prompt: str = _help("prompt of the logged samples and attention pictures (empty: the "
+                               "first 32 tokens of the val split)", "")
     seed: int = _help("random seed for initialisation, batches and dropout", 1337)
     device: str = _help("auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", "auto")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
@@ -267,11 +269,39 @@ def parse_value(key: str, text: str):
         raise ConfigError(f"{key} must be {_type_name(tp)}, got {text!r}") from None
 
 
+def config_path(name: str) -> Path:
+    """A config shipped with minigpt, by name ("default", "shakespeare_char"): configs/NAME.toml,
+    installed as the package data minigpt.configs, so found from any folder."""
+    return Path(str(resources.files("minigpt.configs") / f"{name}.toml"))
+
+
+def default_config_path() -> Path:
+    """What train.py, the ablation and the app run when no config is given."""
+    return config_path("default")
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped with minigpt."""
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("minigpt.configs").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """path itself when it names a file, else the shipped config of that name (with or without
+    .toml), so that `--config shakespeare_char` works from any folder."""
+    path = Path(path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = config_path(path.name.removesuffix(".toml"))
+    return shipped if shipped.is_file() else path
+
+
 def read_toml(path: Path) -> dict:
     if path.exists() and not path.is_file():
         raise ConfigError(f"config path {path} is not a regular file; pass a TOML file")
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; see configs/ for examples")
+        raise ConfigError(f"config file {path} not found; give a TOML file or one of the "
+                          f"shipped configs: {', '.join(shipped_configs())}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:  # too deep
@@ -303,7 +333,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
     values: dict[str, dict] = {}
     name = "default"
     if path is not None:
-        path = Path(path)
+        path = find_config(path)
         values = read_toml(path)
         name = path.stem
     for key, text in (overrides or {}).items():

@@ -16,7 +16,8 @@ from minigpt.gpt2 import export_gpt2
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description="Write a GPT-2 shaped minigpt run as a Hugging Face GPT-2 "
+    parser = ArgumentParser(prog="python -m minigpt.export",
+                            description="Write a GPT-2 shaped minigpt run as a Hugging Face GPT-2 "
                                         "directory (config.json, model.safetensors, vocab.json, "
                                         "merges.txt).")
     parser.add_argument("run", help="a run directory (its best.pt) or a .pt checkpoint")

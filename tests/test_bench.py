@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from minigpt import bench
+from minigpt import bench, speedrun
 from minigpt.cli import run_cli
 from minigpt.model import GPT
 from minigpt.step import Trainer
@@ -132,8 +132,8 @@ def test_datasheet_peaks_by_card_name(monkeypatch):
                          ("NVIDIA H200", 989.4), ("NVIDIA A100-SXM4-40GB", 312.0),
                          ("Tesla T4", None)]:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
-        assert bench.datasheet_peak_tflops(cuda) == tflops
-    assert bench.datasheet_peak_tflops(torch.device("cpu")) is None
+        assert speedrun.datasheet_peak_tflops(cuda) == tflops
+    assert speedrun.datasheet_peak_tflops(torch.device("cpu")) is None
 
 
 def test_bad_speedrun_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):

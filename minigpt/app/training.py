@@ -9,9 +9,8 @@ from pathlib import Path
 import streamlit as st
 
 import minigpt.training
-from minigpt.config import load_config
+from minigpt.config import default_config_path, load_config
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository, where configs/ lives
 APP_RUN = "app-default"  # the one run the app trains; training again replaces it
 
 
@@ -48,7 +47,7 @@ class AppTraining:
         so the app never holds more than one."""
         try:
             shutil.rmtree(Path(out_dir) / APP_RUN, ignore_errors=True)
-            cfg = load_config(ROOT / "configs" / "default.toml",
+            cfg = load_config(default_config_path(),
                               {"train.out_dir": out_dir, "train.run_name": APP_RUN})
             # Looked up at each start, not imported by name, so a test can stand in for train().
             result = minigpt.training.train(cfg, progress=False, on_step=self._progress,
