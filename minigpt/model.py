@@ -2,6 +2,10 @@
 
     token ids -> token embedding (+ position) -> Block x num_layers -> [final norm] -> head -> logits
 
+Read top to bottom: the config, the hook points, attention, the feed-forward block, the block,
+the GPT. Positions are minigpt/positions.py; decoding (the KV cache, sampling, stop sequences) is
+minigpt/generation.py; reading and editing the hook points is minigpt/hooks.py.
+
 Shape letters used in the comments below:
     B batch size, T sequence length (time), S keys attended to (T, or more with a KV cache),
     C embed_dim, H num_heads, D head_dim = C // H, V vocab_size.
