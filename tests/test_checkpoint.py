@@ -2,10 +2,12 @@
 
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
 from conftest import run_config
+from torch.testing import assert_close
 
 from minigpt import checkpoint
 from minigpt.checkpoint import (
@@ -26,14 +28,45 @@ def trained(tmp_path_factory):
     return result.run_dir
 
 
-def test_run_directory_resolves_to_best_checkpoint(trained):
-    model, tokenizer = load(trained)
+def test_run_directory_resolves_to_best_checkpoint(trained, tmp_path):
+    """A run directory loads best.pt even where last.pt is later and newer on disk (best at step
+    4, last at step 8, with other weights); without best.pt it falls back to last.pt."""
+    state = load_checkpoint(trained / "last.pt")
+    best = {**state, "step": 4,
+            "model": {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}}
+    last = {**state, "step": 8}
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.pt", best)
+    save_checkpoint(run / "last.pt", last)
+    os.utime(run / "best.pt", (1_000_000, 1_000_000))  # best.pt is the older file
+    assert load_checkpoint(run)["step"] == 4
+    model, tokenizer = load(run)
+    assert_close(model.state_dict(), best["model"], rtol=0, atol=0)
     assert model.config.vocab_size == tokenizer.vocab_size
     assert not model.training
+    (run / "best.pt").unlink()
+    assert load_checkpoint(run)["step"] == 8
 
 
 def test_latest_run_picks_the_newest(trained, tmp_path):
-    assert latest_run(trained.parent) == trained
+    """Newest by the time its checkpoints were written, not by name: b-run was written last,
+    c-run (last by name) first; a folder without a checkpoint is not a run."""
+    written = {"a-run": 2_000_000, "b-run": 3_000_000, "c-run": 1_000_000}
+    for name, when in written.items():
+        (tmp_path / name).mkdir()
+        shutil.copy(trained / "last.pt", tmp_path / name / "last.pt")
+        os.utime(tmp_path / name / "last.pt", (when, when))
+    (tmp_path / "d-unstarted").mkdir()  # newest folder, no checkpoint
+    (tmp_path / "d-unstarted" / "config.json").write_text("{}")
+    assert latest_run(tmp_path) == tmp_path / "b-run"
+    os.utime(tmp_path / "c-run" / "last.pt", (4_000_000, 4_000_000))  # c-run saves again
+    assert latest_run(tmp_path) == tmp_path / "c-run"
+    (tmp_path / "a-run" / "best.pt").write_bytes((trained / "last.pt").read_bytes())  # now
+    assert latest_run(tmp_path) == tmp_path / "a-run"  # its newest file counts, whichever it is
+
+
+def test_a_folder_without_runs_has_no_latest_run(tmp_path):
     for nowhere in ("r" * 300, "runs\0"):  # a runs folder that cannot exist holds no run
         with pytest.raises(CheckpointError, match="no trained run found"):
             latest_run(nowhere)

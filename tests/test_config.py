@@ -1,5 +1,7 @@
 """Config: TOML sections into frozen dataclasses, command-line overrides, clear errors."""
 
+import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -108,8 +110,15 @@ def test_describe_keys_lists_every_key_with_help():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_configs_load_and_explain_themselves(path):
-    load_config(path)
-    assert path.read_text().startswith("#")
+    """Each config opens with a comment of at least 20 words, before its first setting, that
+    names the data set it trains on and says what a run costs or gives (a time, steps, a loss)."""
+    cfg = load_config(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = " ".join(line.lstrip("#").strip()
+                      for line in itertools.takewhile(lambda line: line.startswith("#"), lines))
+    assert len(re.findall(r"[A-Za-z][A-Za-z'-]+", header)) >= 20, f"no header to speak of: {header!r}"
+    assert cfg.data.dataset in header.lower(), f"the header does not name {cfg.data.dataset!r}"
+    assert re.search(r"\b(loss|val \d|minutes?|\d+ s|steps)\b", header), "no cost or outcome"
 
 
 def test_required_configs_exist():

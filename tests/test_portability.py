@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,26 +14,48 @@ import torch
 from conftest import run_config, tiny_config
 
 from minigpt import bench, files, runtime
+from minigpt.checkpoint import load_checkpoint
 from minigpt.config import load_config
 from minigpt.data import read_text
-from minigpt.errors import ConfigError
+from minigpt.errors import ConfigError, InputError
 from minigpt.files import atomic_write
 from minigpt.generation import check_batch_fits
 from minigpt.model import GPT
-from minigpt.training import check_fits, stop_signals, train
+from minigpt.resume import resume_config
+from minigpt.run import check_fits
+from minigpt.stopping import stop_signals
+from minigpt.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_memory_size_without_sysconf_is_unknown_and_checks_step_aside(monkeypatch):
     """Windows has no os.sysconf; without its kernel32 either, size checks are skipped instead of
-    crashing (the allocator then has the last word)."""
+    crashing (the allocator then has the last word). The same model and batches are refused while
+    the probe reports too little memory, so stepping aside is the unknown size's doing."""
+    tiny, big = tiny_config(), tiny_config(embed_dim=1024, num_layers=8)  # big: about 1.5 GiB
+    tc = run_config(Path("/nonexistent")).train
+    large_batch = replace(tc, batch_size=64)  # tiny's activations: about 5.5 MB
+    monkeypatch.setattr(runtime, "physical_memory", lambda: 2**30)
+    with pytest.raises(ConfigError, match="choose a smaller model"):
+        check_fits(big, tc, torch.device("cpu"))
+    monkeypatch.setattr(runtime, "physical_memory", lambda: 64 * 2**30)
+    check_fits(big, tc, torch.device("cpu"))
+    monkeypatch.setattr(runtime, "physical_memory", lambda: 2**20)
+    check_fits(tiny, tc, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="use a smaller train.batch_size"):
+        check_fits(tiny, large_batch, torch.device("cpu"))
+    check_batch_fits(GPT(tiny), 16)  # 16 key/value caches of about 8 KB each
+    with pytest.raises(InputError, match="ask for fewer samples"):
+        check_batch_fits(GPT(tiny), 1024)
+    monkeypatch.undo()
+
     monkeypatch.delattr(os, "sysconf")
     monkeypatch.setattr(ctypes, "windll", None, raising=False)
     assert runtime.physical_memory() is None
-    cfg = tiny_config()
-    check_fits(cfg, run_config(Path("/nonexistent")).train, torch.device("cpu"))
-    check_batch_fits(GPT(cfg), 1024)
+    check_fits(big, tc, torch.device("cpu"))
+    check_fits(tiny, large_batch, torch.device("cpu"))
+    check_batch_fits(GPT(tiny), 1024)
 
 
 def test_memory_size_on_windows_comes_from_global_memory_status(monkeypatch):
@@ -89,10 +112,33 @@ def test_a_file_held_open_for_good_fails_cleanly(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
-def test_ctrl_break_stops_training_on_windows(monkeypatch):
-    assert stop_signals()[:2] == [signal.SIGINT, signal.SIGTERM]
-    monkeypatch.setattr(signal, "SIGBREAK", 21, raising=False)  # Windows' number for it
-    assert stop_signals() == [signal.SIGINT, signal.SIGTERM, 21]
+def test_ctrl_break_stops_training_on_windows(tmp_path, monkeypatch):
+    """Windows sends Ctrl-Break as SIGBREAK, which other OSes lack: there SIGUSR1 stands in for
+    it. Raised mid-run, it stops training after that step with a last.pt that resumes to the end."""
+    ctrl_break = getattr(signal, "SIGBREAK", None) or signal.SIGUSR1
+    monkeypatch.setattr(signal, "SIGBREAK", ctrl_break, raising=False)
+    assert stop_signals() == [signal.SIGINT, signal.SIGTERM, ctrl_break]
+
+    def ctrl_break_at_step_3(step, total):
+        if step == 3:
+            signal.raise_signal(ctrl_break)
+
+    unheard = []  # the signals that reached the handler in place before train()
+
+    def outside_train(signum, frame):
+        unheard.append(signum)
+
+    before = signal.signal(ctrl_break, outside_train)
+    try:
+        result = train(run_config(tmp_path), progress=False, on_step=ctrl_break_at_step_3)
+        assert signal.getsignal(ctrl_break) is outside_train  # train() put it back
+    finally:
+        signal.signal(ctrl_break, before)
+    assert not unheard, "train() did not handle Ctrl-Break"
+    assert result.stopped_by == signal.Signals(ctrl_break).name and result.step == 3
+    run_dir = tmp_path / "runs" / "test"
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 3
+    assert train(resume_config(run_dir), resume=run_dir, progress=False).step == 8
 
 
 @pytest.mark.parametrize("name", ["a:b", "CON", "nul.txt", "run?", "run.", "run ", "a\\b", "x|y"])
