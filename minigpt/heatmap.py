@@ -172,3 +172,35 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     """An RGB image as the (3, H, W) uint8 tensor TensorBoard's add_image takes."""
     pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
     return pixels.view(image.height, image.width, 3).permute(2, 0, 1)
+
+
+HEAD_SCORES_NOTE = "each cell: one head's mean attention of that kind (0 to 1); layer 1 on top"
+
+
+def head_scores_image(scores: dict[str, torch.Tensor], cell: int = 30) -> Image.Image:
+    """Head scores side by side, one panel per kind ({"induction": (L, H), ...}): a row per
+    layer, a column per head, each cell coloured and written with its score, on one 0-1 scale."""
+    font = _font()
+    layers, heads = next(iter(scores.values())).shape
+    margin = 6 + int(font.getlength(f"layer {layers}"))
+    width = max(heads * cell, max(int(font.getlength(kind)) for kind in scores) + 4)
+    top = 2 * TITLE
+    canvas = Image.new("RGB", (margin + len(scores) * (width + 3 * GAP), top + layers * cell),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    for layer in range(layers):
+        draw.text((margin - 4, top + layer * cell + cell // 2), f"layer {layer + 1}",
+                  fill="black", font=font, anchor="rm")
+    for panel, (kind, values) in enumerate(scores.items()):
+        x = margin + panel * (width + 3 * GAP)
+        canvas.paste(heatmap(values, cell, vmin=0.0, vmax=1.0), (x, top))
+        draw.text((x + heads * cell // 2, 2), kind, fill="black", font=font, anchor="ma")
+        for head in range(heads):
+            draw.text((x + head * cell + cell // 2, TITLE + 2), f"h{head}", fill="black",
+                      font=font, anchor="ma")
+            for layer in range(layers):
+                value = float(values[layer, head])
+                draw.text((x + head * cell + cell // 2, top + layer * cell + cell // 2),
+                          f"{value:.2f}"[1:] if value < 1 else "1", font=font, anchor="mm",
+                          fill="black" if value > 0.5 else "white")
+    return add_legend(canvas, 0.0, 1.0, HEAD_SCORES_NOTE)
