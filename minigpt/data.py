@@ -12,6 +12,7 @@ import io
 import json
 import os
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 
 from minigpt.config import DataConfig
 from minigpt.corpus import load_corpus
-from minigpt.errors import DataError
+from minigpt.errors import DataError, DiskFullError
 from minigpt.files import atomic_write
 from minigpt.tokenizer import Tokenizer, tokenizer_from_dict, train_tokenizer
 
@@ -141,6 +142,9 @@ def _write_token_cache(path: Path, tokenizer: Tokenizer, tokens: torch.Tensor) -
         atomic_write(path, lambda f: f.write(buffer.getvalue()))
     except OSError:
         pass  # the cache only saves time; an unwritable cache directory is not an error
+    except DiskFullError as err:  # but a full one is worth saying: the runs may be there too
+        warnings.warn(f"{err}; the tokens are not cached, so the next run tokenizes again",
+                      stacklevel=3)
 
 
 def token_dtype(vocab_size: int) -> torch.dtype:

@@ -27,3 +27,13 @@ class InputError(MiniGPTError, ValueError):
 
 class TrainingError(MiniGPTError, RuntimeError):
     """Training cannot go on (a non-finite loss, an unusable run directory)."""
+
+
+class DiskFullError(MiniGPTError):
+    """A file could not be written for lack of room on its file system; the message names the
+    file and the free space it needs. Not an OSError, so that no `except OSError` meant for an
+    unwritable optional file (a cache) hides it."""
+
+
+class RunInUseError(MiniGPTError):
+    """Another process is training in the run directory."""

@@ -14,16 +14,22 @@ is read with torch.load(weights_only=True). Nothing here imports transformers.
 """
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
 
 from minigpt.errors import CheckpointError
-from minigpt.files import atomic_write
+from minigpt.files import write_directory
 from minigpt.model import GPT, ModelConfig
+from minigpt.runtime import physical_memory
 from minigpt.tokenizer import BPETokenizer, Tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CONFIG_LIMIT, TEXT_LIMIT = 2**20, 64 * 2**20  # bytes: GPT-2's own are 1 kB, 1 MB and 0.5 MB
+MAX_PARAMS = 20_000_000_000  # as minigpt.checkpoint's: beyond it, a config is not trusted
+FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+                "F64": torch.float64}  # safetensors' names of the dtypes weights may have
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
                "gelu": "gelu"}
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # stored (in, out)
@@ -65,8 +71,17 @@ def gpt2_config(values: dict) -> ModelConfig:
     if unsupported:
         raise CheckpointError(f"this GPT-2 variant sets {', '.join(unsupported)} to values minigpt's "
                               f"model does not have")
-    embed_dim = values.get("n_embd", 768)
-    inner = values.get("n_inner") or 4 * embed_dim
+    sizes = {key: values.get(key, default) for key, default in (
+        ("vocab_size", 50257), ("n_positions", 1024), ("n_embd", 768), ("n_head", 12),
+        ("n_layer", 12))}
+    if values.get("n_inner") is not None:
+        sizes["n_inner"] = values["n_inner"]
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise CheckpointError(f"config.json: {key} must be a positive integer, got "
+                                  f"{str(value)[:40]!r}; the directory is damaged")
+    embed_dim = sizes["n_embd"]
+    inner = sizes.get("n_inner") or 4 * embed_dim
     if inner % embed_dim:
         raise CheckpointError(f"n_inner ({inner}) is not a multiple of n_embd ({embed_dim})")
     try:
@@ -81,25 +96,84 @@ def gpt2_config(values: dict) -> ModelConfig:
         raise CheckpointError(f"config.json: {err}") from None
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """The tensors of model.safetensors, else pytorch_model.bin (never code: weights_only)."""
-    path = next(directory / f for f in WEIGHT_FILES if (directory / f).is_file())
+def own_file(directory: Path, name: str, limit: int | None = None) -> Path:
+    """directory/name, checked to be a regular file inside directory (a symlink out of it could
+    make minigpt read any file of the machine, a device or a pipe) and at most limit bytes."""
+    path = directory / name
+    try:
+        inside = path.resolve().is_relative_to(directory.resolve())
+        regular, size = path.is_file(), path.stat().st_size if path.exists() else 0
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop
+        raise CheckpointError(f"{path} cannot be read: {err}") from None
+    if not inside:
+        raise CheckpointError(f"{path} points outside {directory} (to {path.resolve()}); a model "
+                              f"directory's files must be its own: copy them in")
+    if not regular:
+        raise CheckpointError(f"{path} is missing or not a regular file; {directory} needs "
+                              f"config.json, {' or '.join(WEIGHT_FILES)}, vocab.json and merges.txt")
+    if limit is not None and size > limit:
+        raise CheckpointError(f"{path} is {size:,} bytes, more than a GPT-2 {name} can be "
+                              f"({limit:,}); the directory is damaged")
+    return path
+
+
+def expected_weights(cfg: ModelConfig) -> dict[str, torch.Size]:
+    """The Hugging Face name and shape of every tensor a GPT-2 of config cfg needs, from a model
+    built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    return {name: tensor.shape for name, tensor in hf_state_dict(model, copy=False).items()}
+
+
+def check_tensors(path: Path, found: dict[str, tuple[torch.Size, torch.dtype | str]],
+                  cfg: ModelConfig) -> None:
+    """Refuse weights whose names, shapes or dtypes do not fit config.json's model."""
+    for name, shape in expected_weights(cfg).items():
+        got = found.get(name, found.get(name.removeprefix("transformer.")))
+        if got is None:
+            raise CheckpointError(f"{path} lacks {name}; the directory is incomplete")
+        if tuple(got[0]) != tuple(shape):
+            raise CheckpointError(f"{path}: {name} has shape {list(got[0])} but config.json's "
+                                  f"model needs {list(shape)}; the weights do not fit config.json")
+        if not (isinstance(got[1], torch.dtype) and got[1].is_floating_point):
+            raise CheckpointError(f"{path}: {name} holds {str(got[1]).removeprefix('torch.')} "
+                                  f"values, not floating-point weights; the file is damaged")
+
+
+def read_weights(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The tensors of model.safetensors, else pytorch_model.bin (never code: weights_only),
+    checked against cfg (names, shapes, dtypes) before a safetensors file is read."""
+    name = next(f for f in WEIGHT_FILES if (directory / f).is_file())
+    path = own_file(directory, name)
     try:
         if path.suffix == ".safetensors":
             try:
+                from safetensors import safe_open
                 from safetensors.torch import load_file
             except ImportError:
                 raise CheckpointError("reading model.safetensors needs the safetensors package: "
                                       "pip install -e \".[hf]\"") from None
+            with safe_open(path, "pt") as f:  # the header only
+                slices = {key: f.get_slice(key) for key in f.keys()}
+                check_tensors(path, {key: (torch.Size(t.get_shape()),
+                                           FLOAT_DTYPES.get(t.get_dtype(), t.get_dtype()))
+                                     for key, t in slices.items()}, cfg)
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as err:
+        if "global" in str(err).lower():
+            raise CheckpointError(f"{path} was refused: it holds objects other than tensors (such "
+                                  f"as a function to call), which could run code when loaded; "
+                                  f"load weights only from sources you trust") from None
+        raise CheckpointError(f"{path} is damaged or not a weights file") from None
     except Exception as err:
         raise CheckpointError(f"{path} is damaged or not a weights file "
                               f"({type(err).__name__})") from None
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{path} does not hold a dictionary of tensors")
+    check_tensors(path, {key: (t.shape, t.dtype) for key, t in state.items()}, cfg)
     return state
 
 
@@ -128,11 +202,16 @@ def minigpt_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> di
 def gpt2_tokenizer(directory: Path) -> BPETokenizer:
     """GPT-2's byte-level BPE from vocab.json and merges.txt, as a minigpt BPETokenizer."""
     try:
-        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-        lines = (directory / "merges.txt").read_text(encoding="utf-8").splitlines()
+        vocab = json.loads(own_file(directory, "vocab.json", TEXT_LIMIT).read_text(encoding="utf-8"))
+        lines = own_file(directory, "merges.txt", TEXT_LIMIT).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{directory} lacks a readable vocab.json and merges.txt (GPT-2's "
                               f"tokenizer files): {err}") from None
+    ids = vocab.values() if isinstance(vocab, dict) else None
+    if not ids or sorted(i if isinstance(i, int) and not isinstance(i, bool) else -1
+                         for i in ids) != list(range(len(vocab))):
+        raise CheckpointError(f"{directory / 'vocab.json'} must map each token to one id of "
+                              f"0..N-1 (N tokens), each id once; the file is damaged")
     to_byte = {char: b for b, char in bytes_to_unicode().items()}
     try:
         pairs = [line.split(" ") for line in lines if line and not line.startswith("#version")]
@@ -158,12 +237,14 @@ def gpt2_description(directory: str | Path) -> tuple[ModelConfig, BPETokenizer]:
         raise CheckpointError(f"{directory} is not a Hugging Face model directory (it needs "
                               f"config.json and {' or '.join(WEIGHT_FILES)})")
     try:
-        values = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        values = json.loads(own_file(directory, "config.json", CONFIG_LIMIT)
+                            .read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{directory / 'config.json'} is damaged: {err}") from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{directory / 'config.json'} does not hold a JSON object")
     cfg = gpt2_config(values)
+    check_size(directory, cfg)
     tokenizer = gpt2_tokenizer(directory)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model "
@@ -171,13 +252,29 @@ def gpt2_description(directory: str | Path) -> tuple[ModelConfig, BPETokenizer]:
     return cfg, tokenizer
 
 
+def check_size(directory: Path, cfg: ModelConfig) -> None:
+    """Refuse, before allocating anything, a model that this machine cannot hold: its weights
+    (4 bytes a parameter) and the weights file read beside them."""
+    params = GPT.count_params(cfg)  # counted, nothing built
+    weights = next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
+    need = 4 * params + (weights.stat().st_size if weights is not None else 0)
+    memory = physical_memory()
+    if params > MAX_PARAMS or (memory is not None and need > memory):
+        raise CheckpointError(f"{directory / 'config.json'} describes a model of {params:,} "
+                              f"parameters, which needs about {need / 2**30:,.1f} GiB to load, "
+                              f"more than this machine has ({(memory or 0) / 2**30:,.1f} GiB) or "
+                              f"minigpt loads ({MAX_PARAMS:,} parameters); the sizes in it are "
+                              f"wrong or the model is too large here")
+
+
 def load_gpt2(directory: str | Path, device="cpu") -> tuple[GPT, Tokenizer]:
     """A Hugging Face GPT-2 directory as (minigpt GPT, tokenizer)."""
     cfg, tokenizer = gpt2_description(directory)
     directory = Path(directory)
+    weights = read_weights(directory, cfg)
     model = GPT(cfg)
     try:
-        model.load_state_dict(minigpt_state_dict(read_weights(directory), cfg))
+        model.load_state_dict(minigpt_state_dict(weights, cfg))
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:300]
         raise CheckpointError(f"the GPT-2 weights do not fit config.json: {detail}") from None
@@ -226,8 +323,9 @@ def check_exportable(cfg: ModelConfig, tokenizer: Tokenizer) -> None:
         raise CheckpointError(f"GPT-2 cannot express this model: {'; '.join(problems)}")
 
 
-def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """minigpt tensor names and layouts -> Hugging Face GPT-2's (the tied head stored once)."""
+def hf_state_dict(model: GPT, copy: bool = True) -> dict[str, torch.Tensor]:
+    """minigpt tensor names and layouts -> Hugging Face GPT-2's (the tied head stored once); with
+    copy=False, only the names and shapes are right (for a model on the meta device)."""
     theirs_by_ours = {ours: theirs for theirs, ours in BLOCK_NAMES.items()}
     state = {}
     for name, tensor in model.state_dict().items():
@@ -243,7 +341,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         else:
             name = {"token_emb.weight": "wte.weight", "pos_emb.weight": "wpe.weight",
                     "final_norm.weight": "ln_f.weight", "final_norm.bias": "ln_f.bias"}[name]
-        state[f"transformer.{name}"] = tensor.detach().float().contiguous().cpu()
+        state[f"transformer.{name}"] = tensor.detach().float().contiguous().cpu() if copy else tensor
     return state
 
 
@@ -287,7 +385,10 @@ def export_gpt2(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
                                              "model_max_length": model.config.context_length,
                                              "add_prefix_space": False}).encode(),
     }
-    for name, blob in files.items():
-        atomic_write(out_dir / name, lambda f, blob=blob: f.write(blob))
+    try:
+        write_directory(out_dir, files)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {out_dir}: {err.strerror or err}; choose a writable "
+                              f"output directory (nothing was written)") from None
     return out_dir
 

@@ -6,13 +6,16 @@ weights and shape of a model being fine-tuned (train.init_from).
 """
 
 import json
+import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from minigpt.checkpoint import check_path, describe, load_checkpoint, newest_checkpoint
+from minigpt.checkpoint import CHECKPOINT_NAMES, check_path, describe, load_checkpoint
 from minigpt.config import DERIVED_KEYS, Config, build_config, parse_value
 from minigpt.errors import CheckpointError, ConfigError
 from minigpt.model import GPT, ModelConfig
@@ -43,12 +46,39 @@ def _settable(values: dict) -> dict:
             for section, table in values.items()}
 
 
-def load_resume_state(run_dir: str | Path, cfg: Config, path: Path | None = None) -> dict | None:
-    """The newest checkpoint of run_dir (last.pt, else best.pt) or path, checked to belong to a
-    run of the same model and data; None for a run that was stopped before its first checkpoint."""
-    path = path or newest_checkpoint(run_dir)
-    if path is None:
-        return None
+def load_resume_state(run_dir: str | Path, cfg: Config, path: Path | None = None,
+                      master: bool = True) -> dict | None:
+    """The newest usable checkpoint of run_dir (last.pt, else best.pt) or path, checked to belong
+    to a run of the same model and data; None for a run stopped before its first checkpoint.
+    A damaged last.pt falls back to a good best.pt (or the reverse) with a warning naming both;
+    the damaged file is moved aside (by the master rank), never deleted."""
+    if path is not None:
+        return checked_state(path, run_dir, cfg)
+    candidates = [Path(run_dir) / name for name in reversed(CHECKPOINT_NAMES)
+                  if (Path(run_dir) / name).is_file()]
+    damaged: list[tuple[Path, CheckpointError]] = []
+    for candidate in candidates:
+        try:
+            state = checked_state(candidate, run_dir, cfg)
+        except CheckpointError as err:
+            damaged.append((candidate, err))
+            continue
+        for bad, err in damaged:
+            kept = move_aside(bad) if master else bad
+            if master:
+                warnings.warn(f"{bad} cannot be resumed ({err}); resuming from {candidate} "
+                              f"(step {state.get('step')}) instead, and {bad} is kept as "
+                              f"{kept.name}", stacklevel=2)
+        return state
+    if len(damaged) > 1:
+        raise CheckpointError(f"no checkpoint of {run_dir} can be resumed: "
+                              + "; ".join(str(err) for _, err in damaged))
+    if damaged:
+        raise damaged[0][1]
+    return None
+
+
+def checked_state(path: Path, run_dir: str | Path, cfg: Config) -> dict:
     state = load_checkpoint(path)
     try:
         saved = build_config(_settable(state["config"]))
@@ -60,6 +90,17 @@ def load_resume_state(run_dir: str | Path, cfg: Config, path: Path | None = None
         raise ConfigError(f"the model/data config differs from the run in {run_dir}; only "
                           f"train.* keys can change when resuming")
     return state
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to NAME.damaged-TIME (NAME.damaged-TIME-N if taken), out of
+    the way of resuming and saving, and keep it for whoever wants to look at it."""
+    stem = f"{path.name}.damaged-{datetime.now():%Y%m%d-%H%M%S}"
+    target, n = path.with_name(stem), 1
+    while target.exists():
+        target, n = path.with_name(f"{stem}-{n}"), n + 1
+    os.replace(path, target)
+    return target
 
 
 def saved_tokenizer(state: dict) -> Tokenizer:

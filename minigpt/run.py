@@ -21,6 +21,7 @@ from minigpt.data import Dataset, get_batch, prepare_data
 from minigpt.errors import CheckpointError, ConfigError, MiniGPTError, TrainingError
 from minigpt.files import atomic_write
 from minigpt.inspection import SNAPSHOTS, load_snapshots
+from minigpt.lock import RunLock
 from minigpt.model import GPT, ModelConfig
 from minigpt.resume import initial_weights, load_resume_state, saved_tokenizer
 from minigpt.runtime import Runtime, device_memory
@@ -46,6 +47,7 @@ class Run:
         self.step, self.best_val = 0, float("inf")
         self.batches = torch.Generator().manual_seed(cfg.train.seed)  # draws every rank's batches
         self.snapshots: dict | None = None  # snapshots.pt's contents, once the first is kept
+        self.stop, self.lock = StopRequest(), None  # set by start
         self.tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum * runtime.world_size
                                 * cfg.model.context_length)
 
@@ -53,19 +55,40 @@ class Run:
     def start(cls, cfg: Config, resume: str | Path | None = None,
               stop: "StopRequest | None" = None) -> "Run":
         """Check everything that can fail, then build the model and trainer (and load the
-        checkpoint when resuming). Nothing is written yet but the removal of what an interrupted
-        start or save left behind."""
+        checkpoint when resuming). Rank 0 first takes the run directory's lock (one run per
+        directory, minigpt.lock); nothing else is written yet but the removal of what an
+        interrupted start or save left behind."""
         if not cfg.model.causal:
             warnings.warn(NOT_CAUSAL, stacklevel=3)
-        state = load_resume_state(resume, cfg) if resume is not None else None
-        init = load(cfg.train.init_from) if state is None and cfg.train.init_from else None
         runtime = Runtime.from_config(cfg.train)
+        directory = Path(resume) if resume is not None else new_run_dir(cfg)
+        created = next((d for d in reversed([directory, *directory.parents]) if not d.exists()),
+                       None)  # the outermost folder that taking the lock creates
+        lock = RunLock.take(directory) if runtime.master else None
+        try:
+            if resume is None and runtime.master:
+                check_unused(directory)  # again: another start may have trained there since
+            run = cls._start(cfg, resume, runtime, directory)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+                if created is not None:
+                    remove_empty(directory, created)
+            raise
+        run.stop, run.lock = stop or StopRequest(), lock
+        return run
+
+    @classmethod
+    def _start(cls, cfg: Config, resume: str | Path | None, runtime: Runtime,
+               directory: Path) -> "Run":
+        state = (load_resume_state(resume, cfg, master=runtime.master) if resume is not None
+                 else None)
+        init = load(cfg.train.init_from) if state is None and cfg.train.init_from else None
         tokenizer = saved_tokenizer(state) if state is not None else init[1] if init else None
         data = prepare_data(cfg.data, cfg.model.context_length, tokenizer)
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
         check_fits(cfg.model, cfg.train, runtime.device)
         probe, prompt = probe_ids(data, cfg)
-        directory = Path(resume) if resume is not None else new_run_dir(cfg)
         if runtime.master:
             clear_unstarted(directory)
         runtime.start()
@@ -75,7 +98,6 @@ class Run:
             model.load_state_dict(initial_weights(init[0], cfg.model))
         model = model.to(runtime.device)
         run = cls(cfg, runtime, data, Trainer(model, cfg.train, runtime), directory, probe, prompt)
-        run.stop = stop or StopRequest()
         if state is not None:
             try:
                 run.load_state_dict(state)
@@ -87,6 +109,12 @@ class Run:
                     f"damaged ({type(err).__name__}: {str(err)[:120]}); its weights may still "
                     f"sample, or start a new run from them with --init-from") from None
         return run
+
+    def close(self) -> None:
+        """The end of the run in this process: the process group closed, the lock released."""
+        self.runtime.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's micro-batch. One draw serves all ranks, each taking its own slice: every
@@ -147,14 +175,22 @@ class Run:
 
     def open_log(self, log: Callable[[str], None]) -> TensorBoardLog:
         """Rank 0 creates the run directory, writes config.json, opens TensorBoard and prints the
-        run's header lines through log; other ranks get a log that writes nothing."""
+        run's header lines through log; other ranks get a log that writes nothing. Should that
+        fail, the run is closed (its lock released)."""
+        try:
+            return self._open_log(log)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_log(self, log: Callable[[str], None]) -> TensorBoardLog:
         if not self.runtime.master:
             return TensorBoardLog(None)
         config = self.cfg.to_dict()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.json").write_text(json.dumps(config, indent=2) + "\n",
-                                                  encoding="utf-8")
+            text = (json.dumps(config, indent=2) + "\n").encode("utf-8")
+            atomic_write(self.dir / "config.json", lambda f: f.write(text))
         except OSError as err:
             raise TrainingError(f"cannot write the run directory {self.dir}: "
                                 f"{err.strerror or err}; choose a writable --train.out_dir") from None
@@ -183,13 +219,30 @@ def new_run_dir(cfg: Config) -> Path:
     stopped early: it is used again (re-running the same command goes on from there)."""
     name = cfg.train.run_name or f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(cfg.train.out_dir) / name
+    check_unused(run_dir)
+    return run_dir
+
+
+def check_unused(run_dir: Path) -> None:
+    """Refuse to start a new run in run_dir when it is a file or holds a run already."""
     if run_dir.is_file():
         raise TrainingError(f"{run_dir} is a file, not a run directory; choose another "
                             f"--train.run_name or --train.out_dir")
     if newest_checkpoint(run_dir) is not None:
         raise TrainingError(f"run directory {run_dir} already holds a run; continue it with "
                             f"--resume {run_dir} or choose another --train.run_name")
-    return run_dir
+
+
+def remove_empty(directory: Path, top: Path) -> None:
+    """Remove directory and its parents up to top while they are empty: the folders a start
+    that failed its checks created."""
+    for folder in [directory, *directory.parents]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
 
 
 def clear_unstarted(run_dir: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from minigpt.files import DiskGuard
 from minigpt.heatmap import (
     ATTENTION_NOTE,
     add_legend,
@@ -29,7 +30,8 @@ class TensorBoardLog:
             # Imported here: TensorBoard costs ~15 MB and a second of start-up, needed only to train.
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir))
+            writer = SummaryWriter(str(run_dir))
+            self.writer = DiskGuard(writer, lambda: event_file(writer, run_dir))
 
     def start(self, config: dict, probe_tokens: list[str], step: int) -> None:
         """The resolved config and the probe prompt's tokens."""
@@ -77,6 +79,12 @@ class TensorBoardLog:
                                                       "result/final_train_loss": final_train_loss},
                                     run_name=".")
         self.writer.close()
+
+
+def event_file(writer, run_dir: Path) -> Path:
+    """The event file a SummaryWriter writes (tensorboard keeps its name privately)."""
+    name = getattr(getattr(writer.file_writer, "event_writer", None), "_file_name", None)
+    return Path(name) if name else run_dir / "events.out.tfevents.*"
 
 
 HPARAMS = {

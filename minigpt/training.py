@@ -19,6 +19,7 @@
 Under torchrun it trains with DistributedDataParallel; `minigpt.runtime.Runtime` holds that.
 """
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from minigpt.checkpoint import newest_checkpoint
 from minigpt.config import Config
-from minigpt.errors import TrainingError
+from minigpt.errors import DiskFullError, TrainingError
 from minigpt.evaluation import evaluate
 from minigpt.model import GPT
 from minigpt.run import Run
@@ -101,6 +102,21 @@ def save_stopped_run(run: Run, result: TrainResult, stop: "StopRequest", stop_at
             f"continue with: python train.py --resume {run.dir}")
 
 
+def close_run(run: Run, board: TensorBoardLog, bar: tqdm, result: TrainResult,
+              failing: BaseException | None) -> None:
+    """The end of phase 4, however the run ends: the bar, the HParams summary and the log
+    closed, the process group and the run directory's lock released. A full disk met here is
+    reported only when no other error (failing) ends the run already, which says more."""
+    bar.close()
+    try:
+        board.close(run.cfg.to_dict(), run.best_val, result.losses[-1] if result.losses else None)
+    except DiskFullError:
+        if failing is None:
+            raise
+    finally:
+        run.close()
+
+
 def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = None,
           progress: bool = True, log: Callable[[str], None] = lambda line: None,
           on_step: Callable[[int, int], None] | None = None,
@@ -154,9 +170,6 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
             raise diverged(f"{err} after step {run.step}", run) from None
         finally:
             with stop.protected():
-                bar.close()
-                board.close(run.cfg.to_dict(), run.best_val,
-                            result.losses[-1] if result.losses else None)
-                run.runtime.close()
+                close_run(run, board, bar, result, failing=sys.exc_info()[1])
     result.step, result.best_val_loss, result.model = run.step, run.best_val, run.trainer.model
     return result

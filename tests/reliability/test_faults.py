@@ -21,7 +21,7 @@ import torch
 from minigpt import checkpoint as checkpoint_module
 from minigpt import run as run_module
 from minigpt.checkpoint import load, load_checkpoint
-from minigpt.errors import CheckpointError
+from minigpt.errors import DiskFullError
 from minigpt.resume import resume_config
 from minigpt.training import train
 
@@ -132,7 +132,7 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", fill_disk)
-    with pytest.raises(CheckpointError, match="could not save .*last.pt: No space left"):
+    with pytest.raises(DiskFullError, match="cannot write .*last.pt: its file system is full"):
         train(cfg, progress=False)
     run_dir = tmp_path / "runs" / "test"
     assert load_checkpoint(run_dir / "last.pt")["step"] == 4  # the save before the failed one
@@ -155,6 +155,7 @@ def test_a_start_stopped_before_its_first_checkpoint_is_no_dead_end(tmp_path):
     cfg = run_config(tmp_path)
     run = run_module.Run.start(cfg)
     run.open_log(lambda line: None).close(cfg.to_dict(), float("inf"), None)
+    run.close()  # the lock goes with a killed process
     run_dir = tmp_path / "runs" / "test"
     (run_dir / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     assert {p.name for p in run_dir.iterdir()} >= {"config.json", ".last.pt.k1ll3d.tmp"}
@@ -163,7 +164,9 @@ def test_a_start_stopped_before_its_first_checkpoint_is_no_dead_end(tmp_path):
     assert again.step == 8 and not list(run_dir.glob("*.tmp"))
     assert aborted and not aborted & set(run_dir.glob("events.out.tfevents.*"))  # replaced
     fresh = run_config(tmp_path, **{"train.run_name": "second"})
-    run_module.Run.start(fresh).open_log(lambda line: None).close(fresh.to_dict(), 0.0, None)
+    second = run_module.Run.start(fresh)
+    second.open_log(lambda line: None).close(fresh.to_dict(), 0.0, None)
+    second.close()
     resumed = train(resume_config(tmp_path / "runs" / "second"),
                     resume=tmp_path / "runs" / "second", progress=False)
     assert resumed.step == 8 and resumed.losses == again.losses  # from step 0, the same run
