@@ -2,6 +2,7 @@
 
     python train.py --config configs/shakespeare_char_cpu.toml --train.max_steps 500
     python train.py --resume runs/default-20261127-101500
+    torchrun --max-restarts 3 --nproc_per_node=2 train.py --train.run_name big --resume auto
     python train.py --eval-only --resume runs/default-20261127-101500   # exact whole-split loss
     torchrun --nproc_per_node=2 train.py --config configs/default.toml
 
@@ -10,9 +11,11 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
+from minigpt.checkpoint import newest_checkpoint
 from minigpt.cli import ArgumentParser, exit_code
 from minigpt.config import (
     Config,
@@ -28,6 +31,8 @@ from minigpt.resume import init_config, resume_config
 from minigpt.runtime import torchrun_ranks, tune_process
 from minigpt.training import train
 
+AUTO = "auto"  # --resume auto
+
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser = ArgumentParser(
@@ -40,7 +45,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--config", help="a TOML config file, or the name of a shipped one such as "
                                          "shakespeare_char (default: configs/default.toml)")
     parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last.pt (train.* keys may change)")
+                        help="continue the run in RUN_DIR from its last.pt (train.* keys may "
+                             "change); auto: continue the run of --train.run_name if it has a "
+                             "checkpoint, else start it (restarts, as torchrun --max-restarts "
+                             "makes them, go on from the last checkpoint)")
     parser.add_argument("--init-from", metavar="WEIGHTS",
                         help="fine-tune: start from a minigpt run or .pt file, a Hugging Face "
                              "GPT-2 directory or a hub name (same as --train.init_from)")
@@ -63,15 +71,30 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     return args, overrides
 
 
-def run_config(args: argparse.Namespace, overrides: dict[str, str]) -> Config:
-    """The config to train with: the run's own when resuming, else --config (by default
-    configs/default.toml) with the overrides. Fine-tuning (--init-from) takes the model's shape
-    from the weights, so the default config's [model] section does not apply; model keys asked for
-    on the command line or in --config are checked against the weights."""
-    if args.resume:
+def run_config(args: argparse.Namespace, overrides: dict[str, str]) -> tuple[Config, Path | None]:
+    """The config to train with and the run directory to resume (None: a new run): the run's own
+    config when resuming, else --config (by default configs/default.toml) with the overrides.
+    --resume auto resumes the run of train.run_name when it has a checkpoint (the config must
+    then describe the same model and data) and starts it otherwise."""
+    if args.resume and args.resume != AUTO:
         if args.config:
             raise ConfigError("--resume takes its config from the run; drop --config")
-        return resume_config(args.resume, overrides)
+        return resume_config(args.resume, overrides), Path(args.resume)
+    cfg = new_run_config(args, overrides)
+    if args.resume != AUTO:
+        return cfg, None
+    if not cfg.train.run_name:
+        raise ConfigError("--resume auto needs --train.run_name: the run to continue if it exists "
+                          "and to start otherwise")
+    run_dir = Path(cfg.train.out_dir) / cfg.train.run_name
+    return cfg, run_dir if newest_checkpoint(run_dir) is not None else None
+
+
+def new_run_config(args: argparse.Namespace, overrides: dict[str, str]) -> Config:
+    """--config (by default configs/default.toml) with the overrides. Fine-tuning (--init-from)
+    takes the model's shape from the weights, so the default config's [model] section does not
+    apply; model keys asked for on the command line or in --config are checked against the
+    weights."""
     if args.init_from:
         overrides["train.init_from"] = args.init_from
     fine_tuning = "train.init_from" in overrides
@@ -85,13 +108,13 @@ def run_config(args: argparse.Namespace, overrides: dict[str, str]) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if args.eval_only:
-        if not args.resume or args.config:
+        if not args.resume or args.resume == AUTO or args.config:
             raise ConfigError("--eval-only evaluates a run: pass --resume RUN_DIR (and no --config)")
         evaluate_run(args.resume, overrides)
         return 0
-    cfg = run_config(args, overrides)
+    cfg, resume = run_config(args, overrides)
     tune_process()  # process-wide speed settings (glibc keeps freed memory; TF32 on CUDA)
-    result = train(cfg, resume=args.resume, progress=not args.quiet, log=tqdm.write)
+    result = train(cfg, resume=resume, progress=not args.quiet, log=tqdm.write)
     if (torchrun_ranks() or (0,))[0] == 0:  # rank 0 prints what to do next
         print(f"best val loss {result.best_val_loss:.4f} after {result.step} steps")
         prompt = f' --prompt "{result.prompt}"' if result.prompt else ""  # none: it could not

@@ -125,7 +125,7 @@ def tensorboard_picture(run_dir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--run", help="a run directory (default: train configs/default.toml)")
     args = parser.parse_args()
     IMAGES.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ else is a bug and keeps its traceback. Set MINIGPT_DEBUG=1 to see the traceback 
 """
 
 import argparse
+import difflib
 import os
 import sys
 import warnings
@@ -42,8 +43,28 @@ def run_cli(main: Callable[[], int]) -> None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the usage itself is in --help)."""
+    """argparse, but a usage error is one line (the usage itself is in --help), and a flag is
+    taken only when spelt in full: argparse would read --train.max_step as --train.max_steps and
+    --model.emb as --model.embed_dim, where a misspelt key must stop the command."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
+        print(f"error: {message}{self.suggestion(message)} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+    def suggestion(self, message: str) -> str:
+        """" (did you mean --flag?)" for the first unrecognized flag in message, if one is close."""
+        if not message.startswith("unrecognized argument"):
+            return ""
+        flags = [option for action in self._actions for option in action.option_strings]
+        for word in message.split():
+            name = word.split("=", 1)[0]
+            if name.startswith("--"):
+                close = ([f for f in flags if f.startswith(name)][:3]
+                         or difflib.get_close_matches(name, flags, n=1))
+                if close:
+                    return f" (did you mean {' or '.join(close)}?)"
+        return ""

@@ -144,6 +144,16 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        for rate, decay in (("lr", "weight_decay"), ("muon_lr", "muon_weight_decay")):
+            # Decoupled decay scales the weights by 1 - rate * decay each step: at 1 or more
+            # every decayed weight becomes zero or flips its sign, and nothing can be learned.
+            product = getattr(self, rate) * getattr(self, decay)
+            if product >= 1:
+                raise ConfigError(
+                    f"train.{rate} * train.{decay} must be below 1, got {getattr(self, rate)} * "
+                    f"{getattr(self, decay)} = {product:g}: each step multiplies the weights by "
+                    f"1 - {rate} * {decay}, which would zero them or flip their sign; lower one "
+                    f"of the two (weight decays are usually 0.01 to 0.1)")
         for name in ["beta1", "beta2"]:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -206,8 +216,10 @@ def _field_type(section: str, name: str):
 
 
 def _suggest(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """" (did you mean ...?)": the keys that name begins (an abbreviation), else the closest."""
+    close = [v for v in valid if name and v.startswith(name)][:3]
+    close = close or difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def _resolve_key(key: str) -> tuple[str, str]:
