@@ -209,6 +209,8 @@ def test_a_damaged_training_state_is_one_error_and_the_run_stays(tmp_path):
     train(run_config(tmp_path), progress=False)
     run_dir = tmp_path / "runs" / "test"
     for key, (value, message) in DAMAGED_STATES.items():
+        if key == "config":  # resuming falls back to best.pt: tests/reliability/test_restarts.py
+            continue
         state = load_checkpoint(run_dir / "best.pt")
         state[key] = value
         torch.save(state, run_dir / "last.pt")
