@@ -34,7 +34,8 @@ from minigpt.model import GPT, HookPoint
 
 
 def hook_points(model: GPT) -> dict[str, HookPoint]:
-    """Every hook point of model by name, in the order the forward pass reaches them."""
+    """Every hook point of model by name (capture fills its dict in the order the forward pass
+    reaches them)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, HookPoint)}
 
 
