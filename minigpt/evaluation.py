@@ -16,6 +16,7 @@ from minigpt.config import Config
 from minigpt.data import Dataset, get_batch, prepare_data
 from minigpt.errors import CheckpointError
 from minigpt.generation import generate
+from minigpt.head_scores import head_scores
 from minigpt.inspection import probe_snapshot
 from minigpt.model import GPT, eval_mode
 from minigpt.resume import load_resume_state, resume_config
@@ -89,14 +90,17 @@ def evaluate(run: Run, board: TensorBoardLog, say: Callable[[str], None]) -> dic
         run.save("best.pt")
     say(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}"
         + (" (best)" if improved else ""))
+    board.losses(step, losses)
     if run.runtime.master:
-        log_probe(run, board, losses)
+        log_probe(run, board)
     return losses
 
 
-def log_probe(run: Run, board: TensorBoardLog, losses: dict[str, float]) -> None:
-    """The probe prompt at this evaluation: a sample, its snapshot (snapshots.pt) and attention
-    images in TensorBoard, and a learned position table."""
+def log_probe(run: Run, board: TensorBoardLog) -> None:
+    """What the model does now, kept at every evaluation and before the first step: a sample
+    continuing the probe prompt, the probe's attention and logit lens and every head's scores
+    (snapshots.pt, which the app plays back), their pictures and the top scores in TensorBoard,
+    and a learned position table."""
     tc, step = run.cfg.train, run.step
     model, tokenizer = run.trainer.model, run.data.tokenizer
     ids = torch.tensor([run.probe], device=run.runtime.device)
@@ -106,9 +110,10 @@ def log_probe(run: Run, board: TensorBoardLog, losses: dict[str, float]) -> None
         out = generate(model, ids, tc.sample_tokens, temperature=0.8, top_k=50,
                        generator=generator)
         sample = tokenizer.decode(out[0].tolist())
-    snapshot = probe_snapshot(model, run.probe)
+    scores = head_scores(model, run.data.val, seed=tc.seed)
+    snapshot = {**probe_snapshot(model, run.probe), "head_scores": scores.as_dict()}
     run.keep_snapshot(snapshot)
-    board.evaluation(step, losses, sample, list(snapshot["attention"].float()), run.probe_tokens())
+    board.probe(step, sample, list(snapshot["attention"].float()), run.probe_tokens(), scores)
     if any(p.requires_grad for p in model.pos_emb.parameters()):  # a table that is learned
         board.positions(run.cfg.model.pos_encoding, model.pos_emb.vectors(), step)
 

@@ -13,8 +13,9 @@ Scores of a head are mean attention weights, so each is in [0, 1]:
 - induction: from each token of the repeated copy to the token after its earlier occurrence, the
   head that lets a model continue a pattern it saw once (https://arxiv.org/abs/2209.11895). A
   head that attends uniformly scores about 1/T on these; a random-init model stays near that.
-The in-context-learning score follows the same paper: the loss at position 0.8 T minus the loss
-at position 0.1 T of the context, averaged over val windows.
+The in-context-learning score follows the same paper: the loss around position 0.8 T minus the
+loss around position 0.1 T of the context (each averaged over 10% of the context and over up to
+64 val windows); negative when later tokens are predicted better, from what came before them.
 """
 
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from minigpt.model import GPT, eval_mode
 
 KINDS = ("previous-token", "first-token", "duplicate-token", "induction")
 STANDS_OUT = 0.3  # a head whose score of a kind passes this is named for it
+LOSS_WINDOWS = 64  # val windows averaged for the loss by position
 
 
 @dataclass
@@ -36,7 +38,7 @@ class HeadScores:
     duplicate_token: torch.Tensor  # (L, H)
     induction: torch.Tensor  # (L, H)
     loss_by_position: torch.Tensor  # (T,) mean next-token loss at each position of the context
-    in_context_learning: float  # loss at 0.8 T minus loss at 0.1 T
+    in_context_learning: float  # loss around 0.8 T minus loss around 0.1 T
 
     def as_dict(self) -> dict:
         """Plain tensors and floats, for snapshots.pt (torch.load(weights_only=True))."""
@@ -69,20 +71,32 @@ def val_windows(tokens: torch.Tensor, length: int, batch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def loss_by_position(model: GPT, windows: torch.Tensor, batch: int) -> torch.Tensor:
+    """(t,) mean next-token loss at each position of windows (N, t + 1), batch rows at a time."""
+    total = torch.zeros(windows.size(1) - 1, device=windows.device)
+    with eval_mode(model):
+        for rows in windows.split(batch):
+            logits = model(rows[:, :-1]).float()
+            total += F.cross_entropy(logits.transpose(1, 2), rows[:, 1:], reduction="none").sum(0)
+    return total / windows.size(0)
+
+
+@torch.no_grad()
 def head_scores(model: GPT, val_tokens: torch.Tensor, batch: int = 8,
                 seed: int = 0) -> HeadScores:
     """Every head's four scores and the model's in-context-learning score (see the module
     docstring), from one pass over `batch` val windows and one over repeated random tokens."""
     T, device = model.config.context_length, model.token_emb.weight.device
-    windows = val_windows(val_tokens, min(T, len(val_tokens) - 1), batch).to(device)
-    weights, logits = patterns(model, windows[:, :-1])  # (L, B, H, t, t)
+    windows = val_windows(val_tokens, min(T, len(val_tokens) - 1), LOSS_WINDOWS).to(device)
+    weights, _ = patterns(model, windows[:batch, :-1])  # (L, B, H, t, t)
     t = weights.size(-1)
     later = torch.arange(1, t)
     previous = weights[..., later, later - 1].mean(dim=(1, 3))  # (L, H)
     first = weights[..., 1:, 0].mean(dim=(1, 3))
-    losses = F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(),
-                             reduction="none").view(windows.size(0), t).mean(0)
-    early, late = round(0.1 * (t - 1)), round(0.8 * (t - 1))
+    losses = loss_by_position(model, windows, batch)
+    band = max(1, round(0.05 * t))  # positions on either side, averaged: one alone is noisy
+    early, late = (losses[max(0, round(f * t) - band):round(f * t) + band + 1].mean()
+                   for f in (0.1, 0.8))
 
     half = T // 2
     generator = torch.Generator().manual_seed(seed)
@@ -92,7 +106,7 @@ def head_scores(model: GPT, val_tokens: torch.Tensor, batch: int = 8,
     duplicate = weights[..., half + i, i].mean(dim=(1, 3))
     induction = weights[..., half + i, i + 1].mean(dim=(1, 3))
     return HeadScores(previous.cpu(), first.cpu(), duplicate.cpu(), induction.cpu(),
-                      losses.cpu(), float(losses[late] - losses[early]))
+                      losses.cpu(), float(late - early))
 
 
 def head_kinds(scores: HeadScores, threshold: float = STANDS_OUT) -> dict[tuple[int, int], str]:

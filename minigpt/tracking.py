@@ -1,11 +1,13 @@
 """What a run shows in TensorBoard (`tensorboard --logdir runs`). The scalars open on the loss
 curves: `loss/train` (every step), `loss/val` and `loss/train_eval` (each evaluation, on the same
-fixed batches); then `perf/tokens_per_sec`, `train/lr` and `train/grad_norm`. Images: each
-layer's attention over a fixed probe prompt at every evaluation (`probe_attention/layerN`, named to
-sort after `loss/`, so the Time Series tab opens on the losses), the position
-table (`positions/...`). At the end, the hyperparameters that matter with the final metrics
-(`result/...`, HParams tab). Only rank 0 writes: elsewhere `TensorBoardLog` is given no directory
-and does nothing.
+fixed batches); then `perf/tokens_per_sec`, the head scores of each evaluation
+(`scores/induction_max`, `scores/previous_token_max`, `scores/in_context_learning`: see
+minigpt.head_scores), `train/lr` and `train/grad_norm`. Images: each layer's attention over a
+fixed probe prompt before training and at every evaluation (`probe_attention/layerN`, named to
+sort after `loss/`, so the Time Series tab opens on the losses), the head-score grid
+(`scores/heads`) and the position table (`positions/...`). At the end, the hyperparameters that
+matter with the final metrics (`result/...`, HParams tab). Only rank 0 writes: elsewhere
+`TensorBoardLog` is given no directory and does nothing.
 """
 
 import json
@@ -14,10 +16,12 @@ from pathlib import Path
 import torch
 
 from minigpt.files import DiskGuard
+from minigpt.head_scores import HeadScores
 from minigpt.heatmap import (
     ATTENTION_NOTE,
     add_legend,
     attention_image,
+    head_scores_image,
     positional_encoding_image,
     to_tensor,
 )
@@ -56,19 +60,33 @@ class TensorBoardLog:
         self.writer.add_scalar("train/grad_norm", grad_norm, step)
         self.writer.add_scalar("perf/tokens_per_sec", tokens_per_sec, step)
 
-    def evaluation(self, step: int, losses: dict[str, float], sample: str | None,
-                   attentions: list[torch.Tensor], probe_tokens: list[str]) -> None:
-        """Losses, a sample continuing the probe, and each layer's attention (H, T, T) over it."""
+    def losses(self, step: int, losses: dict[str, float]) -> None:
+        """An evaluation's losses on both splits."""
         if self.writer is None:
             return
         self.writer.add_scalar("loss/val", losses["val"], step)
         self.writer.add_scalar("loss/train_eval", losses["train"], step)
+
+    def probe(self, step: int, sample: str | None, attentions: list[torch.Tensor],
+              probe_tokens: list[str], scores: HeadScores) -> None:
+        """A sample continuing the probe, each layer's attention (H, T, T) over it, and the head
+        scores: a grid image and, as scalars, the top induction score and the model's
+        in-context-learning score (loss late in the context minus loss early on)."""
+        if self.writer is None:
+            return
         if sample is not None:
             self.writer.add_text("sample", sample, step)
         for layer, weights in enumerate(attentions, start=1):
             image = attention_image(weights, probe_tokens, cell=24, title=f"layer {layer},")
             image = add_legend(image, 0.0, 1.0, ATTENTION_NOTE)
             self.writer.add_image(f"probe_attention/layer{layer}", to_tensor(image), step)
+        kinds = {"previous-token": scores.previous_token, "first-token": scores.first_token,
+                 "duplicate-token": scores.duplicate_token, "induction": scores.induction}
+        self.writer.add_image("scores/heads", to_tensor(head_scores_image(kinds)), step)
+        self.writer.add_scalar("scores/induction_max", float(scores.induction.max()), step)
+        self.writer.add_scalar("scores/previous_token_max", float(scores.previous_token.max()),
+                               step)
+        self.writer.add_scalar("scores/in_context_learning", scores.in_context_learning, step)
 
     def close(self, config: dict, best_val_loss: float, final_train_loss: float | None) -> None:
         """The HParams summary (when this process trained at least one step), then close."""

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from minigpt.checkpoint import newest_checkpoint
 from minigpt.config import Config
 from minigpt.errors import DiskFullError, TrainingError
-from minigpt.evaluation import evaluate
+from minigpt.evaluation import evaluate, log_probe
 from minigpt.model import GPT
 from minigpt.run import Run
 from minigpt.step import Diverged, NonFiniteLoss, lr_at
@@ -140,6 +140,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
         say = (bar.write if progress else log) if master else (lambda line: None)
         result = TrainResult(run.dir, run.step, run.best_val, prompt=run.prompt)
         try:
+            if run.step == 0 and master:  # the picture before training, to compare with
+                log_probe(run, board)
             while (run.step < min(tc.max_steps, stop_at or tc.max_steps)
                    and not run.runtime.any_rank(stop.reason is not None)):
                 lr = lr_at(run.step, tc)

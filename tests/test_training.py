@@ -62,7 +62,13 @@ def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
     assert any("config" in t for t in tags["tensors"]) and any("sample" in t for t in tags["tensors"])
     images = {"probe_attention/layer1", "probe_attention/layer2", "positions/learned"}
     assert images <= set(tags["images"])
-    assert len(events.Images("probe_attention/layer1")) == 3  # one per eval: watch patterns form
+    # before training and at each of the 3 evals: watch patterns form
+    assert [e.step for e in events.Images("probe_attention/layer1")] == [0, 8, 16, 24]
+    assert [e.step for e in events.Images("scores/heads")] == [0, 8, 16, 24]
+    for tag in ("scores/induction_max", "scores/in_context_learning"):
+        scores = [e.value for e in events.Scalars(tag)]
+        assert len(scores) == 4 and all(math.isfinite(v) for v in scores), tag
+    assert all(0 < e.value <= 1 for e in events.Scalars("scores/induction_max"))
     image = events.Images("probe_attention/layer1")[0]  # 16 probe tokens, 2 heads, 24 px a token
     assert image.width > 2 * 16 * 24 and image.height > 16 * 24
     train_loss = [e.value for e in events.Scalars("loss/train")]
@@ -78,11 +84,13 @@ def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
     assert "data.bpe_vocab_size" not in hparams and "train.muon_lr" not in hparams
     groups = sorted({tag.split("/")[0] for tag in tags["scalars"] + tags["images"]})
     assert groups[0] == "loss"  # TensorBoard's Time Series tab sorts groups: it opens on losses
-    kept = torch.load(run_dir / "snapshots.pt", weights_only=True)  # the probe, every eval
-    assert kept["steps"] == [8, 16, 24] and len(kept["tokens"]) == 16
+    kept = torch.load(run_dir / "snapshots.pt", weights_only=True)  # before and at every eval
+    assert kept["steps"] == [0, 8, 16, 24] and len(kept["tokens"]) == 16
     first = kept["snapshots"][0]
     assert first["attention"].shape == (2, 2, 16, 16) and first["lens_ids"].shape == (3, 16, 5)
     assert not torch.equal(first["attention"], kept["snapshots"][-1]["attention"])  # it learned
+    assert first["head_scores"]["induction"].shape == (2, 2)
+    assert first["head_scores"]["loss_by_position"].shape == (16,)
     state = load_checkpoint(run_dir / "last.pt")
     assert state["step"] == 24 and state["best_val_loss"] == pytest.approx(min(val), abs=1e-6)
     model, tokenizer = load(run_dir)
@@ -183,7 +191,7 @@ def test_resume_continues_exactly(tmp_path, grad_accum, optimizer):
     assert second.val_losses == {k: v for k, v in straight.val_losses.items() if k > 6}
     resumed, whole = (torch.load(tmp_path / "runs" / name / "snapshots.pt", weights_only=True)
                       for name in ("paused", "straight"))
-    assert resumed["steps"] == whole["steps"] == [4, 8, 12]
+    assert resumed["steps"] == whole["steps"] == [0, 4, 8, 12]
 
 
 def test_resume_may_extend_max_steps_but_not_change_the_model(tmp_path):
@@ -423,7 +431,7 @@ def test_own_text_with_a_prompt_it_cannot_encode_and_a_tiny_vocabulary_trains(tm
         result = train(cfg, progress=False)
     assert result.step == 8 and result.prompt == ""
     kept = load_snapshots(result.run_dir)
-    assert kept["steps"] == [4, 8] and len(kept["tokens"]) == 16  # the val text's first 16
+    assert kept["steps"] == [0, 4, 8] and len(kept["tokens"]) == 16  # the val text's first 16
     words = train(run_config(tmp_path, **{"data.path": text, "data.tokenizer": "word",
                                           "train.sample_prompt": "ab", "train.run_name": "words"}),
                   progress=False)
