@@ -180,7 +180,7 @@ def test_the_step_slider_plays_back_the_runs_evaluations(app_with_runs):
     app = app_with_runs
     app.run()
     slider = app.select_slider(key="step")
-    assert slider.options == [str(s) for s in (*range(4, 30, 4), 30)]  # every evaluation
+    assert slider.options == [str(s) for s in (*range(0, 30, 4), 30)]  # before, every evaluation
     assert slider.value == 30
 
     def learning_chart():
