@@ -124,6 +124,7 @@ def test_checkpoints_record_the_switches_and_sample(tmp_path):
     assert out.shape == (1, 6)
 
 
+@pytest.mark.slow  # trains two models until the cheat shows
 def test_training_without_the_mask_cheats(tmp_path):
     """Near-zero training loss by copying the next token, and a model that is useless when it
     must generate, where no later token is there: its causal val loss is far worse than that of a

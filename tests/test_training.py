@@ -320,6 +320,7 @@ def test_a_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert load_checkpoint(tmp_path / "runs" / "test" / "last.pt")["step"] == 3
 
 
+@pytest.mark.slow  # two real processes
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     done = run_ddp(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -401,6 +402,7 @@ def test_sampled_estimate_is_the_mean_loss_over_the_same_batches_every_time(tmp_
     assert model.training
 
 
+@pytest.mark.slow  # whole-split evaluations and a real train.py process
 def test_eval_batches_zero_makes_evaluations_exact_and_eval_only_prints_them(tmp_path):
     cfg = run_config(tmp_path, **{"train.eval_batches": "0", "train.max_steps": "4"})
     result = train(cfg, progress=False)

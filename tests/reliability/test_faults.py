@@ -93,8 +93,8 @@ def test_kill_9_twenty_times_then_resume_finishes(tmp_path):
     assert kill_battery(tmp_path, kills=20, seed=1) == 20
 
 
-@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
-                                      (signal.SIGTERM, 143)])
+@pytest.mark.slow  # a real process, a few seconds; in-process stops: test_training, test_portability
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     process = subprocess.Popen(train_command(tmp_path, "--train.checkpoint_interval", "1000"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
