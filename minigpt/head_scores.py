@@ -82,11 +82,14 @@ def loss_by_position(model: GPT, windows: torch.Tensor, batch: int) -> torch.Ten
 
 
 @torch.no_grad()
-def head_scores(model: GPT, val_tokens: torch.Tensor, batch: int = 8,
-                seed: int = 0) -> HeadScores:
+def head_scores(model: GPT, val_tokens: torch.Tensor, batch: int = 8, seed: int = 0,
+                length: int | None = None) -> HeadScores:
     """Every head's four scores and the model's in-context-learning score (see the module
-    docstring), from one pass over `batch` val windows and one over repeated random tokens."""
-    T, device = model.config.context_length, model.token_emb.weight.device
+    docstring), from one pass over `batch` val windows and one over repeated random tokens, each
+    `length` tokens long (default: the model's context; GPT-2's 1024 would keep gigabytes of
+    attention weights on a CPU)."""
+    T = min(model.config.context_length, length or model.config.context_length)
+    device = model.token_emb.weight.device
     windows = val_windows(val_tokens, min(T, len(val_tokens) - 1), LOSS_WINDOWS).to(device)
     weights, _ = patterns(model, windows[:batch, :-1])  # (L, B, H, t, t)
     t = weights.size(-1)

@@ -398,3 +398,94 @@ def test_the_model_view_pools_a_long_prompt_keeping_rows_that_sum_to_one():
     short = model_view_chart(list(weights[:, :, :5, :5]), list("abcde")).to_dict()
     assert sum(len(rows) for rows in short["datasets"].values()) == 2 * 3 * 5 * 5
 
+
+
+# ----------------------------------------------------------------------------- test a hypothesis
+
+def test_knocking_heads_out_changes_the_next_token_bars_and_the_loss(app_with_runs, run_dir):
+    from minigpt.interventions import ablate
+
+    app = app_with_runs
+    app.run()
+    assert "Test a hypothesis" in [tab.label for tab in app.tabs]
+    knockout = app.multiselect(key="knockout")
+    assert len(knockout.options) == 2 * 2  # every layer x head of the test model
+    assert app.metric[0].proto.delta.startswith("+0.000")  # shown before a head is ticked
+    knockout.set_value([(1, 0), (2, 1)]).run()
+    assert not app.exception
+    model, tokenizer = load(run_dir)
+    expected = ablate(model, tokenizer.encode("the cat sat on"), heads=[(1, 0), (2, 1)])
+    assert app.metric[0].value == f"{expected.ablated_loss:.3f}"
+    assert app.metric[0].proto.delta.startswith(f"{expected.loss_change:+.3f}")
+    bars = next(json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
+                if "heads knocked out" in c.proto.spec)
+    assert bars["encoding"]["color"]["sort"] == ["as trained", "heads knocked out"]
+    app.radio(key="knockout_method").set_value("mean").run()
+    assert not app.exception
+    assert any("their average over the run's val split" in c.value for c in app.caption)
+
+
+def test_patching_refuses_a_pair_of_different_lengths_and_draws_recovery(app_with_runs):
+    app = app_with_runs
+    app.run()
+    assert app.text_input(key="clean").value == "the cat sat on the mat . the cat"
+    assert app.text_input(key="corrupted").value == "the dog sat on the mat . the dog"
+    answer = next(t for t in app.text_input if t.key.startswith("answer:"))
+    assert answer.value  # the clean run's prediction, editable
+    recovery = [c.proto.spec for c in app.get("vega_lite_chart") if '"recovery"' in c.proto.spec]
+    assert len(recovery) == 3  # residual stream, heads, feed-forward outputs
+    assert "embeddings (into block 1)" in recovery[0] and "0:'the'" in recovery[0]
+    assert "'cat'/'dog'" in recovery[0]  # the positions where the prompts differ
+    app.text_input(key="corrupted").input("the dog sat on the mat").run()
+    assert not app.exception
+    assert any("need the same number of tokens" in e.value for e in app.error)
+    assert sum('"recovery"' in c.proto.spec for c in app.get("vega_lite_chart")) == 0
+
+
+def test_attribution_and_the_head_table_name_the_parts(app_with_runs):
+    app = app_with_runs
+    app.run()
+    attribution = next(json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
+                       if "contribution to the token's logit" in c.proto.spec)
+    parts = attribution["encoding"]["y"]["sort"]  # the parts, largest first
+    assert "embeddings" in parts and "L1H0" in parts and len(parts) == 1 + 4 + 2 * 2 + 1
+    table = app.dataframe[0].value
+    assert list(table.columns) == ["layer", "head", "previous-token", "first-token",
+                                   "duplicate-token", "induction", "kind"]
+    assert len(table) == 4 and set(table["layer"]) == {1, 2}
+    assert any("scored at step 30, the run's last evaluation" in c.value for c in app.caption)
+
+
+def test_a_post_norm_model_says_why_attribution_does_not_apply(monkeypatch, tmp_path, serve_as):
+    serve_as("127.0.0.1")
+    train(run_config(tmp_path, **{"model.norm_placement": "post"}), progress=False)
+    app = make_app(monkeypatch, tmp_path / "runs")
+    app.run()
+    assert not app.exception
+    note = next(i.value for i in app.info if "Direct logit attribution" in i.value)
+    assert "post-norm" in note and "Knocking heads out and patching" in note
+    assert app.get("vega_lite_chart") and app.multiselect(key="knockout")
+
+
+def test_the_tab_works_on_a_gpt2_directory(monkeypatch, tmp_path, serve_as):
+    pytest.importorskip("transformers")
+    from minigpt.corpus import load_corpus
+    from minigpt.gpt2 import export_gpt2
+    from minigpt.model import GPT, ModelConfig
+    from minigpt.tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer.train(load_corpus()[:20000], 300)
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, context_length=32, embed_dim=32,
+                            num_heads=2, num_layers=2))
+    export_gpt2(model, tokenizer, tmp_path / "gpt2")
+    serve_as("127.0.0.1")
+    app = make_app(monkeypatch, tmp_path / "no-runs")
+    app.run()
+    app.text_input(key="checkpoint").input(str(tmp_path / "gpt2")).run()
+    assert not app.exception, app.exception
+    app.multiselect(key="knockout").set_value([(2, 1)]).run()
+    assert not app.exception
+    assert any("embedded corpus" in c.value and "GPT-2 directory" in c.value for c in app.caption)
+    assert any("scored now, on this model" in c.value for c in app.caption)
+    assert any("contribution to the token's logit" in c.proto.spec
+               for c in app.get("vega_lite_chart"))

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from minigpt.app import views
+from minigpt.app import hypothesis, views
 from minigpt.app.training import runs_dir, training_panel
 from minigpt.checkpoint import check_path, list_runs, load
 from minigpt.errors import MiniGPTError
+from minigpt.generation import encode_prompt
 from minigpt.inspection import inspect_prompt
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -55,6 +56,7 @@ def choose_model():
         st.error(f"Cannot load that checkpoint: {err}")
         return None
     describe_model(model, tokenizer)
+    st.session_state["modified"] = modified
     return model, tokenizer, path if path.is_dir() else path.parent
 
 
@@ -107,14 +109,16 @@ def main() -> None:
     try:
         with warnings.catch_warnings():  # said in the page instead, by prompt_notes
             warnings.simplefilter("ignore")
-            seen = inspect_prompt(model, tokenizer, prompt)
+            ids = encode_prompt(tokenizer, prompt, model.config.context_length)
+            seen = inspect_prompt(model, tokenizer, ids)
     except MiniGPTError as err:
         st.error(f"That prompt cannot be used: {err}")
         return
     views.prompt_notes(tokenizer, prompt)
     views.generation_view(model, tokenizer, prompt, controls)
-    attention_tab, layers_tab, positions_tab, temperature_tab, learning_tab = st.tabs(
-        ["Attention", "Layer outputs", "Positions", "Temperature", "Watch it learn"])
+    attention_tab, layers_tab, positions_tab, temperature_tab, learning_tab, testing_tab = st.tabs(
+        ["Attention", "Layer outputs", "Positions", "Temperature", "Watch it learn",
+         "Test a hypothesis"])
     with attention_tab:
         views.attention_view(seen, model.config)
     with layers_tab:
@@ -125,3 +129,5 @@ def main() -> None:
         views.temperature_view(seen, tokenizer, controls["temperature"])
     with learning_tab:
         views.learning_view(run_dir)
+    with testing_tab:
+        hypothesis.hypothesis_view(model, tokenizer, ids, run_dir, st.session_state["modified"])
