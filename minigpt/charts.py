@@ -20,6 +20,7 @@ import torch
 from minigpt.heatmap import PALETTE, colours
 
 MODEL_VIEW_CELLS = 48  # the most rows a thumbnail shows: more cells than pixels add nothing
+LABELS_SHOWN = 40  # the most token labels along an axis; beyond, every n-th is written
 
 
 def token_labels(tokens: list[str], start: int = 0, width: int | None = None) -> list[str]:
@@ -129,37 +130,55 @@ def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[flo
     """A coloured grid in the shared palette, rows and columns in the frame's order, with an
     optional word written in each cell."""
     order_x, order_y = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
+    tooltip = list(tooltip) or [x, y, alt.Tooltip(f"{value}:Q", format=".3f")]
+    shown = order_x[::-(-len(order_x) // LABELS_SHOWN)]  # more labels than fit pile up
     base = alt.Chart(frame).encode(
         x=alt.X(f"{x}:N", sort=order_x, title=x_title,
-                axis=alt.Axis(labelAngle=-90, labelOverlap=False)),
+                axis=alt.Axis(labelAngle=-90, labelOverlap=False, values=shown)),
         y=alt.Y(f"{y}:N", sort=order_y, title=y_title))
     chart = base.mark_rect().encode(
         color=alt.Color(f"{value}:Q", scale=alt.Scale(type=scale, domain=domain,
                                                       range=list(PALETTE)),
                         title=value),
-        tooltip=list(tooltip) or [x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
-    if text:
+        tooltip=tooltip)
+    if text:  # the words carry the cells' tooltip, so a cell says the same wherever one hovers
         chart += base.mark_text(fontSize=11).encode(
-            text=f"{text}:N",
+            text=f"{text}:N", tooltip=tooltip,
             color=alt.condition(f"datum.{value} > {(domain[0] + domain[1]) / 2}",
                                 alt.value("black"), alt.value("white")))
     return chart.properties(height=28 * len(order_y) + 120)  # the rows, and room for the axes
 
 
-def logit_lens_chart(seen) -> alt.Chart:
-    """The most likely next token read from each layer's output, per prompt token; colour is its
-    probability, hovering shows the top 5."""
-    labels = token_labels(seen.tokens)
+LENS_ROW_0 = "layer 0 (embeddings: no prediction yet)"
+
+
+def lens_row(layer: int) -> str:
+    """A logit-lens row's name: at the embeddings the "prediction" reads back the token itself."""
+    return LENS_ROW_0 if layer == 0 else f"layer {layer}"
+
+
+def lens_grid_chart(tokens: list[str], top_tokens: list[list[list[str]]],
+                    probs: torch.Tensor) -> alt.Chart:
+    """The logit lens: top_tokens[layer][position] the likeliest next tokens read from that
+    layer's output (layer 0 the embeddings), probs (L + 1, T, k) theirs; colour is the top
+    token's probability, the word is cut to fit its cell and hovering shows the top k."""
+    labels = token_labels(tokens)
     lens = pd.DataFrame([
-        {"position": labels[i], "layer": f"layer {lens_layer.layer}",
-         "top token": repr(lens_layer.tokens[i][0])[1:-1][:8],
-         "probability": float(lens_layer.probs[i, 0]),
-         "top 5": ", ".join(f"{t!r} {p:.2f}" for t, p in zip(lens_layer.tokens[i],
-                                                             lens_layer.probs[i].tolist()))}
-        for lens_layer in seen.logit_lens for i in range(len(labels))])
+        {"position": labels[i], "layer": lens_row(layer),
+         "top token": repr(top_tokens[layer][i][0])[1:-1][:6 if len(labels) > 24 else 8],
+         "probability": float(probs[layer, i, 0]),
+         "top 5": ", ".join(f"{t!r} {p:.2f}" for t, p in zip(top_tokens[layer][i],
+                                                             probs[layer, i].tolist()))}
+        for layer in range(len(top_tokens)) for i in range(len(labels))])
     return grid_chart(lens, "position", "layer", "probability", [0, 1],
                       "prompt token (position)", "layer", text="top token",
                       tooltip=["layer", "position", "top 5"])
+
+
+def logit_lens_chart(seen) -> alt.Chart:
+    """The logit lens of an inspection (minigpt.inspection.inspect_prompt)."""
+    return lens_grid_chart(seen.tokens, [layer.tokens for layer in seen.logit_lens],
+                           torch.stack([layer.probs for layer in seen.logit_lens]))
 
 
 def sublayer_chart(seen) -> alt.Chart:
@@ -332,11 +351,10 @@ def score_curves_chart(steps: list[int], induction_max: list[float], icl: list[f
                        step: int | None = None) -> alt.Chart:
     """The top induction score and the in-context-learning score at every evaluation, one
     panel each on the same step axis; a rule marks the step shown beside them."""
-    frame = pd.DataFrame(
-        [{"step": s, "score": "top induction score (0 to 1)", "value": v}
-         for s, v in zip(steps, induction_max)]
-        + [{"step": s, "score": "in-context learning (loss late - early, nats)", "value": v}
-           for s, v in zip(steps, icl)])
+    names = ["top induction score (0 to 1)", "in-context learning (loss late - early, nats)"]
+    frame = pd.DataFrame([{"step": s, "score": name, "value": v}
+                          for name, values in zip(names, (induction_max, icl))
+                          for s, v in zip(steps, values)])
     line = alt.Chart().mark_line(point=True, color=PALETTE[2]).encode(
         x=alt.X("step:Q", title="training step"), y=alt.Y("value:Q", title=None),
         tooltip=["step", "score", alt.Tooltip("value:Q", format=".3f")])
@@ -345,6 +363,6 @@ def score_curves_chart(steps: list[int], induction_max: list[float], icl: list[f
         layers.append(alt.Chart().mark_rule(color=PALETTE[5], strokeWidth=2).encode(
             x="step:Q").transform_filter(f"datum.step == {int(step)}"))
     return alt.layer(*layers, data=frame).properties(width=520, height=130).facet(
-        row=alt.Row("score:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left",
+        row=alt.Row("score:N", sort=names, title=None, header=alt.Header(labelAngle=0, labelAlign="left",
                                                               labelOrient="top")),
     ).resolve_scale(y="independent")

@@ -107,16 +107,19 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     app.run()
     assert not app.exception
     assert [tab.label for tab in app.tabs] == ["Attention", "Layer outputs", "Positions",
-                                               "Temperature", "Watch it learn"]
+                                               "Temperature", "Watch it learn",
+                                               "Test a hypothesis"]
     assert app.selectbox(key="layer").options == ["1", "2"]  # layers numbered from 1
     app.selectbox(key="layer").select(2).run()
     assert not app.exception
     specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
     # the model view and a heatmap per head; the logit lens, sublayer grid and norm bars; the
-    # position table and its similarity; temperature; the run's attention in Watch it learn
-    assert len(specs) == 1 + 2 + 3 + 2 + 1 + 1
+    # position table and its similarity; temperature; the run's attention, logit lens, head
+    # scores and score curves in Watch it learn; the knock-out bars, three patching grids and the
+    # attribution bars in Test a hypothesis
+    assert len(specs) == 1 + 2 + 3 + 2 + 1 + 4 + 5
     assert not app.get("image")  # every picture in the app is a chart
-    assert sum('"top token"' in spec for spec in specs) == 1  # written in the lens grid's cells
+    assert sum('"top token"' in spec for spec in specs) == 2  # the lens, now and in training
     sublayers = next(spec for spec in specs if '"sublayer"' in spec)
     for row in ("layer 1 attention", "layer 1 FFN", "layer 2 attention", "layer 2 FFN"):
         assert row in sublayers
@@ -192,6 +195,56 @@ def test_the_step_slider_plays_back_the_runs_evaluations(app_with_runs):
     slider.set_value(4).run()
     assert not app.exception and learning_chart() != first
     assert any(c.value == "attention at step 4" for c in app.caption)
+
+
+def test_watch_it_learn_plays_back_the_lens_and_head_scores_with_the_slider(app_with_runs):
+    app = app_with_runs
+    app.run()
+
+    def learning_specs():
+        return [c.proto.spec for c in app.get("vega_lite_chart")
+                if "training step" in c.proto.spec or '"duplicate-token"' in c.proto.spec
+                or ('"top token"' in c.proto.spec and "layer 0 (embeddings" in c.proto.spec)]
+
+    assert any("logit lens at step 30" in c.value for c in app.caption)
+    curves = next(s for s in learning_specs() if "training step" in s)
+    assert "top induction score" in curves and "in-context learning" in curves
+    assert '"step == 30"' in curves.replace("datum.", "")  # the rule at the step shown
+    before = learning_specs()
+    app.select_slider(key="step").set_value(0).run()  # before the first step
+    assert not app.exception
+    assert any("logit lens at step 0" in c.value for c in app.caption)
+    assert any("head scores at step 0" in c.value for c in app.caption)
+    after = learning_specs()
+    assert len(after) == len(before) == 4 - 1 + 1 and after != before
+
+
+def test_the_step_slider_starts_at_the_last_step_of_a_newly_chosen_run(monkeypatch, tmp_path,
+                                                                       run_dir, serve_as):
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / "older")
+    time.sleep(0.05)
+    train(run_config(tmp_path, **{"train.max_steps": 12, "train.run_name": "newer"}),
+          progress=False)
+    serve_as("0.0.0.0")
+    app = make_app(monkeypatch, runs)
+    app.run()
+    assert app.select_slider(key="step").value == 12
+    app.select_slider(key="step").set_value(4).run()
+    app.selectbox(key="run").select_index(1).run()  # the older run
+    assert not app.exception
+    assert app.select_slider(key="step").value == 30  # not the 4 chosen on the other run
+
+
+def test_the_lens_row_of_the_embeddings_says_it_predicts_nothing_yet(app_with_runs):
+    app = app_with_runs
+    app.run()
+    lens = next(c.proto.spec for c in app.get("vega_lite_chart") if '"top token"' in c.proto.spec)
+    assert "layer 0 (embeddings: no prediction yet)" in lens and '"layer 0"' not in lens
+    assert any("reads the embeddings before any block" in c.value for c in app.caption)
+    spec = json.loads(lens)
+    tooltips = [layer["encoding"]["tooltip"] for layer in spec["layer"]]
+    assert tooltips[0] == tooltips[1]  # the cell and the word in it say the same on hover
 
 
 def test_the_page_says_what_the_command_line_would_warn_about(app_with_runs):

@@ -128,6 +128,6 @@ def main() -> None:
     with temperature_tab:
         views.temperature_view(seen, tokenizer, controls["temperature"])
     with learning_tab:
-        views.learning_view(run_dir)
+        views.learning_view(run_dir, tokenizer)
     with testing_tab:
         hypothesis.hypothesis_view(model, tokenizer, ids, run_dir, st.session_state["modified"])

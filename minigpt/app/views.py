@@ -16,6 +16,10 @@ from minigpt.tokenizer import WordTokenizer
 
 LAYERS_NOTE = ("Layers are numbered from the input: layer 0 is the embeddings (token and "
                "position), layer N the output of block N.")
+LENS_ROW_0_NOTE = (f"the bottom row, {charts.LENS_ROW_0}, reads the embeddings before any block "
+                   "has run: there the token itself is the likeliest 'next' token (the head reads "
+                   "back the embedding it is tied to), so it says nothing about the prediction. "
+                   "Predictions form in the rows above it.")
 POSITIONS_SHOWN, DIMENSIONS_SHOWN = 64, 128  # the rest adds cells, not insight
 
 
@@ -121,6 +125,7 @@ def layers_view(seen) -> None:
     st.markdown("**Logit lens**: the most likely next token read from each layer's output "
                 "(through the final norm and head); colour is its probability, hover for the "
                 "top 5.")
+    st.caption("What am I looking at: " + LENS_ROW_0_NOTE)
     st.altair_chart(charts.logit_lens_chart(seen), width="stretch")
     st.markdown("**What attention and the feed-forward block each add**: the size of each "
                 "sublayer's output relative to the residual stream it is added to, per token.")
@@ -197,17 +202,55 @@ def temperature_view(seen, tokenizer, temperature: float) -> None:
                     width="stretch")
 
 
-def learning_view(run_dir: Path) -> None:
-    """The probe prompt's attention as it was at each evaluation of the run."""
+def learning_view(run_dir: Path, tokenizer) -> None:
+    """The probe prompt's attention, logit lens and every head's scores as they were at each
+    evaluation of the run, following one step slider."""
     kept = load_snapshots(run_dir)
     if not kept or not kept["steps"]:
-        st.info("This run kept no snapshots of its evaluations (runs trained before this version "
-                "of minigpt); train a new one to watch it learn.")
+        st.info("This run kept no snapshots of its evaluations yet (it ended before its first "
+                "evaluation, or was trained before minigpt kept them); train it further or train "
+                "a new one to watch it learn.")
         return
     st.markdown("The run's probe prompt (`train.sample_prompt`) as the model saw it at every "
-                "evaluation: move the slider to watch previous-token and first-token heads form.")
+                "evaluation: move the slider to watch previous-token and induction heads form.")
     steps = kept["steps"]
+    if st.session_state.get("step_run") != str(run_dir):  # another run: start at its last step
+        st.session_state["step_run"] = str(run_dir)
+        st.session_state.pop("step", None)
     step = st.select_slider("training step", options=steps, value=steps[-1], key="step")
     snapshot = kept["snapshots"][steps.index(step)]
-    st.caption(f"attention at step {step}")
-    st.altair_chart(charts.layers_chart(snapshot["attention"], kept["tokens"]), width="content")
+    attention, lens = st.columns(2)
+    with attention:
+        st.caption(f"attention at step {step}")
+        st.altair_chart(charts.layers_chart(snapshot["attention"], kept["tokens"]), width="content")
+    if "lens_ids" in snapshot:
+        with lens:
+            st.caption(f"logit lens at step {step}: " + LENS_ROW_0_NOTE)
+            tops = [[[tokenizer.decode([i]) for i in row] for row in layer]
+                    for layer in snapshot["lens_ids"].tolist()]
+            st.altair_chart(charts.lens_grid_chart(kept["tokens"], tops,
+                                                   snapshot["lens_probs"].float()),
+                            width="stretch")
+    learning_scores(kept, step)
+
+
+def learning_scores(kept: dict, step: int) -> None:
+    """The head-score grid at the chosen step, and the top induction and in-context-learning
+    scores over every evaluation that has them."""
+    scored = [(s, snap["head_scores"]) for s, snap in zip(kept["steps"], kept["snapshots"])
+              if "head_scores" in snap]
+    if not scored:
+        return
+    here = dict(scored).get(step)
+    if here is not None:
+        st.caption(f"head scores at step {step} (mean attention weights on the val text and on "
+                   "a random sequence repeated once; the Test a hypothesis tab explains each)")
+        st.altair_chart(charts.head_scores_chart(here), width="content")
+    st.caption("What am I looking at: the best induction score of any head, and the "
+               "in-context-learning score (loss late in the context minus loss early; below 0 "
+               "when the model uses what came before), at every evaluation. An induction head "
+               "forming shows as a jump in the first together with a drop in the second; the "
+               "yellow rule is the step shown above.")
+    st.altair_chart(charts.score_curves_chart(
+        [s for s, _ in scored], [float(h["induction"].max()) for _, h in scored],
+        [float(h["in_context_learning"]) for _, h in scored], step), width="content")
