@@ -29,26 +29,58 @@ def token_labels(tokens: list[str], start: int = 0, width: int | None = None) ->
     return [f"{start + i}:{t!r}"[:width] for i, t in enumerate(tokens)]
 
 
-def _weight_colour(legend: bool = True) -> alt.Color:
-    """Attention weights in the palette: every head shares the scale [0, 1]."""
-    return alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE)),
-                     legend=alt.Legend(title="weight") if legend else None)
+MASKED = "masked: a later token"  # what a cell above the diagonal of a causal head says
+MASK_GREY = "#c8c8c8"
+
+
+def _weight_colour(legend: bool = True):
+    """Attention weights in the palette, every head sharing the scale [0, 1]; cells the causal
+    mask hides are grey, not the colour of a zero weight."""
+    return alt.condition(f"datum.shown == '{MASKED}'", alt.value(MASK_GREY), alt.Color(
+        "weight:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE)),
+        legend=alt.Legend(title="weight") if legend else None))
+
+
+def is_masked(weights: torch.Tensor) -> bool:
+    """Whether these (..., T, T) weights are a causal head's: nothing above the diagonal."""
+    return bool((weights.float().triu(1) == 0).all()) and weights.size(-1) > 1
+
+
+def _shown(weight: float, query: int, key: int, causal: bool) -> str:
+    return MASKED if causal and key > query else f"{weight:.3f}"
+
+
+def weight_legend_chart() -> alt.Chart:
+    """The attention colour scale once, for a group of heatmaps: weights 0 to 1, and the grey
+    of the cells the causal mask hides."""
+    steps = [i / 10 for i in range(11)]
+    frame = pd.DataFrame([{"x": f"{w:.1f}", "weight": w, "shown": f"{w:.1f}"} for w in steps]
+                         + [{"x": "masked", "weight": 0.0, "shown": MASKED}])
+    return alt.Chart(frame).mark_rect().encode(
+        x=alt.X("x:N", sort=None, title="attention weight (grey: hidden by the causal mask)",
+                axis=alt.Axis(labelAngle=0, orient="top")),
+        color=_weight_colour(legend=False), tooltip=[alt.Tooltip("shown", title="weight")],
+    ).properties(width=440, height=18)
 
 
 def attention_chart(weights: torch.Tensor, tokens: list[str], legend: bool = True) -> alt.Chart:
-    """Heatmap of one head's (T, T) weights with token labels; hovering shows the weight. All
-    heads share the scale [0, 1], so only one of them needs the legend."""
-    labels = token_labels(tokens, width=14)
-    rows = [{"query": labels[q], "key": labels[k], "weight": float(weights[q, k])}
-            for q in range(len(tokens)) for k in range(len(tokens))]
-    axis = alt.Axis(labelOverlap=False, labelLimit=120)
+    """Heatmap of one head's (T, T) weights with token labels; hovering shows the weight, or for
+    a causal head's cells above the diagonal that the mask hides them. The cells shrink as the
+    prompt grows (the whole head about 480 pixels at most) and every n-th token is labelled."""
+    labels, causal, T = token_labels(tokens, width=14), is_masked(weights), len(tokens)
+    rows = [{"query": labels[q], "key": labels[k], "weight": float(weights[q, k]),
+             "shown": _shown(float(weights[q, k]), q, k, causal)}
+            for q in range(T) for k in range(T)]
+    cell = max(4, min(22, 480 // T))
+    shown = labels[::-(-14 // cell)]  # a label is about 14 pixels high
+    axis = alt.Axis(labelOverlap=False, labelLimit=120, values=shown)
     return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
         x=alt.X("key:N", sort=labels, title="attends to (key)",
-                axis=alt.Axis(labelOverlap=False, labelLimit=120, labelAngle=-90)),
+                axis=alt.Axis(labelOverlap=False, labelLimit=120, labelAngle=-90, values=shown)),
         y=alt.Y("query:N", sort=labels, title="token (query)", axis=axis),
         color=_weight_colour(legend),
-        tooltip=["query", "key", alt.Tooltip("weight:Q", format=".3f")],
-    ).properties(height=max(200, 22 * len(tokens)))
+        tooltip=["query", "key", alt.Tooltip("shown", title="weight")],
+    ).properties(height=max(200, cell * T))
 
 
 def pooled(weights: torch.Tensor, labels: list[str], most: int) -> tuple[torch.Tensor, list[str]]:
@@ -69,17 +101,20 @@ def pooled(weights: torch.Tensor, labels: list[str], most: int) -> tuple[torch.T
     return both / queries[:, None], names
 
 
-def _layers_frame(weights: torch.Tensor, labels: list[str]) -> pd.DataFrame:
+def _layers_frame(weights: torch.Tensor, labels: list[str], causal: bool) -> pd.DataFrame:
     """(L, H, T, T) weights as one row per layer, head, query and key; layers counted from 1."""
     L, H, T, _ = weights.shape
     index = torch.cartesian_prod(*(torch.arange(n) for n in (L, H, T, T)))  # (L*H*T*T, 4)
+    flat = weights.flatten().tolist()
     return pd.DataFrame({"layer": (index[:, 0] + 1).tolist(), "head": index[:, 1].tolist(),
                          "query": [labels[q] for q in index[:, 2].tolist()],
-                         "key": [labels[k] for k in index[:, 3].tolist()],
-                         "weight": weights.flatten().tolist()})
+                         "key": [labels[k] for k in index[:, 3].tolist()], "weight": flat,
+                         "shown": [_shown(w, q, k, causal) for w, q, k in
+                                   zip(flat, index[:, 2].tolist(), index[:, 3].tolist())]})
 
 
-def _layers_chart(weights: torch.Tensor, labels: list[str], cell: int, axes: bool) -> alt.Chart:
+def _layers_chart(weights: torch.Tensor, labels: list[str], cell: int, axes: bool,
+                  causal: bool) -> alt.Chart:
     """Small multiples of cell-pixel squares (whole pixels: fractions draw seams between cells), a
     row of heads per layer (layer 1 on top), sharing one colour legend. Where cells are narrower
     than the text, every n-th token is labelled."""
@@ -90,11 +125,11 @@ def _layers_chart(weights: torch.Tensor, labels: list[str], cell: int, axes: boo
                         labelAngle=angle) if axes else None
 
     header = {"labelFontSize": 12, "title": None}
-    return alt.Chart(_layers_frame(weights, labels)).mark_rect().encode(
+    return alt.Chart(_layers_frame(weights, labels, causal)).mark_rect().encode(
         x=alt.X("key:N", sort=labels, axis=axis("attends to (key)", -90)),
         y=alt.Y("query:N", sort=labels, axis=axis("token (query)", 0)),
         color=_weight_colour(),
-        tooltip=["layer:O", "head:O", "query", "key", alt.Tooltip("weight:Q", format=".3f")],
+        tooltip=["layer:O", "head:O", "query", "key", alt.Tooltip("shown", title="weight")],
     ).properties(width=cell * len(labels), height=cell * len(labels)).facet(
         row=alt.Row("layer:O", header=alt.Header(labelExpr="'layer ' + datum.value", **header)),
         column=alt.Column("head:O", header=alt.Header(labelExpr="'head ' + datum.value",
@@ -111,17 +146,20 @@ def model_view_chart(attentions, tokens: list[str], width: int = 900) -> alt.Cha
     """Every layer x head as a thumbnail in about `width` pixels (bertviz's model view), in the
     shared scale [0, 1]; hovering shows layer, head, query, key and weight. Prompts longer than
     MODEL_VIEW_CELLS tokens are pooled into groups of consecutive tokens."""
-    weights, labels = pooled(_stacked(attentions), token_labels(tokens, width=14),
-                             MODEL_VIEW_CELLS)
+    stacked = _stacked(attentions)
+    weights, labels = pooled(stacked, token_labels(tokens, width=14), MODEL_VIEW_CELLS)
     side = max(60, min(140, width // weights.size(1) - 12))  # pixels of a thumbnail
-    return _layers_chart(weights, labels, max(1, side // len(labels)), axes=False)
+    return _layers_chart(weights, labels, max(1, side // len(labels)), axes=False,
+                         causal=is_masked(stacked))
 
 
 def layers_chart(attentions, tokens: list[str]) -> alt.Chart:
     """Every layer x head with the tokens along both axes (as heatmap.layers_image draws them for
     TensorBoard): the probe prompt's attention in Watch it learn."""
     cell = max(6, min(22, 240 // len(tokens)))
-    return _layers_chart(_stacked(attentions), token_labels(tokens, width=14), cell, axes=True)
+    stacked = _stacked(attentions)
+    return _layers_chart(stacked, token_labels(tokens, width=14), cell, axes=True,
+                         causal=is_masked(stacked))
 
 
 def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[float],

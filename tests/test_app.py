@@ -117,7 +117,7 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     # position table and its similarity; temperature; the run's attention, logit lens, head
     # scores and score curves in Watch it learn; the knock-out bars, three patching grids and the
     # attribution bars in Test a hypothesis
-    assert len(specs) == 1 + 2 + 3 + 2 + 1 + 4 + 5
+    assert len(specs) == 1 + 1 + 2 + 3 + 2 + 1 + 4 + 5  # and the weights' legend, once
     assert not app.get("image")  # every picture in the app is a chart
     assert sum('"top token"' in spec for spec in specs) == 2  # the lens, now and in training
     sublayers = next(spec for spec in specs if '"sublayer"' in spec)
@@ -155,7 +155,8 @@ def test_a_thumbnail_of_the_model_view_opens_its_head(app_with_runs):
     app = app_with_runs
     app.run()
     model_view = next(json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
-                      if '"facet"' in c.proto.spec and '"axis": null' in c.proto.spec)
+                      if '"facet"' in c.proto.spec and '"axis": null' in c.proto.spec
+                      and '"head"' in c.proto.spec)
     assert model_view["facet"]["row"]["field"] == "layer"  # every layer x head as a thumbnail
     assert model_view["facet"]["column"]["field"] == "head"
     assert {"query", "key"} <= {t["field"] for t in model_view["spec"]["encoding"]["tooltip"]}
@@ -167,16 +168,63 @@ def test_a_thumbnail_of_the_model_view_opens_its_head(app_with_runs):
     assert any("Head view** (layer 2)" in m.value for m in app.markdown)
 
 
+def token_picker(app):
+    return next(box for box in app.selectbox if box.key.startswith("query"))
+
+
 def test_the_head_view_shades_the_tokens_one_token_attends_to(app_with_runs, run_dir):
     app = app_with_runs
     app.run()
     app.text_input(key="prompt").input("the cat sat on the mat").run()
     app.selectbox(key="head").select(1).run()
-    app.selectbox(key="query").select(2).run()  # 'sat'
+    token_picker(app).select(2).run()  # 'sat'
     assert not app.exception
     view = next(m.value for m in app.markdown if "<span" in m.value)
     assert view.count("<span") == 6 and "2:&#x27;sat&#x27;: " in view
-    assert view.count("later: not visible") == 3  # causal: 'on', 'the', 'mat' come after
+    assert view.count("masked: a later token, hidden") == 3  # 'on', 'the', 'mat' come after
+    assert any("the causal mask hides them" in c.value for c in app.caption)
+
+
+def test_a_new_prompt_resets_the_head_views_token_to_its_last(app_with_runs):
+    app = app_with_runs
+    app.run()
+    app.text_input(key="prompt").input("the cat sat on the mat").run()
+    token_picker(app).select(3).run()  # 'on'
+    app.text_input(key="prompt").input("the dog ran to the park").run()
+    assert not app.exception
+    picker = token_picker(app)
+    assert picker.value == 5 and picker.format_func(picker.value) == "5:'park'"
+    view = next(m.value for m in app.markdown if "<span" in m.value)
+    assert "border:2px solid #c0392b" in view.split("<span")[-1]  # the last token, highlighted
+
+
+def test_heatmaps_draw_the_causal_mask_grey_and_name_it(app_with_runs):
+    app = app_with_runs
+    app.run()
+    heatmaps = [json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
+                if '"field": "key"' in c.proto.spec]
+    assert len(heatmaps) == 2 + 1 + 1  # two heads, the model view, Watch it learn's layers
+    for spec in heatmaps:
+        inner = spec.get("spec", spec)
+        colour = inner["encoding"]["color"]
+        assert "masked: a later token" in colour["condition"]["test"]
+        assert colour["condition"]["value"] == "#c8c8c8"
+    assert any("Grey cells are tokens after the query" in c.value for c in app.caption)
+
+
+def test_a_long_prompt_keeps_each_head_short_and_its_labels_apart():
+    import altair as alt
+    import torch
+
+    from minigpt.charts import attention_chart
+
+    T = 120
+    weights = torch.randn(T, T).masked_fill(torch.ones(T, T).triu(1).bool(), -1e9).softmax(-1)
+    with alt.data_transformers.disable_max_rows():  # as Streamlit does
+        spec = attention_chart(weights, [f"t{i}" for i in range(T)]).to_dict()
+    assert spec["height"] <= 480  # 2,640 pixels before
+    labels = spec["encoding"]["x"]["axis"]["values"]
+    assert 20 <= len(labels) <= 40 and labels[0] == "0:'t0'"
 
 
 def test_the_step_slider_plays_back_the_runs_evaluations(app_with_runs):

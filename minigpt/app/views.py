@@ -70,13 +70,17 @@ def attention_view(seen, cfg) -> None:
         model_view(seen, cfg)
     layer = st.selectbox("layer", range(1, cfg.num_layers + 1), key="layer")
     count = len(seen.tokens)
+    st.altair_chart(charts.weight_legend_chart(), width="content")  # once for the layer's heads
+    if cfg.causal:
+        st.caption("Grey cells are tokens after the query: the causal mask hides them, so the "
+                   "token cannot see them at all (not the same as looking and giving them zero "
+                   "weight).")
     columns = st.columns(4 if count <= 12 else 2 if count <= 30 else 1)
     for head in range(cfg.num_heads):
         with columns[head % len(columns)]:
             st.caption(f"layer {layer}, head {head}")
             st.altair_chart(charts.attention_chart(seen.attentions[layer - 1][head], seen.tokens,
-                                                   legend=head == cfg.num_heads - 1),
-                            width="stretch")
+                                                   legend=False), width="stretch")
     head_view(seen, layer, cfg.num_heads)
 
 
@@ -104,19 +108,28 @@ def head_view(seen, layer: int, num_heads: int) -> None:
     left, right = st.columns(2)
     head = left.selectbox("head", range(num_heads), key="head")
     labels = charts.token_labels(seen.tokens)
+    # Keyed by the tokens: a new prompt starts at its last token, not at a stale index and label.
     query = right.selectbox("token", range(len(labels)), index=len(labels) - 1,
-                            format_func=lambda i: labels[i], key="query")
+                            format_func=lambda i: labels[i], key=f"query:{labels}")
     weights = seen.attentions[layer - 1][head][query]
+    masked = charts.is_masked(seen.attentions[layer - 1])
     spans = []
     for i, token in enumerate(seen.tokens):
-        shade = "#{:02x}{:02x}{:02x}".format(*colour(float(weights[i])))
-        ink = "black" if weights[i] > 0.5 else "white"
-        border = "2px solid #c0392b" if i == query else "none"
+        hidden = masked and i > query
+        shade = charts.MASK_GREY if hidden else "#{:02x}{:02x}{:02x}".format(
+            *colour(float(weights[i])))
+        ink = "#555" if hidden else "black" if weights[i] > 0.5 else "white"
+        border = "2px solid #c0392b" if i == query else "1px dashed #888" if hidden else "none"
         style = f"background:{shade};color:{ink};border:{border};padding:1px 3px;margin:1px"
-        title = f"{labels[i]}: {float(weights[i]):.3f}" if i <= query else "later: not visible"
+        title = f"{labels[i]}: {charts.MASKED}, hidden" if hidden else \
+            f"{labels[i]}: {float(weights[i]):.3f}"
         spans.append(f'<span style="{style}" title="{html.escape(title)}">'
                      f"{html.escape(repr(token)[1:-1]) or '&nbsp;'}</span>")
     st.markdown(" ".join(spans), unsafe_allow_html=True)
+    if masked and query < len(labels) - 1:
+        st.caption(f"The grey tokens come after {labels[query]}: the causal mask hides them from "
+                   "it, so they get no weight because they cannot be seen, not because the head "
+                   "looked and ignored them.")
 
 
 def layers_view(seen) -> None:
