@@ -300,6 +300,7 @@ def test_the_page_says_what_the_command_line_would_warn_about(app_with_runs):
     app.run()
     app.text_input(key="prompt").input("the cat sat on the zeppelin").run()
     assert not app.exception and "become <unk>" in app.warning[0].value
+    assert app.warning[0].value.startswith("1 token(s)")
     assert "zeppelin" in app.warning[0].value
     app.text_input(key="prompt").input("").run()
     assert not app.exception and "The prompt is empty" in app.info[0].value
@@ -391,6 +392,40 @@ def test_training_runs_in_the_background_and_can_be_cancelled(monkeypatch, tmp_p
     settle(app, lambda app: any("cancelled at step" in s.value for s in app.success))
     assert "can be resumed" in app.success[0].value
     assert app.selectbox(key="run").options == ["app-default"]  # a resumable run, loaded
+    later = AppTest.from_file(APP, default_timeout=60)  # another visitor, same server
+    later.run()
+    assert not later.exception and app_training_outcome(later) == []  # not told of the cancel
+    assert later.selectbox(key="run").options == ["app-default"]
+
+
+def app_training_outcome(app: AppTest) -> list[str]:
+    return [s.value for s in app.sidebar.success if "cancelled" in s.value or "trained" in s.value]
+
+
+def test_a_run_without_snapshots_is_not_called_old(monkeypatch, tmp_path, run_dir, serve_as):
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / "cancelled")
+    (runs / "cancelled" / "snapshots.pt").unlink()  # as a run stopped before its first probe
+    serve_as("0.0.0.0")
+    app = make_app(monkeypatch, runs)
+    app.run()
+    note = next(i.value for i in app.info if "snapshots" in i.value)
+    assert "stopped before its first evaluation" in note
+    assert not note.startswith("This run kept no snapshots of its evaluations (runs trained")
+
+
+def test_a_prompt_of_spaces_keeps_the_page_and_unknown_marks_are_counted_as_tokens(
+        app_with_runs):
+    app = app_with_runs
+    app.run()
+    app.text_input(key="prompt").input("   ").run()
+    assert not app.exception and not app.error
+    assert any("only spaces" in i.value for i in app.info)
+    assert len(app.tabs) == 6 and app.get("vega_lite_chart")  # the views stay
+    app.text_input(key="prompt").input("!!! ???").run()
+    assert not app.exception
+    warning = next(w.value for w in app.warning if "<unk>" in w.value)
+    assert warning.startswith("6 token(s)") and "'!'" in warning and "'?'" in warning
 
 
 @pytest.mark.slow

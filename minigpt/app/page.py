@@ -97,6 +97,13 @@ def sampling_controls(vocab_size: int, context_length: int) -> dict:
     }
 
 
+def reads_tokens(tokenizer, text: str) -> bool:
+    try:
+        return bool(tokenizer.encode(text))
+    except MiniGPTError:  # characters the tokenizer never saw: said where the prompt is used
+        return True
+
+
 def main() -> None:
     st.set_page_config(page_title="minigpt", layout="wide")
     st.title("minigpt: look inside a small GPT")
@@ -106,6 +113,10 @@ def main() -> None:
     model, tokenizer, run_dir = loaded
     controls = sampling_controls(tokenizer.vocab_size, model.config.context_length)
     prompt = st.text_input("Prompt", value="the cat sat on", key="prompt")
+    if prompt and not prompt.strip() and not reads_tokens(tokenizer, prompt):
+        st.info("A prompt of only spaces holds no tokens for this model's tokenizer: the views "
+                "below start from the start token, as for an empty prompt.")
+        prompt = ""
     try:
         with warnings.catch_warnings():  # said in the page instead, by prompt_notes
             warnings.simplefilter("ignore")

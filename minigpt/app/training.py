@@ -73,13 +73,15 @@ def training_panel() -> None:
         st.progress(job.step / max(job.total, 1), text=f"training: step {job.step} of {job.total}")
         if st.button("Cancel training", key="cancel"):
             job.cancel.set()
+            st.session_state["training_mine"] = True
         st.session_state["training_seen"] = True
         return
     if st.session_state.pop("training_seen", False):
         st.rerun()  # the run list and the chosen model change with the new run
-    if job.outcome:
+    if job.outcome and st.session_state.get("training_mine"):  # not to every later visitor
         (st.error if job.outcome.startswith("training failed") else st.success)(job.outcome)
     if st.button("Train the default tiny model (about a minute)", key="train"):
+        st.session_state["training_mine"] = True
         job.start()
         st.session_state["training_seen"] = True
         st.rerun()

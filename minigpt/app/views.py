@@ -9,6 +9,7 @@ import streamlit as st
 
 from minigpt import charts
 from minigpt.generation import generate_text
+from minigpt.gpt2 import is_gpt2_dir
 from minigpt.heatmap import colour
 from minigpt.inspection import load_snapshots, position_similarity, token_probabilities
 from minigpt.positions import sinusoidal_table
@@ -30,8 +31,10 @@ def prompt_notes(tokenizer, prompt: str) -> None:
                 "the views below show that single start token.")
     unknown = tokenizer.unknown_words(prompt) if isinstance(tokenizer, WordTokenizer) else []
     if unknown:
-        st.warning(f"{len(unknown)} word(s) are not in this model's vocabulary and become <unk> "
-                   f"(shown as such below): {', '.join(unknown[:10])}")
+        count = sum(word not in tokenizer.index for word in tokenizer.split(prompt))
+        st.warning(f"{count} token(s) of the prompt are not in this model's vocabulary and "
+                   f"become <unk> (shown as such below); the unknown words and marks: "
+                   f"{', '.join(repr(w) for w in unknown[:10])}")
 
 
 def generation_view(model, tokenizer, prompt: str, controls: dict) -> None:
@@ -220,9 +223,11 @@ def learning_view(run_dir: Path, tokenizer) -> None:
     evaluation of the run, following one step slider."""
     kept = load_snapshots(run_dir)
     if not kept or not kept["steps"]:
-        st.info("This run kept no snapshots of its evaluations yet (it ended before its first "
-                "evaluation, or was trained before minigpt kept them); train it further or train "
-                "a new one to watch it learn.")
+        st.info("A GPT-2 directory holds the trained weights only: there is no training of it to "
+                "watch here." if is_gpt2_dir(run_dir) else
+                "This run kept no snapshots of its training: it stopped before its first "
+                "evaluation (or, if it is older, was trained before minigpt kept them). Resume "
+                "it (python train.py --resume RUN_DIR) or train a new one to watch it learn.")
         return
     st.markdown("The run's probe prompt (`train.sample_prompt`) as the model saw it at every "
                 "evaluation: move the slider to watch previous-token and induction heads form.")
