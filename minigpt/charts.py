@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from minigpt.heatmap import PALETTE, colours
+from minigpt.sampling import top_k_filter, top_p_filter
 
 MODEL_VIEW_CELLS = 48  # the most rows a thumbnail shows: more cells than pixels add nothing
 LABELS_SHOWN = 40  # the most token labels along an axis; beyond, every n-th is written
@@ -273,24 +274,45 @@ def matrix_chart(matrix: torch.Tensor, x: str, y: str, value: str,
     ).properties(height=min(480, 7 * matrix.size(0) + 60))
 
 
-def temperature_chart(next_token_probs: torch.Tensor, tokenizer, temperature: float) -> alt.Chart:
-    """The 10 likeliest next tokens under softmax(logits / T) at this temperature beside 0.5, 1
-    and 2: low T sharpens the distribution, high T flattens it."""
-    logits = next_token_probs.log()
+def sampling_distribution(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                          top_p: float | None = None) -> torch.Tensor:
+    """(V,) the distribution minigpt.sampling.sample_next draws from at these settings; T = 0
+    (greedy) puts all of it on the top token."""
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(), logits.numel()).float()
+    scaled = (logits - logits.max()) / temperature
+    return torch.softmax(top_p_filter(top_k_filter(scaled[None], top_k), top_p)[0], dim=-1)
+
+
+def _temperature_name(t: float, sidebar: float) -> str:
+    name = "0 (greedy)" if t == 0 else f"{t:g}"
+    return f"{name} (sidebar)" if t == sidebar else name
+
+
+def temperature_chart(next_token_probs: torch.Tensor, tokenizer, temperature: float,
+                      top_k: int | None = None, top_p: float | None = None) -> alt.Chart:
+    """The 10 likeliest next tokens (by the model's own distribution) under the sampling
+    distribution at the sidebar's temperature, marked, beside 0.5, 1 and 2, each after the same
+    top-k and top-p: low T sharpens the distribution, high T flattens it."""
+    logits = next_token_probs.clamp_min(1e-30).log()
     top = next_token_probs.topk(min(10, next_token_probs.numel())).indices.tolist()
-    temperatures = sorted({0.5, 1.0, 2.0, max(temperature, 0.05)})
+    temperatures = sorted({0.5, 1.0, 2.0, temperature})
+    names = [_temperature_name(t, temperature) for t in temperatures]
     rows = []
-    for t in temperatures:
-        probs = torch.softmax(logits / t, dim=-1)
-        rows += [{"token": repr(tokenizer.decode([i])), "T": t,
+    for t, name in zip(temperatures, names):
+        probs = sampling_distribution(logits, t, top_k, top_p)
+        rows += [{"token": repr(tokenizer.decode([i])), "T": name,
                   "probability": float(probs[i])} for i in top]
     order = [repr(tokenizer.decode([i])) for i in top]  # most likely first
     return alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
         y=alt.Y("token:N", sort=order, title="next token (most likely first)"),
-        x=alt.X("probability:Q", title="probability"),
-        color=alt.Color("T:O", scale=alt.Scale(range=colours(len(temperatures))),
+        x=alt.X("probability:Q", title="probability of being drawn"),
+        color=alt.Color("T:N", sort=names, scale=alt.Scale(range=colours(len(names))),
                         title="temperature"),
-        yOffset="T:O", tooltip=["token", "T", alt.Tooltip("probability:Q", format=".3f")]
+        stroke=alt.condition(f"datum.T == '{_temperature_name(temperature, temperature)}'",
+                             alt.value("#c0392b"), alt.value(None)),
+        yOffset=alt.YOffset("T:N", sort=names),
+        tooltip=["token", "T", alt.Tooltip("probability:Q", format=".3f")]
     ).properties(height=40 * len(top))
 
 
@@ -302,105 +324,6 @@ def probability_chart(tokens: list[str], probs: list[float], start: int) -> alt.
     return alt.Chart(frame).mark_bar(color=PALETTE[2]).encode(
         x=alt.X("position:N", sort=positions, title="generated token (position in the text)",
                 axis=alt.Axis(labelAngle=-60)),
-        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]), title="probability when chosen"),
+        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]),
+                title="probability when chosen (T = 1)"),
         tooltip=["position", "token", alt.Tooltip("probability:Q", format=".3f")])
-
-
-# ----------------------------------------------------------------------------- testing a hypothesis
-
-def next_token_bars(tokens: list[str], before: list[float], after: list[float],
-                    changed: str = "heads knocked out") -> alt.Chart:
-    """The next-token distribution as the model gives it and with the change made: two bars per
-    token (the likeliest of either run, in the order given)."""
-    labels = [repr(t) for t in tokens]
-    rows = [{"token": label, "run": run, "probability": float(p)}
-            for run, probs in (("as trained", before), (changed, after))
-            for label, p in zip(labels, probs)]
-    return alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
-        y=alt.Y("token:N", sort=labels, title="next token"),
-        x=alt.X("probability:Q", title="probability after the prompt"),
-        yOffset=alt.YOffset("run:N", sort=["as trained", changed]),
-        color=alt.Color("run:N", sort=["as trained", changed],
-                        scale=alt.Scale(range=[PALETTE[2], PALETTE[4]]), title=None,
-                        legend=alt.Legend(orient="top")),
-        tooltip=["token", "run", alt.Tooltip("probability:Q", format=".3f")],
-    ).properties(height=34 * len(labels) + 40)
-
-
-def recovery_chart(recovery: torch.Tensor, columns: list[str], rows: list[str], x_title: str,
-                   y_title: str) -> alt.Chart:
-    """Activation patching's normalised recovery as a grid (0: the corrupted run's logit
-    difference, 1: the clean run's), the value written in each cell."""
-    frame = pd.DataFrame([{"column": columns[c], "row": rows[r],
-                           "recovery": float(recovery[r, c]),
-                           "shown": f"{float(recovery[r, c]):.2f}"}
-                          for r in range(recovery.size(0)) for c in range(recovery.size(1))])
-    return grid_chart(frame, "column", "row", "recovery", [0, 1], x_title, y_title, text="shown",
-                      tooltip=[alt.Tooltip("row", title=y_title),
-                               alt.Tooltip("column", title=x_title),
-                               alt.Tooltip("recovery:Q", format=".3f")])
-
-
-def attribution_chart(parts: dict[str, float], most: int = 24) -> alt.Chart:
-    """Direct logit attribution: each part's contribution to the chosen token's logit, the
-    `most` largest by size, largest first; bars left of 0 argue against the token."""
-    shown = sorted(parts.items(), key=lambda kv: -abs(kv[1]))[:most]
-    frame = pd.DataFrame([{"part": name, "contribution": value,
-                           "sign": "for the token" if value >= 0 else "against it"}
-                          for name, value in shown])
-    return alt.Chart(frame).mark_bar().encode(
-        y=alt.Y("part:N", sort=[name for name, _ in shown], title="part of the model"),
-        x=alt.X("contribution:Q", title="contribution to the token's logit"),
-        color=alt.Color("sign:N", sort=["for the token", "against it"],
-                        scale=alt.Scale(range=[PALETTE[3], PALETTE[1]]), title=None,
-                        legend=alt.Legend(orient="top")),
-        tooltip=["part", alt.Tooltip("contribution:Q", format=".3f")],
-    ).properties(height=20 * len(shown) + 40)
-
-
-SCORE_NAMES = {"previous_token": "previous-token", "first_token": "first-token",
-               "duplicate_token": "duplicate-token", "induction": "induction"}
-
-
-def head_scores_chart(scores: dict) -> alt.Chart:
-    """Every head's four scores (a head_scores dict: name -> (L, H)) as a layer x head grid per
-    kind, in the shared scale [0, 1], the score written in each cell."""
-    rows = [{"kind": kind, "layer": f"layer {layer + 1}", "head": f"head {head}",
-             "score": float(scores[name][layer, head]),
-             "shown": f"{float(scores[name][layer, head]):.2f}"}
-            for name, kind in SCORE_NAMES.items()
-            for layer in range(scores[name].size(0)) for head in range(scores[name].size(1))]
-    heads = scores["induction"].size(1)
-    base = alt.Chart().encode(x=alt.X("head:N", sort=None, title=None, axis=alt.Axis(labelAngle=0)),
-                              y=alt.Y("layer:N", sort=None, title=None))
-    cells = base.mark_rect().encode(
-        color=alt.Color("score:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE)),
-                        title="score"),
-        tooltip=["kind", "layer", "head", alt.Tooltip("score:Q", format=".3f")])
-    text = base.mark_text(fontSize=10).encode(
-        text="shown:N", color=alt.condition("datum.score > 0.5", alt.value("black"),
-                                            alt.value("white")))
-    return alt.layer(cells, text, data=pd.DataFrame(rows)).properties(
-        width=min(200, 44 * heads), height=24 * scores["induction"].size(0)
-    ).facet(column=alt.Column("kind:N", sort=list(SCORE_NAMES.values()), title=None))
-
-
-def score_curves_chart(steps: list[int], induction_max: list[float], icl: list[float],
-                       step: int | None = None) -> alt.Chart:
-    """The top induction score and the in-context-learning score at every evaluation, one
-    panel each on the same step axis; a rule marks the step shown beside them."""
-    names = ["top induction score (0 to 1)", "in-context learning (loss late - early, nats)"]
-    frame = pd.DataFrame([{"step": s, "score": name, "value": v}
-                          for name, values in zip(names, (induction_max, icl))
-                          for s, v in zip(steps, values)])
-    line = alt.Chart().mark_line(point=True, color=PALETTE[2]).encode(
-        x=alt.X("step:Q", title="training step"), y=alt.Y("value:Q", title=None),
-        tooltip=["step", "score", alt.Tooltip("value:Q", format=".3f")])
-    layers = [line]
-    if step is not None:
-        layers.append(alt.Chart().mark_rule(color=PALETTE[5], strokeWidth=2).encode(
-            x="step:Q").transform_filter(f"datum.step == {int(step)}"))
-    return alt.layer(*layers, data=frame).properties(width=520, height=130).facet(
-        row=alt.Row("score:N", sort=names, title=None, header=alt.Header(labelAngle=0, labelAlign="left",
-                                                              labelOrient="top")),
-    ).resolve_scale(y="independent")

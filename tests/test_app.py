@@ -482,7 +482,8 @@ CHARTS_WITHOUT_STREAMLIT = """
 import sys
 import altair as alt
 import torch
-from minigpt import charts
+from minigpt import charts, circuit_charts
+from minigpt.head_scores import head_scores
 from minigpt.inspection import inspect_prompt
 from minigpt.model import GPT, ModelConfig
 from minigpt.tokenizer import CharTokenizer
@@ -498,7 +499,12 @@ built = [charts.attention_chart(seen.attentions[0][1], seen.tokens),
          charts.logit_lens_chart(seen), charts.sublayer_chart(seen), charts.norm_chart(seen),
          charts.matrix_chart(seen.hidden_states[0], "dimension", "position", "value"),
          charts.temperature_chart(seen.next_token_probs, tokenizer, 0.8),
-         charts.probability_chart(["a", "b"], [0.5, 0.25], 7)]
+         charts.probability_chart(["a", "b"], [0.5, 0.25], 7), charts.weight_legend_chart(),
+         circuit_charts.next_token_bars(["a", "b"], [0.5, 0.2], [0.1, 0.6]),
+         circuit_charts.recovery_chart(torch.rand(3, 7), list("abc dea"), list("xyz"), "p", "l"),
+         circuit_charts.attribution_chart({"embeddings": 1.0, "L1H0": -0.5}),
+         circuit_charts.head_scores_chart(head_scores(model, torch.arange(200) % 9).as_dict()),
+         circuit_charts.score_curves_chart([0, 4], [0.1, 0.5], [0.0, -0.2], 4)]
 with alt.data_transformers.disable_max_rows():  # as Streamlit does; Altair stops at 5000
     for chart in built:
         chart.to_dict()  # validates the spec against Vega-Lite's schema
@@ -512,7 +518,7 @@ def test_the_charts_draw_an_inspection_without_streamlit():
     done = subprocess.run([sys.executable, "-c", CHARTS_WITHOUT_STREAMLIT], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["9"]
+    assert done.stdout.split() == ["15"]
 
 
 def test_the_model_view_pools_a_long_prompt_keeping_rows_that_sum_to_one():
@@ -546,7 +552,7 @@ def test_knocking_heads_out_changes_the_next_token_bars_and_the_loss(app_with_ru
     assert "Test a hypothesis" in [tab.label for tab in app.tabs]
     knockout = app.multiselect(key="knockout")
     assert len(knockout.options) == 2 * 2  # every layer x head of the test model
-    assert app.metric[0].proto.delta.startswith("+0.000")  # shown before a head is ticked
+    assert app.metric[0].value and not app.metric[0].proto.delta  # no change before a tick
     knockout.set_value([(1, 0), (2, 1)]).run()
     assert not app.exception
     model, tokenizer = load(run_dir)
@@ -570,7 +576,7 @@ def test_patching_refuses_a_pair_of_different_lengths_and_draws_recovery(app_wit
     assert answer.value  # the clean run's prediction, editable
     recovery = [c.proto.spec for c in app.get("vega_lite_chart") if '"recovery"' in c.proto.spec]
     assert len(recovery) == 3  # residual stream, heads, feed-forward outputs
-    assert "embeddings (into block 1)" in recovery[0] and "0:'the'" in recovery[0]
+    assert "after block 2" in recovery[0] and "0:'the'" in recovery[0]
     assert "'cat'/'dog'" in recovery[0]  # the positions where the prompts differ
     app.text_input(key="corrupted").input("the dog sat on the mat").run()
     assert not app.exception
@@ -625,3 +631,50 @@ def test_the_tab_works_on_a_gpt2_directory(monkeypatch, tmp_path, serve_as):
     assert any("scored now, on this model" in c.value for c in app.caption)
     assert any("contribution to the token's logit" in c.proto.spec
                for c in app.get("vega_lite_chart"))
+
+
+def test_the_views_cover_the_generated_tokens_on_request(app_with_runs, run_dir):
+    app = app_with_runs
+    app.run()
+    app.slider(key="max_new_tokens").set_value(6).run()
+    app.button(key="generate").click().run()
+    assert not app.exception
+    assert len(token_picker(app).options) == 4  # "the cat sat on"
+    assert any("at temperature 1 and before top-k/top-p" in c.value for c in app.caption)
+    app.toggle(key="inspect_generated").set_value(True).run()
+    assert not app.exception
+    _, tokenizer = load(run_dir)
+    expected = tokenizer.encode(app.code[0].value)[-16:]  # prompt + continuation, in context
+    picker = token_picker(app)
+    assert len(picker.options) == len(expected) > 4
+    assert picker.value == len(expected) - 1  # the last generated token, ready to inspect
+
+
+def test_the_temperature_view_marks_the_sidebar_and_applies_top_k_and_top_p(app_with_runs):
+    import altair as alt
+    import torch
+
+    from minigpt.charts import temperature_chart
+    from minigpt.tokenizer import CharTokenizer
+
+    app = app_with_runs
+    app.run()
+    app.slider(key="temperature").set_value(0.0).run()
+    spec = next(c.proto.spec for c in app.get("vega_lite_chart") if '"temperature"' in c.proto.spec)
+    assert "0 (greedy) (sidebar)" in spec and "0.05" not in spec
+    assert any("greedy: T = 0 always picks the top token" in m.value for m in app.markdown)
+    app.slider(key="top_k").set_value(2).run()
+    assert any("after top-k 2" in m.value for m in app.markdown)
+
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    with alt.data_transformers.disable_max_rows():
+        chart = temperature_chart(probs, CharTokenizer("abcd"), 1.0, top_k=2, top_p=None)
+        rows = next(iter(chart.to_dict()["datasets"].values()))
+    at_one = {r["token"]: r["probability"] for r in rows if r["T"] == "1 (sidebar)"}
+    assert at_one["'c'"] == at_one["'d'"] == 0.0  # cut by top-k, as sampling cuts them
+    assert abs(at_one["'a'"] - 0.4 / 0.7) < 1e-6
+    with alt.data_transformers.disable_max_rows():
+        rows = next(iter(temperature_chart(probs, CharTokenizer("abcd"), 1.0, top_p=0.5)
+                         .to_dict()["datasets"].values()))
+    kept = [r["probability"] for r in rows if r["T"] == "1 (sidebar)"]
+    assert kept[2:] == [0.0, 0.0] and min(kept[:2]) > 0  # 'b' starts before mass 0.5: kept

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from minigpt import charts
+from minigpt import circuit_charts
 from minigpt.corpus import load_corpus
 from minigpt.data import prepare_data
 from minigpt.errors import InputError, MiniGPTError
@@ -92,10 +92,11 @@ def knockout_view(model, tokenizer, ids: list[int], val: torch.Tensor, source: s
     tokens = [tokenizer.decode([i]) for i in top]
     if len(ids) > 1:
         st.metric("loss on the prompt (nats per token)", f"{result.ablated_loss:.3f}",
-                  delta=f"{result.loss_change:+.3f} from {result.loss:.3f}", delta_color="inverse")
+                  delta=f"{result.loss_change:+.3f} from {result.loss:.3f}" if heads else None,
+                  delta_color="inverse")
     else:
         st.caption("The loss on the prompt needs a prompt of two tokens or more.")
-    st.altair_chart(charts.next_token_bars(tokens, before[top].tolist(), after[top].tolist()),
+    st.altair_chart(circuit_charts.next_token_bars(tokens, before[top].tolist(), after[top].tolist()),
                     width="stretch")
     st.caption("What am I looking at: the likeliest next tokens as the model gives them (first "
                "bar) and with the ticked heads' outputs set to "
@@ -177,24 +178,24 @@ def patching_charts(result, tokenizer, clean: list[int], corrupted: list[int], h
     positions = [f"{i}:{tokenizer.decode([a])!r}" + ("" if a == b else f"/{tokenizer.decode([b])!r}")
                  for i, (a, b) in enumerate(zip(clean, corrupted))]
     layers = result.heads.size(0)
-    stream = ["embeddings (into block 1)", *(f"after block {i}" for i in range(1, layers + 1))]
+    stream = ["embeddings", *(f"after block {i}" for i in range(1, layers + 1))]
     st.caption(f"What am I looking at: the logit difference answer - wrong after the last token "
                f"is {result.clean_diff:.2f} in the clean run and {result.corrupted_diff:.2f} in "
                "the corrupted one. Each cell is how much of that gap one patched activation "
                "recovers: 0 = nothing (the corrupted run's), 1 = all of it (the clean run's). "
                "Positions where the prompts differ show both tokens, clean/corrupted.")
-    st.altair_chart(charts.recovery_chart(result.residual, positions, stream, "position",
+    st.altair_chart(circuit_charts.recovery_chart(result.residual, positions, stream, "position",
                                           "residual stream"), width="stretch")
     left, right = st.columns(2)
     with left:
         st.caption("Each head's output, at every position at once.")
-        st.altair_chart(charts.recovery_chart(result.heads, [f"head {h}" for h in range(heads)],
+        st.altair_chart(circuit_charts.recovery_chart(result.heads, [f"head {h}" for h in range(heads)],
                                               [f"layer {i}" for i in range(1, layers + 1)],
                                               "head", "layer"), width="stretch")
     if result.ffn is not None:
         with right:
             st.caption("Each feed-forward block's output, one position at a time.")
-            st.altair_chart(charts.recovery_chart(
+            st.altair_chart(circuit_charts.recovery_chart(
                 result.ffn, positions, [f"layer {i} FFN" for i in range(1, layers + 1)],
                 "position", "feed-forward"), width="stretch")
 
@@ -218,7 +219,7 @@ def attribution_view(model, tokenizer, ids: list[int]) -> None:
         st.info(POST_NORM_NOTE if model.config.norm_placement == "post" else
                 f"Direct logit attribution does not apply to this model: {err}.")
         return
-    st.altair_chart(charts.attribution_chart(parts), width="stretch")
+    st.altair_chart(circuit_charts.attribution_chart(parts), width="stretch")
     st.caption("What am I looking at: the logit of the token after the prompt, split into what "
                "the embeddings, each head (L1H0 = layer 1, head 0) and each feed-forward block "
                "added to the residual stream, each read through the final LayerNorm with its "
@@ -246,7 +247,7 @@ def head_table_view(model, run_dir: Path, val: torch.Tensor, source: str) -> Non
     layers, heads = scores["induction"].shape
     table = pd.DataFrame([{"layer": layer + 1, "head": head,
                            **{kind: round(float(scores[name][layer, head]), 3)
-                              for name, kind in charts.SCORE_NAMES.items()},
+                              for name, kind in circuit_charts.SCORE_NAMES.items()},
                            "kind": kinds.get((layer + 1, head), "-")}
                           for layer in range(layers) for head in range(heads)])
     st.dataframe(table, hide_index=True)

@@ -104,6 +104,13 @@ def reads_tokens(tokenizer, text: str) -> bool:
         return True
 
 
+def quiet_encode(tokenizer, text: str, context_length: int) -> list[int]:
+    """The text's last context_length token ids; unknown words are said by prompt_notes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return encode_prompt(tokenizer, text, context_length)
+
+
 def main() -> None:
     st.set_page_config(page_title="minigpt", layout="wide")
     st.title("minigpt: look inside a small GPT")
@@ -118,15 +125,16 @@ def main() -> None:
                 "below start from the start token, as for an empty prompt.")
         prompt = ""
     try:
-        with warnings.catch_warnings():  # said in the page instead, by prompt_notes
-            warnings.simplefilter("ignore")
-            ids = encode_prompt(tokenizer, prompt, model.config.context_length)
-            seen = inspect_prompt(model, tokenizer, ids)
+        ids = quiet_encode(tokenizer, prompt, model.config.context_length)
     except MiniGPTError as err:
         st.error(f"That prompt cannot be used: {err}")
         return
     views.prompt_notes(tokenizer, prompt)
-    views.generation_view(model, tokenizer, prompt, controls)
+    generated = views.generation_view(model, tokenizer, prompt, controls)
+    if generated and st.toggle("Inspect the generated text too (the views below cover the "
+                               "prompt and its continuation)", key="inspect_generated"):
+        ids = quiet_encode(tokenizer, prompt + generated, model.config.context_length)
+    seen = inspect_prompt(model, tokenizer, ids)
     attention_tab, layers_tab, positions_tab, temperature_tab, learning_tab, testing_tab = st.tabs(
         ["Attention", "Layer outputs", "Positions", "Temperature", "Watch it learn",
          "Test a hypothesis"])
@@ -137,7 +145,7 @@ def main() -> None:
     with positions_tab:
         views.positions_view(model)
     with temperature_tab:
-        views.temperature_view(seen, tokenizer, controls["temperature"])
+        views.temperature_view(seen, tokenizer, controls)
     with learning_tab:
         views.learning_view(run_dir, tokenizer)
     with testing_tab:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from minigpt import charts
+from minigpt import charts, circuit_charts
 from minigpt.generation import generate_text
 from minigpt.gpt2 import is_gpt2_dir
 from minigpt.heatmap import colour
@@ -37,8 +37,9 @@ def prompt_notes(tokenizer, prompt: str) -> None:
                    f"{', '.join(repr(w) for w in unknown[:10])}")
 
 
-def generation_view(model, tokenizer, prompt: str, controls: dict) -> None:
-    """The Generate button, the streamed text, and the probability of each generated token."""
+def generation_view(model, tokenizer, prompt: str, controls: dict) -> str:
+    """The Generate button, the streamed text, and the probability of each generated token;
+    returns the text generated after this prompt ("" when there is none)."""
     if st.button("Generate", key="generate", type="primary"):
         placeholder, text = st.empty(), ""  # streamed in the same box the full text stays in
         for piece in generate_text(model, tokenizer, prompt, **controls):
@@ -47,7 +48,7 @@ def generation_view(model, tokenizer, prompt: str, controls: dict) -> None:
         placeholder.empty()
         st.session_state["generated"] = (prompt, text)
     if st.session_state.get("generated", (None,))[0] != prompt:
-        return
+        return ""
     generated = st.session_state["generated"][1]
     st.markdown("**Generated text** (prompt, then the model's continuation)")
     st.code(prompt + generated, language=None, wrap_lines=True)
@@ -61,8 +62,14 @@ def generation_view(model, tokenizer, prompt: str, controls: dict) -> None:
                 st.session_state["probabilities"] = (
                     key, token_probabilities(model, prompt_ids + new_ids, len(prompt_ids)))
             tokens = [tokenizer.decode([i]) for i in new_ids]
+            st.caption("What am I looking at: the probability the model itself gave each token "
+                       "when it was chosen, at temperature 1 and before top-k/top-p: the "
+                       f"sidebar's sampling (T = {controls['temperature']:g}) reshaped these "
+                       "before drawing. Switch on 'Inspect the generated text too' to look inside "
+                       "any of these positions.")
             st.altair_chart(charts.probability_chart(tokens, st.session_state["probabilities"][1],
                                                      len(prompt_ids)), width="stretch")
+    return generated
 
 
 def attention_view(seen, cfg) -> None:
@@ -210,12 +217,21 @@ def positions_view(model) -> None:
                     width="stretch")
 
 
-def temperature_view(seen, tokenizer, temperature: float) -> None:
-    st.markdown("The next-token distribution after the prompt, `softmax(logits / T)`, at the "
-                f"sidebar's temperature (T = {temperature:g}) beside lower and higher ones: low T "
-                "sharpens it, high T flattens it. T = 0 would always pick the top token.")
-    st.altair_chart(charts.temperature_chart(seen.next_token_probs, tokenizer, temperature),
-                    width="stretch")
+def temperature_view(seen, tokenizer, controls: dict) -> None:
+    temperature, top_k, top_p = controls["temperature"], controls["top_k"], controls["top_p"]
+    sidebar = "greedy: T = 0 always picks the top token" if temperature == 0 else \
+        f"T = {temperature:g}"
+    cuts = [f"top-k {top_k}" if top_k else "", f"top-p {top_p:g}" if top_p < 1 else ""]
+    cuts = " and ".join(c for c in cuts if c)
+    st.markdown("The distribution the next token is drawn from, `softmax(logits / T)`"
+                + (f" after {cuts}" if cuts else "") + f", at the sidebar's setting ({sidebar}, "
+                "marked) beside other temperatures: low T sharpens it, high T flattens it.")
+    st.caption("What am I looking at: the model's 10 likeliest next tokens after the "
+               "text inspected" + (f"; tokens that {cuts} cut get probability 0" if cuts else "")
+               + ". On a prompt the model is sure about, every temperature keeps the top token "
+               "far ahead: try a prompt that could go on in several ways.")
+    st.altair_chart(charts.temperature_chart(seen.next_token_probs, tokenizer, temperature,
+                                             top_k, top_p), width="stretch")
 
 
 def learning_view(run_dir: Path, tokenizer) -> None:
@@ -263,12 +279,12 @@ def learning_scores(kept: dict, step: int) -> None:
     if here is not None:
         st.caption(f"head scores at step {step} (mean attention weights on the val text and on "
                    "a random sequence repeated once; the Test a hypothesis tab explains each)")
-        st.altair_chart(charts.head_scores_chart(here), width="content")
+        st.altair_chart(circuit_charts.head_scores_chart(here), width="content")
     st.caption("What am I looking at: the best induction score of any head, and the "
                "in-context-learning score (loss late in the context minus loss early; below 0 "
                "when the model uses what came before), at every evaluation. An induction head "
                "forming shows as a jump in the first together with a drop in the second; the "
                "yellow rule is the step shown above.")
-    st.altair_chart(charts.score_curves_chart(
+    st.altair_chart(circuit_charts.score_curves_chart(
         [s for s, _ in scored], [float(h["induction"].max()) for _, h in scored],
         [float(h["in_context_learning"]) for _, h in scored], step), width="content")
