@@ -10,7 +10,14 @@ import sys
 
 import torch
 
-from minigpt.checkpoint import load
+from minigpt.checkpoint import (
+    gpt2_source,
+    latest_run,
+    load,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_checkpoint,
+)
 from minigpt.cli import ArgumentParser
 from minigpt.errors import InputError
 from minigpt.generation import check_generation_args, encode_prompt, generate_text
@@ -92,6 +99,17 @@ def save_attention(path: str, seen) -> None:
           f"the tokens {seen.tokens}", file=sys.stderr)
 
 
+def load_model(source, device) -> tuple:
+    """(model, tokenizer, what was loaded): a run directory's or file's checkpoint with its step,
+    or a GPT-2 directory or hub name, so a sample never silently comes from another model."""
+    if gpt2_source(source) is not None:
+        model, tokenizer = load(source, device)
+        return model, tokenizer, f"{source} (GPT-2)"
+    path = resolve_checkpoint(source)
+    state = load_checkpoint(path)
+    return (*model_from_checkpoint(state, device), f"{path} (step {state['step']})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     top_k, top_p = args.top_k or None, args.top_p
@@ -99,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                           args.seed, args.stop)
     prompt = read_prompt(args)
     device = resolve_device(args.device)
-    model, tokenizer = load(args.checkpoint, device)
+    model, tokenizer, loaded = load_model(args.checkpoint or latest_run("runs"), device)
+    print(f"sampling from {loaded} on {device}", file=sys.stderr)
 
     ids = encode_prompt(tokenizer, prompt, model.config.context_length, args.drop_unknown)
     head = tokenizer.decode(ids) if prompt else ""  # the prompt as the model sees it

@@ -29,7 +29,7 @@ from minigpt.errors import ConfigError
 from minigpt.evaluation import evaluate_run
 from minigpt.resume import init_config, resume_config
 from minigpt.runtime import torchrun_ranks, tune_process
-from minigpt.training import train
+from minigpt.training import TrainResult, train
 
 AUTO = "auto"  # --resume auto
 
@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     group = parser.add_argument_group("config keys (--section.key VALUE)")
     for key, default, text in describe_keys(load_config(default_config_path())):
         group.add_argument(f"--{key}", dest=key, metavar="VALUE", default=argparse.SUPPRESS,
-                           help=f"{text} (default: {default!r})")
+                           help=f"{text} (default: {default})")
     args, unknown = parser.parse_known_args(argv)
     overrides = {key: value for key, value in vars(args).items() if "." in key}
     # A misspelt --section.key reaches the config, which names the valid keys.
@@ -105,6 +105,16 @@ def new_run_config(args: argparse.Namespace, overrides: dict[str, str]) -> Confi
     return init_config(cfg, [*overrides, *(f"model.{key}" for key in in_file)])
 
 
+def closing_line(result: TrainResult) -> str:
+    """The best val loss with the step it was measured at (not the step training stopped at)."""
+    seen = {step: loss for step, loss in result.val_losses.items()
+            if loss == result.best_val_loss}  # this process's evaluations (a resumed run's
+    where = f" at step {min(seen)}" if seen else ""  # earlier ones are in its TensorBoard log)
+    if result.best_val_loss == float("inf"):
+        return f"no evaluation yet; stopped after {result.step} steps"
+    return f"best val loss {result.best_val_loss:.4f}{where}; {result.step} steps trained"
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if args.eval_only:
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_process()  # process-wide speed settings (glibc keeps freed memory; TF32 on CUDA)
     result = train(cfg, resume=resume, progress=not args.quiet, log=tqdm.write)
     if (torchrun_ranks() or (0,))[0] == 0:  # rank 0 prints what to do next
-        print(f"best val loss {result.best_val_loss:.4f} after {result.step} steps")
+        print(closing_line(result))
         prompt = f' --prompt "{result.prompt}"' if result.prompt else ""  # none: it could not
         print(f"sample:   python generate.py --checkpoint {result.run_dir}{prompt}")  # be encoded
         print(f"inspect:  tensorboard --logdir {result.run_dir.parent}")

@@ -356,7 +356,22 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
 
 def describe_keys(base: Config | None = None) -> list[tuple[str, object, str]]:
     """(key, default, help) for every settable key, for --help; the defaults are base's values
-    (a loaded config file) or else the dataclass defaults."""
+    (a loaded config file) or else the dataclass defaults, written as in TOML (true, "text"), and
+    the help of a key with a fixed set of values lists them."""
     base = base or Config()
-    return [(f"{section}.{f.name}", getattr(getattr(base, section), f.name),
-             f.metadata.get("help", "")) for section in SECTIONS for f in config_fields(section)]
+    rows = []
+    for section in SECTIONS:
+        for f in config_fields(section):
+            tp, text = _field_type(section, f.name), f.metadata.get("help", "")
+            if typing.get_origin(tp) is Literal:
+                text += f"; one of: {', '.join(typing.get_args(tp))}"
+            rows.append((f"{section}.{f.name}", toml_value(getattr(getattr(base, section), f.name)),
+                         text))
+    return rows
+
+
+def toml_value(value) -> str:
+    """value as a TOML file (and the command line) writes it: true, 0.001, "text"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)

@@ -200,7 +200,8 @@ class Run:
         if table is not None:
             board.positions(self.cfg.model.pos_encoding, table, self.step)
         model, tokenizer = self.trainer.model, self.data.tokenizer
-        log(f"config: {json.dumps(config)}")
+        log(f"config: {self.cfg.name}, every setting in {self.dir / 'config.json'} "
+            f"(python train.py --help lists them)")
         log(f"data: {self.data.source}, {len(self.data.train):,} train / {len(self.data.val):,} "
             f"val tokens, {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens")
         log(f"model: {model.num_params():,} parameters "

@@ -11,7 +11,7 @@ from conftest import run_config
 
 from minigpt.cli import run_cli
 from minigpt.config import LIMITS
-from minigpt.training import train
+from minigpt.training import TrainResult, train
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
@@ -140,3 +140,23 @@ def test_real_process_trains_and_prints_the_next_commands(tmp_path):
                    "python generate.py --checkpoint", "tensorboard --logdir"):
         assert needle in done.stdout + done.stderr, needle
     assert len(list((tmp_path / "runs").glob("*/last.pt"))) == 1
+
+
+def test_the_closing_line_names_the_step_of_the_best_loss(tmp_path):
+    """Stopped at step 123, the best loss was measured at step 100: say so, not "after 123"."""
+    result = TrainResult(tmp_path, 123, 1.6016, val_losses={50: 1.9, 100: 1.6016})
+    assert train_script.closing_line(result) == "best val loss 1.6016 at step 100; 123 steps trained"
+    resumed = TrainResult(tmp_path, 140, 1.5, val_losses={})  # its best came before the resume
+    assert train_script.closing_line(resumed) == "best val loss 1.5000; 140 steps trained"
+
+
+def test_generate_says_which_checkpoint_and_device_it_samples_from(tmp_path, capsys):
+    trained = train(run_config(tmp_path), progress=False).run_dir
+    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "generate.py")
+    generate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate_script)
+    with pytest.raises(SystemExit):
+        run_cli(lambda: generate_script.main(["--checkpoint", str(trained), "--max-new-tokens",
+                                              "3", "--seed", "1", "--device", "cpu"]))
+    err = capsys.readouterr().err
+    assert f"sampling from {trained / 'best.pt'} (step 8) on cpu" in err

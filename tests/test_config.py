@@ -103,9 +103,13 @@ def test_config_values_are_data_never_code(tmp_path):
 
 def test_describe_keys_lists_every_key_with_help():
     rows = {key: (default, text) for key, default, text in describe_keys()}
-    assert rows["train.lr"][0] == 1e-3 and rows["train.lr"][1]
+    assert rows["train.lr"][0] == "0.001" and rows["train.lr"][1]
     assert "model.vocab_size" not in rows
     assert all(text for _, text in rows.values())
+    # written as in TOML, and a key with a fixed set of values lists them
+    assert rows["model.tie_weights"][0] == "true" and rows["model.pos_encoding"][0] == '"learned"'
+    assert rows["data.tokenizer"][1].endswith("one of: char, word, bpe")
+    assert rows["train.precision"][1].endswith("one of: auto, fp32, bf16, fp16")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
