@@ -327,18 +327,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line, checked: one line and exit 2 for values that mean nothing."""
     parser = ArgumentParser(prog="python -m minigpt.bench", description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=["all", "peak", "train", "generate", "speedrun", "gpt2"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+                        choices=["all", "peak", "train", "generate", "speedrun", "gpt2"],
+                        help="peak: the device's matmul GFLOP/s; train: the training step's "
+                             "speed per variant; generate: tokens/s with and without the KV "
+                             "cache; speedrun: time for --config to reach --target; gpt2: what "
+                             "GPT-2 124M costs here; all: peak, train and generate (default)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="train: the model sizes to time (default: both)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="train: eager AdamW, fused, tuned (as train.py runs), compiled, "
+                             "floor (the matmuls alone) (default: all)")
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per variant")
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="stop timing a variant after this long (at least 3 steps)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="times each variant is measured, in turn; figures are medians")
-    parser.add_argument("--generate-model", default="gpu_recipe", choices=list(MODELS))
-    parser.add_argument("--new-tokens", type=int, default=1000)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--generate-model", default="gpu_recipe", choices=list(MODELS),
+                        help="generate: the model size (default: gpu_recipe)")
+    parser.add_argument("--new-tokens", type=int, default=1000,
+                        help="generate: tokens per sample (default: 1000)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8],
+                        help="generate: samples decoded at once (default: 1 8)")
     parser.add_argument("--config", help="speedrun: the TOML config to train")
     parser.add_argument("--target", type=float, default=1.48,
                         help="speedrun: the val loss to reach")
