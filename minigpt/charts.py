@@ -327,3 +327,16 @@ def probability_chart(tokens: list[str], probs: list[float], start: int) -> alt.
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]),
                 title="probability when chosen (T = 1)"),
         tooltip=["position", "token", alt.Tooltip("probability:Q", format=".3f")])
+
+
+def similarity_bars(tokens: list[str], similarity: list[float]) -> alt.Chart:
+    """A bar per token (most similar first): its cosine similarity with a chosen token."""
+    labels = [repr(t) for t in tokens]
+    frame = pd.DataFrame({"token": labels, "similarity": similarity})
+    return alt.Chart(frame).mark_bar(color=PALETTE[3]).encode(
+        y=alt.Y("token:N", sort=labels, title="nearest tokens (most similar first)",
+                axis=alt.Axis(labelOverlap=False)),
+        x=alt.X("similarity:Q", scale=alt.Scale(domain=[min(0.0, min(similarity)), 1]),
+                title="cosine similarity of the embeddings"),
+        tooltip=["token", alt.Tooltip("similarity:Q", format=".3f")],
+    ).properties(height=22 * len(labels) + 40)

@@ -164,6 +164,17 @@ def position_similarity(table: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def nearest_tokens(embedding: torch.Tensor, token: int, count: int) -> tuple[list[int], list[float]]:
+    """The count tokens (itself excluded) whose rows of a (V, C) embedding have the highest
+    cosine similarity with token's row, most similar first: (ids, similarities)."""
+    unit = torch.nn.functional.normalize(embedding.detach().float(), dim=-1)
+    similarity = unit @ unit[token]
+    similarity[token] = -2.0  # below any cosine
+    top = similarity.topk(min(count, similarity.numel() - 1))
+    return top.indices.tolist(), top.values.tolist()
+
+
+@torch.no_grad()
 def token_probabilities(model: GPT, ids: list[int], start: int) -> list[float]:
     """The probability the model gave each of ids[start:], from the context it would have been
     chosen in: the last context_length tokens before it (as exact decoding sees them)."""

@@ -678,3 +678,39 @@ def test_the_temperature_view_marks_the_sidebar_and_applies_top_k_and_top_p(app_
                          .to_dict()["datasets"].values()))
     kept = [r["probability"] for r in rows if r["T"] == "1 (sidebar)"]
     assert kept[2:] == [0.0, 0.0] and min(kept[:2]) > 0  # 'b' starts before mass 0.5: kept
+
+
+def test_the_embedding_view_lists_a_tokens_nearest_neighbours(app_with_runs, run_dir):
+    import torch
+
+    app = app_with_runs
+    app.run()
+    picker = next(box for box in app.selectbox if box.key.startswith("embedding:"))
+    model, tokenizer = load(run_dir)
+    assert picker.options == ["'the'", "'cat'", "'sat'", "'on'"]
+    picker.select_index(1).run()  # 'cat'
+    assert not app.exception
+    bars = next(json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
+                if "cosine similarity of the embeddings" in c.proto.spec)
+    weights = model.token_emb.weight.detach()
+    cat = tokenizer.encode("cat")[0]
+    cosine = torch.nn.functional.cosine_similarity(weights, weights[cat][None], dim=-1)
+    cosine[cat] = -1
+    expected = [repr(tokenizer.decode([i])) for i in cosine.topk(12).indices.tolist()]
+    assert bars["encoding"]["y"]["sort"] == expected and "'cat'" not in expected
+
+
+def test_a_thumbnail_button_marks_the_head_it_opens_and_the_thumbnails_have_a_scale(
+        app_with_runs):
+    app = app_with_runs
+    app.run()
+    model_view = next(json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
+                      if '"facet"' in c.proto.spec and '"axis": null' in c.proto.spec
+                      and '"head"' in c.proto.spec)
+    colour = model_view["spec"]["encoding"]["color"]
+    assert colour["legend"]["title"] == "weight" and colour["scale"]["domain"] == [0, 1]
+    assert not any("opened from the model view" in m.value for m in app.markdown)
+    app.button(key="open_2_1").click().run()
+    assert not app.exception
+    marked = [m.value for m in app.markdown if "opened from the model view" in m.value]
+    assert marked == [":red-background[**layer 2, head 1**: opened from the model view]"]

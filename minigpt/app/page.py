@@ -144,6 +144,7 @@ def main() -> None:
         views.layers_view(seen)
     with positions_tab:
         views.positions_view(model)
+        views.embedding_view(model, tokenizer, ids)
     with temperature_tab:
         views.temperature_view(seen, tokenizer, controls)
     with learning_tab:

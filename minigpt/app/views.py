@@ -11,7 +11,7 @@ from minigpt import charts, circuit_charts
 from minigpt.generation import generate_text
 from minigpt.gpt2 import is_gpt2_dir
 from minigpt.heatmap import colour
-from minigpt.inspection import load_snapshots, position_similarity, token_probabilities
+from minigpt.inspection import load_snapshots, nearest_tokens, position_similarity, token_probabilities
 from minigpt.positions import sinusoidal_table
 from minigpt.tokenizer import WordTokenizer
 
@@ -21,7 +21,8 @@ LENS_ROW_0_NOTE = (f"the bottom row, {charts.LENS_ROW_0}, reads the embeddings b
                    "has run: there the token itself is the likeliest 'next' token (the head reads "
                    "back the embedding it is tied to), so it says nothing about the prediction. "
                    "Predictions form in the rows above it.")
-POSITIONS_SHOWN, DIMENSIONS_SHOWN = 64, 128  # the rest adds cells, not insight
+POSITIONS_SHOWN, DIMENSIONS_SHOWN = 64, 128
+NEAREST = 12  # neighbours shown of a token in the embedding  # the rest adds cells, not insight
 
 
 def prompt_notes(tokenizer, prompt: str) -> None:
@@ -86,9 +87,14 @@ def attention_view(seen, cfg) -> None:
                    "token cannot see them at all (not the same as looking and giving them zero "
                    "weight).")
     columns = st.columns(4 if count <= 12 else 2 if count <= 30 else 1)
+    opened = st.session_state.get("opened")
     for head in range(cfg.num_heads):
         with columns[head % len(columns)]:
-            st.caption(f"layer {layer}, head {head}")
+            if opened == (layer, head):
+                st.markdown(f":red-background[**layer {layer}, head {head}**: opened from the "
+                            "model view]")
+            else:
+                st.caption(f"layer {layer}, head {head}")
             st.altair_chart(charts.attention_chart(seen.attentions[layer - 1][head], seen.tokens,
                                                    legend=False), width="stretch")
     head_view(seen, layer, cfg.num_heads)
@@ -109,6 +115,9 @@ def model_view(seen, cfg) -> None:
 
 def open_head(layer: int, head: int) -> None:
     st.session_state["layer"], st.session_state["head"] = layer, head
+    st.session_state["opened"] = (layer, head)
+    st.toast(f"Opened layer {layer}, head {head}: its heatmap is marked below the model view, "
+             "and the head view shows it.")
 
 
 def head_view(seen, layer: int, num_heads: int) -> None:
@@ -215,6 +224,22 @@ def positions_view(model) -> None:
     st.altair_chart(charts.matrix_chart(similarity, "compared with position", "position",
                                         "similarity", domain=[float(similarity.min()), 1.0]),
                     width="stretch")
+
+
+def embedding_view(model, tokenizer, ids: list[int]) -> None:
+    """The token embedding itself: the tokens whose rows are nearest a chosen token's row."""
+    st.markdown("**The token embedding**: each token's row of the embedding table, compared "
+                "with every other token's by cosine similarity.")
+    choices = list(dict.fromkeys(ids))
+    token = st.selectbox("token (from the text inspected)", choices, key=f"embedding:{choices}",
+                         format_func=lambda i: repr(tokenizer.decode([i])))
+    near, similarity = nearest_tokens(model.token_emb.weight, token, NEAREST)
+    st.altair_chart(charts.similarity_bars([tokenizer.decode([i]) for i in near], similarity),
+                    width="stretch")
+    st.caption("What am I looking at: the tokens whose embeddings point the most the same way "
+               "as this one's (1 = the same direction, 0 = unrelated). Training puts tokens that "
+               "are used alike near each other before any layer has run: look for a word's "
+               "neighbours being words of the same kind.")
 
 
 def temperature_view(seen, tokenizer, controls: dict) -> None:
