@@ -174,7 +174,7 @@ def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[flo
     base = alt.Chart(frame).encode(
         x=alt.X(f"{x}:N", sort=order_x, title=x_title,
                 axis=alt.Axis(labelAngle=-90, labelOverlap=False, values=shown)),
-        y=alt.Y(f"{y}:N", sort=order_y, title=y_title))
+        y=alt.Y(f"{y}:N", sort=order_y, title=y_title, axis=alt.Axis(labelLimit=320)))
     chart = base.mark_rect().encode(
         color=alt.Color(f"{value}:Q", scale=alt.Scale(type=scale, domain=domain,
                                                       range=list(PALETTE)),

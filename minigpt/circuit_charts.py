@@ -74,13 +74,13 @@ SCORE_NAMES = {"previous_token": "previous-token", "first_token": "first-token",
 def head_scores_chart(scores: dict) -> alt.Chart:
     """Every head's four scores (a head_scores dict: name -> (L, H)) as a layer x head grid per
     kind, in the shared scale [0, 1], the score written in each cell."""
-    rows = [{"kind": kind, "layer": f"layer {layer + 1}", "head": f"head {head}",
+    rows = [{"kind": kind, "layer": f"layer {layer + 1}", "head": head,
              "score": float(scores[name][layer, head]),
              "shown": f"{float(scores[name][layer, head]):.2f}"}
             for name, kind in SCORE_NAMES.items()
             for layer in range(scores[name].size(0)) for head in range(scores[name].size(1))]
     heads = scores["induction"].size(1)
-    base = alt.Chart().encode(x=alt.X("head:N", sort=None, title=None, axis=alt.Axis(labelAngle=0)),
+    base = alt.Chart().encode(x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),
                               y=alt.Y("layer:N", sort=None, title=None))
     cells = base.mark_rect().encode(
         color=alt.Color("score:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE)),

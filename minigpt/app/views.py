@@ -278,18 +278,14 @@ def learning_view(run_dir: Path, tokenizer) -> None:
         st.session_state.pop("step", None)
     step = st.select_slider("training step", options=steps, value=steps[-1], key="step")
     snapshot = kept["snapshots"][steps.index(step)]
-    attention, lens = st.columns(2)
-    with attention:
-        st.caption(f"attention at step {step}")
-        st.altair_chart(charts.layers_chart(snapshot["attention"], kept["tokens"]), width="content")
+    st.caption(f"attention at step {step}")
+    st.altair_chart(charts.layers_chart(snapshot["attention"], kept["tokens"]), width="content")
     if "lens_ids" in snapshot:
-        with lens:
-            st.caption(f"logit lens at step {step}: " + LENS_ROW_0_NOTE)
-            tops = [[[tokenizer.decode([i]) for i in row] for row in layer]
-                    for layer in snapshot["lens_ids"].tolist()]
-            st.altair_chart(charts.lens_grid_chart(kept["tokens"], tops,
-                                                   snapshot["lens_probs"].float()),
-                            width="stretch")
+        st.caption(f"logit lens at step {step}: " + LENS_ROW_0_NOTE)
+        tops = [[[tokenizer.decode([i]) for i in row] for row in layer]
+                for layer in snapshot["lens_ids"].tolist()]
+        st.altair_chart(charts.lens_grid_chart(kept["tokens"], tops,
+                                               snapshot["lens_probs"].float()), width="content")
     learning_scores(kept, step)
 
 
