@@ -20,6 +20,7 @@ from minigpt.checkpoint import (
 )
 from minigpt.cli import ArgumentParser
 from minigpt.errors import InputError
+from minigpt.files import atomic_write
 from minigpt.generation import check_generation_args, encode_prompt, generate_text
 from minigpt.heatmap import layers_image
 from minigpt.inspection import inspect_prompt
@@ -91,8 +92,9 @@ def read_prompt(args: argparse.Namespace) -> str:
 
 def save_attention(path: str, seen) -> None:
     """Every layer's attention over the prompt as one PNG: a row of heads per layer."""
+    image = layers_image(seen.attentions, seen.tokens)
     try:
-        layers_image(seen.attentions, seen.tokens).save(path, format="PNG")
+        atomic_write(path, lambda f: image.save(f, format="PNG"))  # a full disk: DiskFullError
     except (OSError, ValueError) as err:  # ValueError: a name no file can have (a NUL)
         raise InputError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}") from None
     print(f"wrote {path}: {len(seen.attentions)} layers x {seen.attentions[0].size(0)} heads over "

@@ -26,6 +26,7 @@ from minigpt.config import Config, default_config_path, load_config
 from minigpt.data import prepare_data
 from minigpt.errors import ConfigError
 from minigpt.evaluation import split_loss
+from minigpt.files import atomic_write
 from minigpt.model import GPT
 from minigpt.runtime import Runtime, tune_process
 from minigpt.training import train
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                      "params": result.model.num_params(), "seconds": seconds, "val": val,
                      "generating": val if cfg.model.causal else generating_loss(result.model, cfg)})
     table = results_table(rows)
-    (parent / "results.md").write_text(table + "\n", encoding="utf-8")
+    atomic_write(parent / "results.md", lambda f: f.write((table + "\n").encode()))
     print(table)
     print(f"curves:  tensorboard --logdir {parent}")
     return exit_code(result.stopped_by)

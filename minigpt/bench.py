@@ -47,7 +47,7 @@ import torch
 from minigpt.cli import ArgumentParser, run_cli
 from minigpt.config import TrainConfig, load_config
 from minigpt.errors import InputError
-from minigpt.files import path_problem
+from minigpt.files import atomic_write, path_problem
 from minigpt.generation import generate
 from minigpt.gpt2 import export_gpt2, load_gpt2
 from minigpt.inspection import inspect_prompt
@@ -409,8 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     report = run_benchmarks(args)
     print_report(report)
     try:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
     except OSError as err:
         raise InputError(f"cannot write {args.json}: {err.strerror or err}") from None
     print(f"\nwrote {args.json}")

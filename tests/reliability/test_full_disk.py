@@ -5,6 +5,7 @@ Mounting needs root (CI runs as root); elsewhere these tests skip and say so.
 """
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -178,3 +179,33 @@ def test_atomic_write_names_the_space_needed(small_disk):
     with pytest.raises(DiskFullError, match=r"it needs 100\.0 kB of free space and 0 B are free"):
         atomic_write(disk / "blob", lambda f: f.write(b"\1" * 100_000))
     assert list(disk.iterdir())[0].name.startswith("filler")
+
+
+def test_an_attention_png_and_a_bench_report_on_a_full_disk(tmp_path, small_disk, capsys):
+    """generate.py --save-attention and the bench's --json: one line naming the file, and the
+    file that was there before is still whole."""
+    import importlib.util
+
+    from minigpt.inspection import inspect_prompt
+    from minigpt.tokenizer import CharTokenizer
+
+    disk = small_disk("64k")
+    png, report = disk / "attention.png", disk / "bench.json"
+    png.write_bytes(b"old")
+    report.write_bytes(b"{}")
+    fill(disk)
+    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "generate.py")
+    generate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate_script)
+    tokenizer = CharTokenizer.train("the cat sat on the mat")
+    model = GPT(tiny_config(vocab_size=tokenizer.vocab_size, context_length=32))
+    seen = inspect_prompt(model, tokenizer, "the cat sat on the mat")
+    with pytest.raises(DiskFullError, match=FULL.format("attention.png")):
+        generate_script.save_attention(str(png), seen)
+    from minigpt import bench
+
+    with pytest.raises(SystemExit):
+        run_cli(lambda: bench.main(["peak", "--device", "cpu", "--json", str(report)]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(FULL.format("bench.json"), err[0]), err
+    assert png.read_bytes() == b"old" and report.read_bytes() == b"{}"
