@@ -40,7 +40,9 @@ SHOTS = [("Attention", "app_attention", "Layers are numbered from the input", 10
          ("Layer outputs", "app_layer_outputs", "Logit lens", 970),
          ("Layer outputs", "app_sublayers_and_norms", "What attention and the feed-forward", 1150),
          ("Positions", "app_positions", "position table", 1560),
-         ("Watch it learn", "app_watch_it_learn", "The run's probe prompt", 1300)]
+         ("Watch it learn", "app_watch_it_learn", "The run's probe prompt", 1300),
+         ("Test a hypothesis", "app_test_a_hypothesis", "Knock heads out", 1000),
+         ("Test a hypothesis", "app_patching", "Activation patching", 1000)]
 # Scrolls the app so that the first visible text block holding arguments[0] sits just under the
 # app's header; returns false when there is none.
 SCROLL_TO = """

@@ -89,9 +89,18 @@ def axis_labels(chart, axis: str = "") -> list[str]:
             for t in g.find_elements(By.CSS_SELECTOR, ".role-axis-label text")]
 
 
+def tab_charts(browser) -> list:
+    """The charts of the open tab: shown, and not in the generated text's expander above it."""
+    return [c for c in browser.find_elements(By.CSS_SELECTOR, "[data-testid=stVegaLiteChart]")
+            if c.is_displayed()
+            and not browser.execute_script(
+                "return arguments[0].closest('[data-testid=stExpander]') !== null", c)]
+
+
 def open_tab(browser, name: str) -> None:
     tab = browser.find_element(By.XPATH, f"//*[@role='tab'][contains(., '{name}')]")
-    browser.execute_script("arguments[0].click()", tab)  # also when a chart scrolled over it
+    # Scrolled to the top of the window first: charts below the window may be drawn only there.
+    browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click()", tab)
     time.sleep(1)
 
 
@@ -101,12 +110,13 @@ def test_a_40_token_prompt_gets_a_labelled_heatmap_per_head(page):
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(words, Keys.ENTER)
     heatmaps = wait_for(page, lambda: [c for c in charts_titled(page, "attends to (key)")
-                                       if len(axis_labels(c)) >= 2 * WORDS])
+                                       if len(axis_labels(c)) >= WORDS], seconds=90)
     assert len(heatmaps) == HEADS
     for chart in heatmaps:
         labels = axis_labels(chart)
-        assert len(labels) == 2 * WORDS  # every token on both axes
-        assert labels[0].startswith("0:") and any(label.startswith("39:") for label in labels)
+        assert len(labels) == WORDS  # every other token on both axes: 12-pixel cells
+        assert labels[0].startswith("0:") and any(label.startswith("38:") for label in labels)
+        assert chart.size["height"] < 700  # a head, not a page of scrolling
     assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
 
 
@@ -129,10 +139,9 @@ return canvas ? canvas.toDataURL() : arguments[0].querySelector('svg').outerHTML
 def test_the_step_slider_changes_the_picture(page):
     open_tab(page, "Watch it learn")
 
-    def picture():
-        shown = [c for c in page.find_elements(By.CSS_SELECTOR, "[data-testid=stVegaLiteChart]")
-                 if c.is_displayed()]  # the other tabs' charts are hidden
-        return page.execute_script(PICTURE, shown[0]) if len(shown) == 1 else None
+    def picture():  # the probe's attention: the tab's first chart (the other tabs' are hidden)
+        shown = tab_charts(page)
+        return page.execute_script(PICTURE, shown[0]) if len(shown) == 4 else None
 
     before = wait_for(page, picture)
     slider = next(s for s in page.find_elements(By.CSS_SELECTOR, "[data-testid=stSlider]")
@@ -147,12 +156,32 @@ def test_the_step_slider_changes_the_picture(page):
 
 def test_the_sublayer_norm_and_position_views_are_drawn(page):
     """Large charts may be drawn on a canvas, so this counts the charts shown on each tab: the
-    logit lens, the sublayer grid and the norm bars; the position table and its similarity."""
+    logit lens, the sublayer grid and the norm bars; the position table, its similarity and the
+    token embedding's nearest tokens."""
     def shown():
-        return [c for c in page.find_elements(By.CSS_SELECTOR, "[data-testid=stVegaLiteChart]")
-                if c.is_displayed() and c.size["height"] > 100]
+        return [c for c in tab_charts(page) if c.size["height"] > 100]
 
-    for tab, count in (("Layer outputs", 3), ("Positions", 2)):
+    for tab, count in (("Layer outputs", 3), ("Positions", 3)):
         open_tab(page, tab)
-        wait_for(page, lambda count=count: len(shown()) == count)
+        wait_for(page, lambda count=count: len(shown()) == count, seconds=60)
+    assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+
+
+def test_the_hypothesis_tab_knocks_out_a_head_and_draws_its_charts(page):
+    open_tab(page, "Test a hypothesis")
+    for title in ("next token", "residual stream", "layer", "part of the model"):
+        wait_for(page, lambda title=title: [c for c in charts_titled(page, title)
+                                            if c.is_displayed()], seconds=60)
+    metric = wait_for(page, lambda: [m for m in page.find_elements(
+        By.CSS_SELECTOR, "[data-testid=stMetric]") if m.is_displayed()])
+    before = metric[0].text
+    box = next(b for b in page.find_elements(By.CSS_SELECTOR, "[data-testid=stMultiSelect]")
+               if "heads to knock out" in b.text)
+    box.find_element(By.CSS_SELECTOR, "input").click()
+    option = wait_for(page, lambda: [o for o in page.find_elements(By.CSS_SELECTOR, "li[role=option]")
+                                     if o.text == "layer 1, head 0"])
+    option[0].click()
+    wait_for(page, lambda: [m for m in page.find_elements(By.CSS_SELECTOR, "[data-testid=stMetric]")
+                            if m.is_displayed() and m.text != before and "from" in m.text],
+             seconds=60)
     assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
