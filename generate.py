@@ -120,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     prompt = read_prompt(args)
     device = resolve_device(args.device)
     model, tokenizer, loaded = load_model(args.checkpoint or latest_run("runs"), device)
-    print(f"sampling from {loaded} on {device}", file=sys.stderr)
 
     ids = encode_prompt(tokenizer, prompt, model.config.context_length, args.drop_unknown)
     head = tokenizer.decode(ids) if prompt else ""  # the prompt as the model sees it
     if args.save_attention:
         save_attention(args.save_attention, inspect_prompt(model, tokenizer, ids))
+    print(f"sampling from {loaded} on {device}", file=sys.stderr)  # all checks passed
     with torch.inference_mode():
         pieces = generate_text(model, tokenizer, ids, args.max_new_tokens, args.temperature,
                                top_k, top_p, args.num_samples, args.seed, args.stop,
