@@ -117,7 +117,8 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     # position table and its similarity; temperature; the run's attention, logit lens, head
     # scores and score curves in Watch it learn; the knock-out bars, three patching grids and the
     # attribution bars in Test a hypothesis
-    assert len(specs) == 1 + 1 + 2 + 3 + 2 + 1 + 4 + 5  # and the weights' legend, once
+    # and the weights' legend, once; the token embedding's nearest tokens
+    assert len(specs) == 1 + 1 + 2 + 3 + 2 + 1 + 1 + 4 + 5
     assert not app.get("image")  # every picture in the app is a chart
     assert sum('"top token"' in spec for spec in specs) == 2  # the lens, now and in training
     sublayers = next(spec for spec in specs if '"sublayer"' in spec)
@@ -126,7 +127,7 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     norms = next(spec for spec in specs if "LayerNorm (in stream order)" in spec)
     assert all(f"layer {i}, norm {n}" in norms for i in (1, 2) for n in (1, 2))
     assert "final norm" in norms
-    assert sum('"similarity"' in spec for spec in specs) == 1
+    assert sum('"similarity"' in spec for spec in specs) == 2  # positions', tokens' embeddings
     assert any("layer 0 is the embeddings" in caption.value for caption in app.caption)
     notes = [caption.value for caption in app.caption if caption.value.startswith("What am I")]
     assert len(notes) >= 4  # beside the sublayer, norm, position and similarity views
@@ -139,8 +140,9 @@ def test_the_positions_tab_shows_the_sinusoidal_table_and_the_learned_one(app_wi
     assert radio.options == ["sinusoidal (the deck's formula)", "learned (this model's table)"]
 
     def position_charts():
-        return [c.proto.spec for c in app.get("vega_lite_chart") if '"dimension"' in c.proto.spec
-                or '"similarity"' in c.proto.spec]
+        return [c.proto.spec for c in app.get("vega_lite_chart")
+                if ('"dimension"' in c.proto.spec or '"similarity"' in c.proto.spec)
+                and "of the embeddings" not in c.proto.spec]  # the embedding's bars stay
 
     sinusoidal = position_charts()
     assert len(sinusoidal) == 2
