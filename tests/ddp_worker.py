@@ -24,15 +24,15 @@ def remember(self, *args, **kwargs):
 
 GPT.__init__ = remember
 if sys.argv[2:] == ["nan-on-rank-1"] and os.environ["RANK"] == "1":
-    import minigpt.training as training
+    import minigpt.step as step
 
-    real_loss, calls = training.lm_loss, []
+    real_loss, calls = step.lm_loss, []
 
     def poisoned(logits, targets):  # this rank alone goes NaN from its third step
         calls.append(1)
         return real_loss(logits, targets) * (float("nan") if len(calls) >= 3 else 1.0)
 
-    training.lm_loss = poisoned
+    step.lm_loss = poisoned
 on_step = None
 if sys.argv[2:] == ["sigterm-to-rank-1"] and os.environ["RANK"] == "1":
     import signal

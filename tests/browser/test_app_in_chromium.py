@@ -178,7 +178,7 @@ def test_the_hypothesis_tab_knocks_out_a_head_and_draws_its_charts(page):
     box = next(b for b in page.find_elements(By.CSS_SELECTOR, "[data-testid=stMultiSelect]")
                if "heads to knock out" in b.text)
     box.find_element(By.CSS_SELECTOR, "input").click()
-    option = wait_for(page, lambda: [o for o in page.find_elements(By.CSS_SELECTOR, "li[role=option]")
+    option = wait_for(page, lambda: [o for o in page.find_elements(By.CSS_SELECTOR, "[role=option]")
                                      if o.text == "layer 1, head 0"])
     option[0].click()
     wait_for(page, lambda: [m for m in page.find_elements(By.CSS_SELECTOR, "[data-testid=stMetric]")
