@@ -117,6 +117,27 @@ def default_pair(tokenizer, context_length: int) -> tuple[str, str]:
                 return clean, corrupted
         except MiniGPTError:
             continue
+    return swapped_pair(tokenizer, context_length)
+
+
+SWAPS = ["dog", "cat", "fox", "sun", "red", "day", "man", "the", "a"]
+
+
+def swapped_pair(tokenizer, context_length: int) -> tuple[str, str]:
+    """No stock pair fits this tokenizer: the first stock prompt with one word swapped for another
+    of the same token count (else the first pair, which the page then explains)."""
+    for clean, _ in PAIRS:
+        try:
+            size = len(encode(tokenizer, clean, context_length))
+            words = clean.split(" ")
+            for i in range(len(words) - 1, -1, -1):
+                for swap in SWAPS:
+                    corrupted = " ".join([*words[:i], swap, *words[i + 1:]])
+                    if corrupted != clean and len(encode(tokenizer, corrupted,
+                                                         context_length)) == size:
+                        return clean, corrupted
+        except MiniGPTError:
+            continue
     return PAIRS[0]
 
 
