@@ -132,6 +132,7 @@ def test_help_lists_every_key_with_default():
     assert "--model.pos_encoding" in text and "--data.tokenizer" in text
 
 
+@pytest.mark.slow  # real processes (python train.py, generate.py) or a whole app run
 def test_real_process_trains_and_prints_the_next_commands(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), *small(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)

@@ -257,6 +257,7 @@ def generate_cli(*args):
                           text=True, timeout=120, cwd=ROOT)
 
 
+@pytest.mark.slow  # real processes (python train.py, generate.py) or a whole app run
 def test_cli_samples_reproducibly_with_a_seed(run_dir):
     args = ["--checkpoint", str(run_dir), "--prompt", "the cat sat on", "--seed", "3",
             "--max-new-tokens", "12"]

@@ -181,6 +181,7 @@ def test_a_bad_gpt2_directory_is_one_clear_line(tmp_path, bpe, how, message):
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # real processes (python train.py, generate.py) or a whole app run
 def test_generate_the_app_and_inspection_accept_a_gpt2_directory(tmp_path, bpe, monkeypatch):
     make_hf_gpt2(tmp_path / "gpt2", bpe)
     result = subprocess.run([sys.executable, str(ROOT / "generate.py"), "--checkpoint",
@@ -267,6 +268,7 @@ def test_fine_tuning_refuses_model_keys_the_weights_do_not_fit(tmp_path, bpe):
     assert shorter.model.context_length == 32 and shorter.data.tokenizer == "bpe"
 
 
+@pytest.mark.slow  # real processes (python train.py, generate.py) or a whole app run
 def test_the_finetune_config_runs_from_a_gpt2_directory(tmp_path, bpe):
     make_hf_gpt2(tmp_path / "gpt2", bpe, n_positions=256)
     text = tmp_path / "plays.txt"

@@ -166,6 +166,7 @@ def test_the_benchmark_runs_where_getrusage_does_not_exist(monkeypatch):
     assert row["ms_per_step"] > 0
 
 
+@pytest.mark.slow  # real processes (python train.py, generate.py) or a whole app run
 def test_a_console_that_cannot_show_the_text_gets_question_marks(tmp_path):
     """Windows consoles and pipes may use a legacy code page: sampled text it cannot encode must
     not crash generate.py after the model has done its work."""
