@@ -13,7 +13,13 @@ opt into it, library code never calls it.
 import contextlib
 import ctypes
 import os
+import sys
 from dataclasses import dataclass
+
+try:
+    import resource
+except ImportError:  # Windows: memory and page faults are reported as nan
+    resource = None
 
 import torch
 import torch.distributed as dist
@@ -227,3 +233,16 @@ def tune_process() -> None:
     keep_freed_memory()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB; nan where the OS has no getrusage (Windows)."""
+    if resource is None:
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
+
+
+def minor_faults() -> float:
+    """Page faults this process has taken so far (nan on Windows)."""
+    return float("nan") if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt

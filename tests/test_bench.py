@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from minigpt import bench, speedrun
+from minigpt import bench, bench_gpt2, speedrun
 from minigpt.cli import run_cli
 from minigpt.model import GPT
 from minigpt.step import Trainer
@@ -156,12 +156,12 @@ def test_bad_speedrun_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
 
 def test_the_gpt2_benchmark_reports_each_use(monkeypatch, tmp_path):
     """The same code as for the 124M model, at a width that takes seconds."""
-    monkeypatch.setattr(bench, "GPT2_SMALL", replace(bench.GPT2_SMALL, context_length=64,
+    monkeypatch.setattr(bench_gpt2, "GPT2_SMALL", replace(bench_gpt2.GPT2_SMALL, context_length=64,
                                                      embed_dim=16, num_heads=2, num_layers=1))
     finetune = tmp_path / "finetune.toml"
     finetune.write_text("[model]\ncontext_length = 16\n[train]\nbatch_size = 2\ngrad_accum = 2\n")
-    row = bench.bench_gpt2(torch.device("cpu"), str(finetune))
-    assert row["parameters"] == GPT.count_params(bench.GPT2_SMALL)
+    row = bench_gpt2.bench_gpt2(torch.device("cpu"), str(finetune))
+    assert row["parameters"] == GPT.count_params(bench_gpt2.GPT2_SMALL)
     assert row["finetune_tokens_per_step"] == 2 * 2 * 16 and row["prompt_tokens"] > 10
     assert all(row[key] > 0 for key in ("disk_mb", "load_s", "inspect_s", "generate_tokens_per_s",
                                         "finetune_step_s", "peak_memory_mb"))

@@ -271,7 +271,8 @@ def learning_view(run_dir: Path, tokenizer) -> None:
                 "it (python train.py --resume RUN_DIR) or train a new one to watch it learn.")
         return
     st.markdown("The run's probe prompt (`train.sample_prompt`) as the model saw it at every "
-                "evaluation: move the slider to watch previous-token and induction heads form.")
+                "evaluation: move the slider to watch previous-token and first-token heads form "
+                "(induction heads only where the head scores below rise).")
     steps = kept["steps"]
     if st.session_state.get("step_run") != str(run_dir):  # another run: start at its last step
         st.session_state["step_run"] = str(run_dir)
