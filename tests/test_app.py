@@ -102,23 +102,36 @@ def test_generating_with_a_fixed_seed_shows_the_expected_text(app_with_runs, run
     assert app.code[0].value == "the cat sat on" + expected
 
 
-def test_attention_layers_and_temperature_views_render(app_with_runs):
+def open_tab(app: AppTest, name: str) -> AppTest:
+    """Click a tab: only the open one is drawn."""
+    app.session_state["tab"] = name
+    return app.run()
+
+
+# The charts on each tab: the model view, a heatmap per head and the weights' legend; the logit
+# lens, sublayer grid and norm bars; the position table, its similarity and the token embedding's
+# nearest tokens; temperature; the run's attention, logit lens, head scores and score curves; the
+# knock-out bars, three patching grids and the attribution bars.
+TAB_CHARTS = {"Attention": 1 + 2 + 1, "Layer outputs": 3, "Positions": 3, "Temperature": 1,
+              "Watch it learn": 4, "Test a hypothesis": 5}
+
+
+def test_each_tab_draws_its_views_and_only_the_open_one_is_drawn(app_with_runs):
     app = app_with_runs
     app.run()
     assert not app.exception
-    assert [tab.label for tab in app.tabs] == ["Attention", "Layer outputs", "Positions",
-                                               "Temperature", "Watch it learn",
-                                               "Test a hypothesis"]
+    assert [tab.label for tab in app.tabs] == list(TAB_CHARTS)
     assert app.selectbox(key="layer").options == ["1", "2"]  # layers numbered from 1
     app.selectbox(key="layer").select(2).run()
-    assert not app.exception
-    specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
-    # the model view and a heatmap per head; the logit lens, sublayer grid and norm bars; the
-    # position table and its similarity; temperature; the run's attention, logit lens, head
-    # scores and score curves in Watch it learn; the knock-out bars, three patching grids and the
-    # attribution bars in Test a hypothesis
-    # and the weights' legend, once; the token embedding's nearest tokens
-    assert len(specs) == 1 + 1 + 2 + 3 + 2 + 1 + 1 + 4 + 5
+    specs = []
+    for name, count in TAB_CHARTS.items():
+        open_tab(app, name)
+        assert not app.exception
+        shown = [chart.proto.spec for chart in app.get("vega_lite_chart")]
+        assert len(shown) == count, name
+        specs += shown
+    open_tab(app, "Attention")
+    assert app.selectbox(key="layer").value == 2  # a choice on a tab outlives a visit elsewhere
     assert not app.get("image")  # every picture in the app is a chart
     assert sum('"top token"' in spec for spec in specs) == 2  # the lens, now and in training
     sublayers = next(spec for spec in specs if '"sublayer"' in spec)
@@ -128,14 +141,17 @@ def test_attention_layers_and_temperature_views_render(app_with_runs):
     assert all(f"layer {i}, norm {n}" in norms for i in (1, 2) for n in (1, 2))
     assert "final norm" in norms
     assert sum('"similarity"' in spec for spec in specs) == 2  # positions', tokens' embeddings
-    assert any("layer 0 is the embeddings" in caption.value for caption in app.caption)
-    notes = [caption.value for caption in app.caption if caption.value.startswith("What am I")]
+    captions = []
+    for name in ("Layer outputs", "Positions"):
+        captions += [caption.value for caption in open_tab(app, name).caption]
+    assert any("layer 0 is the embeddings" in caption for caption in captions)
+    notes = [caption for caption in captions if caption.startswith("What am I")]
     assert len(notes) >= 4  # beside the sublayer, norm, position and similarity views
 
 
 def test_the_positions_tab_shows_the_sinusoidal_table_and_the_learned_one(app_with_runs):
     app = app_with_runs
-    app.run()
+    open_tab(app, "Positions")
     radio = app.radio(key="positions")
     assert radio.options == ["sinusoidal (the deck's formula)", "learned (this model's table)"]
 
@@ -202,10 +218,12 @@ def test_a_new_prompt_resets_the_head_views_token_to_its_last(app_with_runs):
 
 def test_heatmaps_draw_the_causal_mask_grey_and_name_it(app_with_runs):
     app = app_with_runs
-    app.run()
-    heatmaps = [json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
-                if '"field": "key"' in c.proto.spec]
-    assert len(heatmaps) == 2 + 1 + 1  # two heads, the model view, Watch it learn's layers
+    heatmaps = []
+    for tab, count in (("Watch it learn", 1), ("Attention", 2 + 1)):  # two heads, the model view
+        shown = [json.loads(c.proto.spec) for c in open_tab(app, tab).get("vega_lite_chart")
+                 if '"field": "key"' in c.proto.spec]
+        assert len(shown) == count, tab
+        heatmaps += shown
     for spec in heatmaps:
         inner = spec.get("spec", spec)
         colour = inner["encoding"]["color"]
@@ -231,7 +249,7 @@ def test_a_long_prompt_keeps_each_head_short_and_its_labels_apart():
 
 def test_the_step_slider_plays_back_the_runs_evaluations(app_with_runs):
     app = app_with_runs
-    app.run()
+    open_tab(app, "Watch it learn")
     slider = app.select_slider(key="step")
     assert slider.options == [str(s) for s in (*range(0, 30, 4), 30)]  # before, every evaluation
     assert slider.value == 30
@@ -249,7 +267,7 @@ def test_the_step_slider_plays_back_the_runs_evaluations(app_with_runs):
 
 def test_watch_it_learn_plays_back_the_lens_and_head_scores_with_the_slider(app_with_runs):
     app = app_with_runs
-    app.run()
+    open_tab(app, "Watch it learn")
 
     def learning_specs():
         return [c.proto.spec for c in app.get("vega_lite_chart")
@@ -266,7 +284,7 @@ def test_watch_it_learn_plays_back_the_lens_and_head_scores_with_the_slider(app_
     assert any("logit lens at step 0" in c.value for c in app.caption)
     assert any("head scores at step 0" in c.value for c in app.caption)
     after = learning_specs()
-    assert len(after) == len(before) == 4 - 1 + 1 and after != before
+    assert len(after) == len(before) == 3 and after != before  # lens, head scores, curves
 
 
 def test_the_step_slider_starts_at_the_last_step_of_a_newly_chosen_run(monkeypatch, tmp_path,
@@ -278,7 +296,7 @@ def test_the_step_slider_starts_at_the_last_step_of_a_newly_chosen_run(monkeypat
           progress=False)
     serve_as("0.0.0.0")
     app = make_app(monkeypatch, runs)
-    app.run()
+    open_tab(app, "Watch it learn")
     assert app.select_slider(key="step").value == 12
     app.select_slider(key="step").set_value(4).run()
     app.selectbox(key="run").select_index(1).run()  # the older run
@@ -288,7 +306,7 @@ def test_the_step_slider_starts_at_the_last_step_of_a_newly_chosen_run(monkeypat
 
 def test_the_lens_row_of_the_embeddings_says_it_predicts_nothing_yet(app_with_runs):
     app = app_with_runs
-    app.run()
+    open_tab(app, "Layer outputs")
     lens = next(c.proto.spec for c in app.get("vega_lite_chart") if '"top token"' in c.proto.spec)
     assert "layer 0 (embeddings: no prediction yet)" in lens and '"layer 0"' not in lens
     assert any("reads the embeddings before any block" in c.value for c in app.caption)
@@ -410,7 +428,7 @@ def test_a_run_without_snapshots_is_not_called_old(monkeypatch, tmp_path, run_di
     (runs / "cancelled" / "snapshots.pt").unlink()  # as a run stopped before its first probe
     serve_as("0.0.0.0")
     app = make_app(monkeypatch, runs)
-    app.run()
+    open_tab(app, "Watch it learn")
     note = next(i.value for i in app.info if "snapshots" in i.value)
     assert "stopped before its first evaluation" in note
     assert not note.startswith("This run kept no snapshots of its evaluations (runs trained")
@@ -550,8 +568,7 @@ def test_knocking_heads_out_changes_the_next_token_bars_and_the_loss(app_with_ru
     from minigpt.interventions import ablate
 
     app = app_with_runs
-    app.run()
-    assert "Test a hypothesis" in [tab.label for tab in app.tabs]
+    open_tab(app, "Test a hypothesis")
     knockout = app.multiselect(key="knockout")
     assert len(knockout.options) == 2 * 2  # every layer x head of the test model
     assert app.metric[0].value and not app.metric[0].proto.delta  # no change before a tick
@@ -571,7 +588,7 @@ def test_knocking_heads_out_changes_the_next_token_bars_and_the_loss(app_with_ru
 
 def test_patching_refuses_a_pair_of_different_lengths_and_draws_recovery(app_with_runs):
     app = app_with_runs
-    app.run()
+    open_tab(app, "Test a hypothesis")
     assert app.text_input(key="clean").value == "the cat sat on the mat . the cat"
     assert app.text_input(key="corrupted").value == "the dog sat on the mat . the dog"
     answer = next(t for t in app.text_input if t.key.startswith("answer:"))
@@ -588,7 +605,7 @@ def test_patching_refuses_a_pair_of_different_lengths_and_draws_recovery(app_wit
 
 def test_attribution_and_the_head_table_name_the_parts(app_with_runs):
     app = app_with_runs
-    app.run()
+    open_tab(app, "Test a hypothesis")
     attribution = next(json.loads(c.proto.spec) for c in app.get("vega_lite_chart")
                        if "contribution to the token's logit" in c.proto.spec)
     parts = attribution["encoding"]["y"]["sort"]  # the parts, largest first
@@ -604,7 +621,7 @@ def test_a_post_norm_model_says_why_attribution_does_not_apply(monkeypatch, tmp_
     serve_as("127.0.0.1")
     train(run_config(tmp_path, **{"model.norm_placement": "post"}), progress=False)
     app = make_app(monkeypatch, tmp_path / "runs")
-    app.run()
+    open_tab(app, "Test a hypothesis")
     assert not app.exception
     note = next(i.value for i in app.info if "Direct logit attribution" in i.value)
     assert "post-norm" in note and "Knocking heads out and patching" in note
@@ -624,7 +641,7 @@ def test_the_tab_works_on_a_gpt2_directory(monkeypatch, tmp_path, serve_as):
     export_gpt2(model, tokenizer, tmp_path / "gpt2")
     serve_as("127.0.0.1")
     app = make_app(monkeypatch, tmp_path / "no-runs")
-    app.run()
+    open_tab(app, "Test a hypothesis")
     app.text_input(key="checkpoint").input(str(tmp_path / "gpt2")).run()
     assert not app.exception, app.exception
     app.multiselect(key="knockout").set_value([(2, 1)]).run()
@@ -660,7 +677,7 @@ def test_the_temperature_view_marks_the_sidebar_and_applies_top_k_and_top_p(app_
     from minigpt.tokenizer import CharTokenizer
 
     app = app_with_runs
-    app.run()
+    open_tab(app, "Temperature")
     app.slider(key="temperature").set_value(0.0).run()
     spec = next(c.proto.spec for c in app.get("vega_lite_chart") if '"temperature"' in c.proto.spec)
     assert "0 (greedy) (sidebar)" in spec and "0.05" not in spec
@@ -686,7 +703,7 @@ def test_the_embedding_view_lists_a_tokens_nearest_neighbours(app_with_runs, run
     import torch
 
     app = app_with_runs
-    app.run()
+    open_tab(app, "Positions")
     picker = next(box for box in app.selectbox if box.key.startswith("embedding:"))
     model, tokenizer = load(run_dir)
     assert picker.options == ["'the'", "'cat'", "'sat'", "'on'"]

@@ -134,20 +134,47 @@ def main() -> None:
     if generated and st.toggle("Inspect the generated text too (the views below cover the "
                                "prompt and its continuation)", key="inspect_generated"):
         ids = quiet_encode(tokenizer, prompt + generated, model.config.context_length)
-    seen = inspect_prompt(model, tokenizer, ids)
-    attention_tab, layers_tab, positions_tab, temperature_tab, learning_tab, testing_tab = st.tabs(
-        ["Attention", "Layer outputs", "Positions", "Temperature", "Watch it learn",
-         "Test a hypothesis"])
-    with attention_tab:
-        views.attention_view(seen, model.config)
-    with layers_tab:
-        views.layers_view(seen)
-    with positions_tab:
-        views.positions_view(model)
-        views.embedding_view(model, tokenizer, ids)
-    with temperature_tab:
-        views.temperature_view(seen, tokenizer, controls)
-    with learning_tab:
-        views.learning_view(run_dir, tokenizer)
-    with testing_tab:
-        hypothesis.hypothesis_view(model, tokenizer, ids, run_dir, st.session_state["modified"])
+    tabs_view(model, tokenizer, ids, run_dir, controls)
+
+
+TABS = ("Attention", "Layer outputs", "Positions", "Temperature", "Watch it learn",
+        "Test a hypothesis")
+# The widgets on each tab, by key or key prefix (see keep_hidden_choices).
+TAB_WIDGETS = {"Attention": ("layer", "head", "query:"), "Positions": ("positions", "embedding:"),
+               "Watch it learn": ("step",),
+               "Test a hypothesis": ("knockout", "clean", "corrupted", "answer:", "wrong:",
+                                     "dla_token:")}
+
+
+def keep_hidden_choices(open_tab: str) -> None:
+    """Streamlit forgets the value of a widget that a run does not draw, and only the open tab is
+    drawn: storing the other tabs' widget values again keeps a user's choices for their return."""
+    hidden = tuple(prefix for tab, prefixes in TAB_WIDGETS.items() if tab != open_tab
+                   for prefix in prefixes)
+    for key in list(st.session_state):
+        if key.startswith(hidden):
+            st.session_state[key] = st.session_state[key]
+
+
+def tabs_view(model, tokenizer, ids: list[int], run_dir: Path, controls: dict) -> None:
+    """The tabs of views. Only the open one is drawn (a tab click reruns the page), so a slider
+    on one tab does not redraw the charts of all six."""
+    keep_hidden_choices(st.session_state.get("tab", TABS[0]))
+    tabs = dict(zip(TABS, st.tabs(TABS, key="tab", on_change="rerun")))
+    name, tab = next((name, tab) for name, tab in tabs.items() if tab.open)
+    with tab:
+        if name in ("Attention", "Layer outputs", "Temperature"):
+            seen = inspect_prompt(model, tokenizer, ids)
+        if name == "Attention":
+            views.attention_view(seen, model.config)
+        elif name == "Layer outputs":
+            views.layers_view(seen)
+        elif name == "Positions":
+            views.positions_view(model)
+            views.embedding_view(model, tokenizer, ids)
+        elif name == "Temperature":
+            views.temperature_view(seen, tokenizer, controls)
+        elif name == "Watch it learn":
+            views.learning_view(run_dir, tokenizer)
+        else:
+            hypothesis.hypothesis_view(model, tokenizer, ids, run_dir, st.session_state["modified"])
