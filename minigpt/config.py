@@ -113,6 +113,10 @@ class TrainConfig:
     target_val_loss: float = _help("stop once an evaluation's val loss is at or below this "
                                    "(0: train for all max_steps)", 0.0)
     checkpoint_interval: int = _help("save last.pt every this many steps", 100)
+    probe: bool = _help("at each eval and before the first step, also probe the model on the "
+                        "sample prompt: a sample, its attention and logit lens (the app's Watch it "
+                        "learn), head scores and TensorBoard pictures; false logs the losses only",
+                        True)
     sample_tokens: int = _help("tokens of sample text logged at each eval (0: none)", 60)
     sample_prompt: str = _help("prompt of the logged samples and attention pictures (empty: the "
                                "first 32 tokens of the val split)", "")

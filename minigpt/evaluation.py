@@ -91,7 +91,7 @@ def evaluate(run: Run, board: TensorBoardLog, say: Callable[[str], None]) -> dic
     say(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}"
         + (" (best)" if improved else ""))
     board.losses(step, losses)
-    if run.runtime.master:
+    if run.runtime.master and run.cfg.train.probe:
         log_probe(run, board)
     return losses
 

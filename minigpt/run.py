@@ -197,7 +197,7 @@ class Run:
         board = TensorBoardLog(self.dir)
         board.start(config, self.probe_tokens(), self.step)
         table = self.trainer.model.pos_emb.vectors()
-        if table is not None:
+        if table is not None and self.cfg.train.probe:
             board.positions(self.cfg.model.pos_encoding, table, self.step)
         model, tokenizer = self.trainer.model, self.data.tokenizer
         log(f"config: {self.cfg.name}, every setting in {self.dir / 'config.json'} "

@@ -140,7 +140,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
         say = (bar.write if progress else log) if master else (lambda line: None)
         result = TrainResult(run.dir, run.step, run.best_val, prompt=run.prompt)
         try:
-            if run.step == 0 and master:  # the picture before training, to compare with
+            if run.step == 0 and master and tc.probe:  # the picture before training
                 log_probe(run, board)
             while (run.step < min(tc.max_steps, stop_at or tc.max_steps)
                    and not run.runtime.any_rank(stop.reason is not None)):

@@ -35,8 +35,13 @@ def run_config(tmp_path, **overrides):
         "model.num_layers": "2", "train.batch_size": "4", "train.max_steps": "8",
         "train.warmup_steps": "2", "train.eval_interval": "4", "train.eval_batches": "2",
         "train.checkpoint_interval": "4", "train.sample_tokens": "5", "train.device": "cpu",
+        "train.probe": "false",  # tests of the probe turn it on: probe_config
         "train.out_dir": str(tmp_path / "runs"), "train.run_name": "test",
         "data.cache_dir": str(tmp_path / "cache"),
     }
     options.update({k: str(v) for k, v in overrides.items()})
     return load_config(None, options)
+
+
+if "PYTEST_XDIST_WORKER" in __import__("os").environ:  # one thread per worker: no oversubscription
+    torch.set_num_threads(1)

@@ -26,8 +26,8 @@ APP = str(ROOT / "app.py")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("app")
-    return train(run_config(tmp_path, **{"train.max_steps": 30, "train.lr": 3e-3}),
-                 progress=False).run_dir
+    return train(run_config(tmp_path, **{"train.max_steps": 30, "train.lr": 3e-3,
+                                         "train.probe": True}), progress=False).run_dir
 
 
 @pytest.fixture
@@ -292,8 +292,8 @@ def test_the_step_slider_starts_at_the_last_step_of_a_newly_chosen_run(monkeypat
     runs = tmp_path / "runs"
     shutil.copytree(run_dir, runs / "older")
     time.sleep(0.05)
-    train(run_config(tmp_path, **{"train.max_steps": 12, "train.run_name": "newer"}),
-          progress=False)
+    train(run_config(tmp_path, **{"train.max_steps": 12, "train.run_name": "newer",
+                                  "train.probe": True}), progress=False)
     serve_as("0.0.0.0")
     app = make_app(monkeypatch, runs)
     open_tab(app, "Watch it learn")

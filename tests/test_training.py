@@ -47,7 +47,7 @@ def test_lr_schedule_endpoints():
 
 def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
     cfg = run_config(tmp_path, **{"train.max_steps": 24, "train.eval_interval": 8,
-                                  "train.lr": 3e-3})
+                                  "train.lr": 3e-3, "train.probe": True})
     result = train(cfg, progress=False)
     run_dir = tmp_path / "runs" / "test"
     assert result.run_dir == run_dir and result.step == 24
@@ -178,7 +178,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 @pytest.mark.parametrize("grad_accum,optimizer", [(1, "adamw"), (2, "adamw"), (1, "muon")])
 def test_resume_continues_exactly(tmp_path, grad_accum, optimizer):
     options = {"train.max_steps": 12, "train.grad_accum": grad_accum, "model.dropout": 0.1,
-               "train.optimizer": optimizer}
+               "train.optimizer": optimizer, "train.probe": True}  # its sampling keeps the RNG
     straight = train(run_config(tmp_path, **options, **{"train.run_name": "straight"}),
                      progress=False)
     first = train(run_config(tmp_path, **options, **{"train.run_name": "paused"}), stop_at=6,
@@ -192,6 +192,15 @@ def test_resume_continues_exactly(tmp_path, grad_accum, optimizer):
     resumed, whole = (torch.load(tmp_path / "runs" / name / "snapshots.pt", weights_only=True)
                       for name in ("paused", "straight"))
     assert resumed["steps"] == whole["steps"] == [0, 4, 8, 12]
+
+
+def test_without_the_probe_a_run_logs_its_losses_only(tmp_path):
+    result = train(run_config(tmp_path, **{"train.probe": False}), progress=False)
+    assert result.step == 8 and not (result.run_dir / "snapshots.pt").exists()
+    events = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert not events.Tags()["images"] and "loss/val" in events.Tags()["scalars"]
+    assert not any(tag.startswith("scores/") for tag in events.Tags()["scalars"])
 
 
 def test_resume_may_extend_max_steps_but_not_change_the_model(tmp_path):
@@ -428,14 +437,15 @@ def test_own_text_with_a_prompt_it_cannot_encode_and_a_tiny_vocabulary_trains(tm
     text = tmp_path / "ab.txt"
     text.write_text("ab ba\n" * 400)
     cfg = run_config(tmp_path, **{"data.path": text, "data.tokenizer": "char",
-                                  "train.sample_prompt": "the cat"})
+                                  "train.sample_prompt": "the cat", "train.probe": True})
     with pytest.warns(UserWarning, match="train.sample_prompt 'the cat' cannot be the probe"):
         result = train(cfg, progress=False)
     assert result.step == 8 and result.prompt == ""
     kept = load_snapshots(result.run_dir)
     assert kept["steps"] == [0, 4, 8] and len(kept["tokens"]) == 16  # the val text's first 16
     words = train(run_config(tmp_path, **{"data.path": text, "data.tokenizer": "word",
-                                          "train.sample_prompt": "ab", "train.run_name": "words"}),
+                                          "train.sample_prompt": "ab", "train.run_name": "words",
+                                          "train.probe": True}),
                   progress=False)
     assert words.prompt == "ab"
     assert load_snapshots(words.run_dir)["snapshots"][-1]["lens_ids"].shape[-1] == 4

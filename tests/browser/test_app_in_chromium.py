@@ -14,7 +14,7 @@ from minigpt.corpus import load_corpus
 from minigpt.tokenizer import WordTokenizer
 from minigpt.training import train
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]  # one browser, one app
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: "
                                 "pip install -e '.[dev]'")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -38,7 +38,8 @@ def page(tmp_path_factory):
     """A browser on the app, serving one small trained word model."""
     tmp_path = tmp_path_factory.mktemp("browser")
     train(run_config(tmp_path, **{"model.context_length": 64, "model.num_heads": HEADS,
-                                  "train.max_steps": 8, "train.eval_interval": 4}), progress=False)
+                                  "train.max_steps": 8, "train.eval_interval": 4,
+                                  "train.probe": True}), progress=False)
     server, port = serve(tmp_path / "runs")
     browser = None
     try:
