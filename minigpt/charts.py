@@ -165,10 +165,10 @@ def layers_chart(attentions, tokens: list[str]) -> alt.Chart:
 
 def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[float],
                x_title: str, y_title: str, text: str | None = None, tooltip=(),
-               scale: str = "linear") -> alt.Chart:
-    """A coloured grid in the shared palette, rows and columns in the frame's order, with an
-    optional word written in each cell."""
-    order_x, order_y = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
+               scale: str = "linear", order_x: list[str] | None = None) -> alt.Chart:
+    """A coloured grid in the shared palette, rows and columns in the frame's order (or columns
+    in order_x), with an optional word written in each cell."""
+    order_x, order_y = order_x or list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
     tooltip = list(tooltip) or [x, y, alt.Tooltip(f"{value}:Q", format=".3f")]
     shown = order_x[::-(-len(order_x) // LABELS_SHOWN)]  # more labels than fit pile up
     base = alt.Chart(frame).encode(
@@ -218,6 +218,25 @@ def logit_lens_chart(seen) -> alt.Chart:
     """The logit lens of an inspection (minigpt.inspection.inspect_prompt)."""
     return lens_grid_chart(seen.tokens, [layer.tokens for layer in seen.logit_lens],
                            torch.stack([layer.probs for layer in seen.logit_lens]))
+
+
+def neuron_chart(contexts, tokenizer) -> alt.Chart:
+    """Where one feed-forward neuron fires most (minigpt.inspection.top_activations): a row per
+    place, strongest first, its tokens coloured by the neuron's activation, aligned on the peak."""
+    offsets = sorted({i - c.peak for c in contexts for i in range(len(c.ids))})
+    rows = [{"place": f"#{rank}, peak {c.activations[c.peak]:.2f}",
+             "token position": "peak" if i == c.peak else f"{i - c.peak:+d}",
+             "token": repr(tokenizer.decode([token]))[1:-1][:8], "activation": float(act),
+             "text": tokenizer.decode(c.ids)}
+            for rank, c in enumerate(contexts, 1)
+            for i, (token, act) in enumerate(zip(c.ids, c.activations.tolist()))]
+    frame = pd.DataFrame(rows)
+    return grid_chart(frame, "token position", "place", "activation",
+                      [min(0.0, float(frame["activation"].min())),
+                       float(frame["activation"].max())],
+                      "token, relative to where the neuron fires most", "place in the val text",
+                      text="token", tooltip=["place", "token", "activation", "text"],
+                      order_x=["peak" if o == 0 else f"{o:+d}" for o in offsets])
 
 
 def sublayer_chart(seen) -> alt.Chart:

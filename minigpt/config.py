@@ -65,8 +65,9 @@ def portable_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["embedded", "shakespeare"] = _help(
-        "named corpus: the embedded animal stories, or Tiny Shakespeare (downloaded once)",
+    dataset: Literal["embedded", "repeats", "shakespeare"] = _help(
+        "named corpus: the embedded animal stories; the same with random word lists said twice "
+        "(copying them takes an induction head); or Tiny Shakespeare (downloaded once)",
         "embedded")
     path: str = _help("a UTF-8 text file to train on instead of data.dataset", "")
     tokenizer: Literal["char", "word", "bpe"] = _help("how text becomes token ids", "word")
@@ -77,7 +78,7 @@ class DataConfig:
 
     def __post_init__(self):
         _check_finite("data", self)
-        _check_choice("data.dataset", self.dataset, ("embedded", "shakespeare"))
+        _check_choice("data.dataset", self.dataset, ("embedded", "repeats", "shakespeare"))
         _check_choice("data.tokenizer", self.tokenizer, ("char", "word", "bpe"))
         if not 256 <= self.bpe_vocab_size <= MAX_BPE_VOCAB:
             raise ConfigError(f"data.bpe_vocab_size must be in [256, {MAX_BPE_VOCAB:,}], got "

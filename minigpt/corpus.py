@@ -134,6 +134,23 @@ def generate_corpus(seed: int = SEED, target_chars: int = TARGET_CHARS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_repeats(text: str, passes: int = 8, seed: int = SEED) -> str:
+    """The text's lines, `passes` times over, each followed by a list of 4 to 16 random words of
+    its own vocabulary said twice: "... it was warm. fox corn hat ran . fox corn hat ran ." The
+    second copy can be predicted only by looking back at what followed the current word last
+    time (an induction head): the lists vary in length, so no fixed offset finds it, and every
+    list is new, so none can be learned by heart (one pass, 4,400 lists, is learned instead).
+    Same text, passes and seed, same result."""
+    rng = random.Random(seed)
+    vocabulary = sorted({word.strip(".,") for word in text.split()} - {""})
+    lines = []
+    for _ in range(passes):
+        for line in text.splitlines():
+            words = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(4, 16)))
+            lines.append(f"{line} {words} . {words} .")
+    return "\n".join(lines) + "\n"
+
+
 def load_corpus() -> str:
     """The embedded corpus, as shipped in the package."""
     return resources.files("minigpt").joinpath("corpus.txt").read_text(encoding="utf-8")

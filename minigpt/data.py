@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from minigpt.config import DataConfig
-from minigpt.corpus import load_corpus
+from minigpt.corpus import load_corpus, with_repeats
 from minigpt.errors import DataError, DiskFullError
 from minigpt.files import atomic_write
 from minigpt.tokenizer import Tokenizer, tokenizer_from_dict, train_tokenizer
@@ -93,6 +93,8 @@ def load_text(cfg: DataConfig) -> tuple[str, str]:
     if cfg.dataset == "shakespeare":
         path = download_shakespeare(cache_dir(cfg))
         return read_text(path), f"shakespeare ({path})"
+    if cfg.dataset == "repeats":
+        return with_repeats(load_corpus()), "embedded corpus with repeated word lists"
     return load_corpus(), "embedded corpus"
 
 

@@ -8,6 +8,7 @@
     seen.attention_change           # (L, T): ... its attention sublayer alone; ffn_change likewise
     seen.norm_scales                # the residual stream's size before and after each LayerNorm
     token_probabilities(model, ids, start)   # what the model gave each token after start
+    top_activations(model, val, layer, neuron)  # the val text where a feed-forward neuron fires
 
 Built on the model's hook points (minigpt.hooks): one forward pass records every activation.
 Plain tensors and dataclasses only; pictures are drawn by minigpt.heatmap (Pillow) or the app.
@@ -186,6 +187,50 @@ def token_probabilities(model: GPT, ids: list[int], start: int) -> list[float]:
             logits = model(context)[0, -1].float()
             probs.append(torch.softmax(logits, dim=-1)[ids[position]].item())
     return probs
+
+
+@dataclass
+class NeuronContext:
+    """One place in a text where a feed-forward neuron fires strongly, with the text around it."""
+
+    ids: list[int]  # the tokens shown, the peak among them
+    activations: torch.Tensor  # (len(ids),) the neuron's activation at each of them
+    peak: int  # the index in ids of the token where it fired
+
+
+@torch.no_grad()
+def top_activations(model: GPT, tokens: torch.Tensor, layer: int, neuron: int, count: int = 8,
+                    before: int = 10, after: int = 3, batch: int = 16) -> list[NeuronContext]:
+    """The count places in a token stream (a val split) where feed-forward neuron `neuron` of
+    block `layer` (from 1) is most active, strongest first, at least before + after tokens apart.
+    The stream is cut into windows of context_length tokens, each read on its own, so a token's
+    activation is what the model computes with the window before it as context."""
+    cfg = model.config
+    if not cfg.ffn:
+        raise ValueError("this model has no feed-forward blocks (model.ffn = false): no neurons")
+    if not (1 <= layer <= cfg.num_layers and 0 <= neuron < model.blocks[0].ffn.fc.out_features):
+        raise ValueError(f"no neuron {neuron} in layer {layer}")
+    T = min(cfg.context_length, len(tokens))
+    windows = tokens[:len(tokens) // T * T].view(-1, T).to(model.token_emb.weight.device)
+    name = f"blocks.{layer - 1}.ffn.hook_neurons"
+    acts = []
+    with eval_mode(model), capture(model, [name]) as seen:
+        for rows in windows.long().split(batch):
+            model(rows)
+            acts.append(seen[name][..., neuron].float().cpu())
+    acts = torch.cat(acts)  # (windows, T)
+    found: list[tuple[int, int]] = []
+    for flat in acts.flatten().argsort(descending=True).tolist():
+        w, t = divmod(flat, T)
+        if all(w != fw or abs(t - ft) > before + after for fw, ft in found):
+            found.append((w, t))
+        if len(found) == count:
+            break
+    contexts = []
+    for w, t in found:
+        start, end = max(0, t - before), min(T, t + after + 1)
+        contexts.append(NeuronContext(windows[w, start:end].tolist(), acts[w, start:end], t - start))
+    return contexts
 
 
 SNAPSHOTS = "snapshots.pt"  # in a run directory: the probe prompt seen at every evaluation

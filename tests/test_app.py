@@ -109,10 +109,10 @@ def open_tab(app: AppTest, name: str) -> AppTest:
 
 
 # The charts on each tab: the model view, a heatmap per head and the weights' legend; the logit
-# lens, sublayer grid and norm bars; the position table, its similarity and the token embedding's
-# nearest tokens; temperature; the run's attention, logit lens, head scores and score curves; the
-# knock-out bars, three patching grids and the attribution bars.
-TAB_CHARTS = {"Attention": 1 + 2 + 1, "Layer outputs": 3, "Positions": 3, "Temperature": 1,
+# lens, sublayer grid, norm bars and neuron view; the position table, its similarity and the token
+# embedding's nearest tokens; temperature; the run's attention, logit lens, head scores and score
+# curves; the knock-out bars, three patching grids and the attribution bars.
+TAB_CHARTS = {"Attention": 1 + 2 + 1, "Layer outputs": 4, "Positions": 3, "Temperature": 1,
               "Watch it learn": 4, "Test a hypothesis": 5}
 
 
@@ -147,6 +147,36 @@ def test_each_tab_draws_its_views_and_only_the_open_one_is_drawn(app_with_runs):
     assert any("layer 0 is the embeddings" in caption for caption in captions)
     notes = [caption for caption in captions if caption.startswith("What am I")]
     assert len(notes) >= 4  # beside the sublayer, norm, position and similarity views
+
+
+def test_the_neuron_view_shows_where_a_neuron_fires_most_in_the_val_text(app_with_runs, run_dir):
+    import pyarrow  # streamlit's own: its charts send their data as Arrow tables
+
+    from minigpt.data import prepare_data
+    from minigpt.inspection import top_activations
+    from minigpt.resume import resume_config
+
+    app = open_tab(app_with_runs, "Layer outputs")
+
+    def chart():
+        return next(c.proto for c in app.get("vega_lite_chart")
+                    if "where the neuron fires most" in c.proto.spec)
+
+    first = chart()
+    app.selectbox(key="neuron_layer").select(2).run()
+    app.number_input(key="neuron").set_value(7).run()
+    assert not app.exception
+    model, tokenizer = load(run_dir)
+    cfg = resume_config(run_dir)
+    val = prepare_data(cfg.data, cfg.model.context_length, tokenizer).val
+    expected = top_activations(model, val, 2, 7)
+    rows = pyarrow.ipc.open_stream(chart().datasets[0].data.data).read_all().to_pylist()
+    peaks = [r for r in rows if r["token position"] == "peak"]
+    assert len(peaks) == 8 and chart() != first
+    assert [r["token"] for r in peaks] == [repr(tokenizer.decode([c.ids[c.peak]]))[1:-1][:8]
+                                           for c in expected]
+    assert peaks[0]["place"] == f"#1, peak {expected[0].activations[expected[0].peak]:.2f}"
+    assert any("neuron 7 of layer 2" in c.value for c in app.caption)
 
 
 def test_the_positions_tab_shows_the_sinusoidal_table_and_the_learned_one(app_with_runs):

@@ -1,6 +1,6 @@
 """The embedded corpus is ours, deterministic, and the size and world the issue asks for."""
 
-from minigpt.corpus import generate_corpus, load_corpus
+from minigpt.corpus import generate_corpus, load_corpus, with_repeats
 from minigpt.tokenizer import WordTokenizer
 
 
@@ -22,3 +22,20 @@ def test_prompt_from_the_deck_is_meaningful():
 
 def test_other_seeds_give_other_text():
     assert generate_corpus(seed=1, target_chars=2000) != generate_corpus(seed=2, target_chars=2000)
+
+
+def test_repeats_follow_every_line_with_a_new_list_said_twice():
+    text = load_corpus()
+    lines, vocabulary = text.splitlines(), set(WordTokenizer.train(text).words)
+    repeated = with_repeats(text, passes=2).splitlines()
+    assert len(repeated) == 2 * len(lines) and with_repeats(text, passes=2) == "\n".join(
+        repeated) + "\n"
+    lists = []
+    for line, story in zip(repeated, lines + lines):
+        assert line.startswith(story + " ")
+        first, second = line[len(story) + 1:].split(" . ")
+        assert second == first + " ." and 4 <= len(first.split()) <= 16
+        assert set(first.split()) <= vocabulary
+        lists.append(first)
+    assert len(set(lists)) > 0.99 * len(lists)  # new lists on every pass: none to learn by heart
+    assert with_repeats(text, passes=1) == with_repeats(text, passes=1)  # the same seed, the same

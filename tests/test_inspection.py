@@ -26,6 +26,7 @@ from minigpt.inspection import (
     position_similarity,
     probe_snapshot,
     token_probabilities,
+    top_activations,
 )
 from minigpt.positions import sinusoidal_table
 
@@ -130,6 +131,34 @@ def test_token_probabilities_cover_every_token_in_the_context_it_was_chosen_in(
 def luminance(rgb) -> float:
     r, g, b = rgb
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_top_activations_are_the_neurons_strongest_places_recomputed_by_hand():
+    model = GPT(tiny_config(context_length=8)).eval()
+    tokens = torch.randint(0, 23, (203,), generator=torch.Generator().manual_seed(1))
+    layer, neuron = 2, 5
+    found = top_activations(model, tokens, layer, neuron, count=4, before=3, after=1)
+    ffn = model.blocks[layer - 1].ffn
+    by_hand = []  # the neuron at every position: fc's output through GELU, one window at a time
+    handle = ffn.fc.register_forward_hook(
+        lambda module, args, out: by_hand.append(torch.nn.functional.gelu(out)[0, :, neuron]))
+    with torch.no_grad():
+        for start in range(0, 200, 8):  # 25 whole windows; the last 3 tokens fill none
+            model(tokens[start:start + 8][None])
+    handle.remove()
+    acts = torch.stack(by_hand)  # (25, 8)
+    peaks = [c.activations[c.peak].item() for c in found]
+    assert len(found) == 4 and peaks == sorted(peaks, reverse=True)
+    assert_close(torch.tensor(peaks[0]), acts.max())
+    for context in found:  # each shown token's activation is the one computed in its window
+        (w, t), *_ = (acts == context.activations[context.peak]).nonzero().tolist()
+        shown = tokens[w * 8:(w + 1) * 8][max(0, t - 3):t + 2].tolist()
+        assert context.ids == shown and context.ids[context.peak] == tokens[w * 8 + t]
+        assert_close(context.activations, acts[w, max(0, t - 3):t + 2])
+    with pytest.raises(ValueError, match="no feed-forward blocks"):
+        top_activations(GPT(tiny_config(ffn=False)), tokens, 1, 0)
+    with pytest.raises(ValueError, match="no neuron 999 in layer 1"):
+        top_activations(model, tokens, 1, 999)
 
 
 def test_palette_runs_dark_to_bright_and_clamps():

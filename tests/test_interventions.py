@@ -225,3 +225,23 @@ def test_each_score_measures_the_pattern_it_names():
     assert scores.induction[3, 0] == pytest.approx(1.0)
     assert head_kinds(scores) == {(1, 0): "previous-token", (2, 0): "first-token",
                                   (3, 0): "duplicate-token", (4, 0): "induction"}
+
+
+@pytest.mark.slow
+def test_the_induction_config_grows_an_induction_head_and_one_layer_does_not(tmp_path):
+    """configs/induction.toml as shipped (about 1.5 minutes here), and its one-layer control."""
+    from minigpt.config import config_path, load_config
+    from minigpt.inspection import load_snapshots
+    from minigpt.training import train
+
+    top, icl = {}, {}
+    for layers in (2, 1):
+        cfg = load_config(config_path("induction"), {
+            "model.num_layers": str(layers), "train.out_dir": str(tmp_path),
+            "train.run_name": str(layers), "train.eval_interval": "250"})
+        kept = load_snapshots(train(cfg, progress=False).run_dir)
+        top[layers] = [float(s["head_scores"]["induction"].max()) for s in kept["snapshots"]]
+        icl[layers] = [float(s["head_scores"]["in_context_learning"]) for s in kept["snapshots"]]
+    assert top[2][0] < 0.1 and max(top[2][-3:]) > 0.4  # from chance to an induction head
+    assert max(top[1]) < 0.15  # no previous-token head to build on
+    assert icl[2][-1] < -0.8 and icl[2][-1] < icl[1][-1] - 0.4  # it reads the earlier copy

@@ -140,7 +140,8 @@ def main() -> None:
 TABS = ("Attention", "Layer outputs", "Positions", "Temperature", "Watch it learn",
         "Test a hypothesis")
 # The widgets on each tab, by key or key prefix (see keep_hidden_choices).
-TAB_WIDGETS = {"Attention": ("layer", "head", "query:"), "Positions": ("positions", "embedding:"),
+TAB_WIDGETS = {"Attention": ("layer", "head", "query:"), "Layer outputs": ("neuron",),
+               "Positions": ("positions", "embedding:"),
                "Watch it learn": ("step",),
                "Test a hypothesis": ("knockout", "clean", "corrupted", "answer:", "wrong:",
                                      "dla_token:")}
@@ -169,6 +170,7 @@ def tabs_view(model, tokenizer, ids: list[int], run_dir: Path, controls: dict) -
             views.attention_view(seen, model.config)
         elif name == "Layer outputs":
             views.layers_view(seen)
+            views.neuron_view(model, tokenizer, run_dir, st.session_state["modified"])
         elif name == "Positions":
             views.positions_view(model)
             views.embedding_view(model, tokenizer, ids)

@@ -8,10 +8,17 @@ from pathlib import Path
 import streamlit as st
 
 from minigpt import charts, circuit_charts
+from minigpt.app.hypothesis import val_tokens
 from minigpt.generation import generate_text
 from minigpt.gpt2 import is_gpt2_dir
 from minigpt.heatmap import colour
-from minigpt.inspection import load_snapshots, nearest_tokens, position_similarity, token_probabilities
+from minigpt.inspection import (
+    load_snapshots,
+    nearest_tokens,
+    position_similarity,
+    token_probabilities,
+    top_activations,
+)
 from minigpt.positions import sinusoidal_table
 from minigpt.tokenizer import WordTokenizer
 
@@ -177,6 +184,36 @@ def layers_view(seen) -> None:
                "from token to token; every LayerNorm brings each token back to size about 1 "
                "(times its learned gain) before a sublayer reads it, which keeps training stable.")
     st.altair_chart(charts.norm_chart(seen), width="stretch")
+
+
+NEURON_TOKENS = 100_000  # of the val split searched for a neuron's strongest places
+
+
+def neuron_view(model, tokenizer, run_dir: Path, modified: float) -> None:
+    """Where a chosen feed-forward neuron fires most in the val text."""
+    cfg = model.config
+    st.markdown("**Neuron view**: the places in the val text where one feed-forward neuron "
+                "(after GELU) is most active.")
+    if not cfg.ffn:
+        st.info("This model has no feed-forward blocks (model.ffn = false, an ablation): it has "
+                "no neurons to show.")
+        return
+    left, right = st.columns(2)
+    layer = left.selectbox("layer", range(1, cfg.num_layers + 1), key="neuron_layer")
+    width = model.blocks[0].ffn.fc.out_features
+    neuron = int(right.number_input(f"neuron (0 to {width - 1})", 0, width - 1, 0, key="neuron"))
+    val, source = val_tokens(str(run_dir), tokenizer, modified)
+    key = (str(run_dir), modified, layer, neuron)
+    if st.session_state.get("neuron_places", (None,))[0] != key:  # a pass over the val text
+        st.session_state["neuron_places"] = (
+            key, top_activations(model, val[:NEURON_TOKENS], layer, neuron))
+    st.caption(f"What am I looking at: each row is a place in {source} where neuron {neuron} of "
+               f"layer {layer} fires strongly, strongest first, with the tokens before it (its "
+               "context) and a few after; colour is the neuron's activation at each token. What "
+               "the rows share (a word, a position after a word, a kind of sentence) is a guess "
+               "at what the neuron detects: test it by knocking the neuron out (minigpt.ablate).")
+    st.altair_chart(charts.neuron_chart(st.session_state["neuron_places"][1], tokenizer),
+                    width="stretch")
 
 
 def position_table(model):
