@@ -100,7 +100,18 @@ def test_train_variants_run_in_rounds_and_report_medians(capsys, tmp_path):
         assert tuned <= max(50, eager / 4)
 
 
-def test_speedrun_reports_time_to_target_and_mfu(tmp_path, capsys):
+@pytest.fixture
+def small_peak(monkeypatch):
+    """The matmul peak measured on 512 x 512 matrices: the same code, 1/64 of the work."""
+    def small(device, size=512, repeats=10):
+        return matmul_peak_of(device, size=512, repeats=repeats)
+
+    matmul_peak_of = speedrun.matmul_peak
+    for module in (speedrun, bench):
+        monkeypatch.setattr(module, "matmul_peak", small)
+
+
+def test_speedrun_reports_time_to_target_and_mfu(tmp_path, capsys, small_peak):
     out = tmp_path / "bench.json"
     bench.main(["speedrun", "--target", "100", "--device", "cpu", "--json", str(out), "--set",
                 "train.max_steps=6", "train.eval_interval=3", "train.eval_batches=2",
@@ -117,7 +128,7 @@ def test_speedrun_reports_time_to_target_and_mfu(tmp_path, capsys):
     assert "val <= 100.0 reached at step 3" in printed and "of the measured matmul peak" in printed
 
 
-def test_speedrun_that_misses_its_target_says_so(tmp_path, capsys):
+def test_speedrun_that_misses_its_target_says_so(tmp_path, capsys, small_peak):
     bench.main(["speedrun", "--target", "0.001", "--device", "cpu",
                 "--json", str(tmp_path / "bench.json"), "--set", "train.max_steps=2",
                 "train.eval_interval=2", "train.eval_batches=1", "train.batch_size=2",
