@@ -189,6 +189,7 @@ def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[flo
 
 
 LENS_ROW_0 = "layer 0 (embeddings: no prediction yet)"
+LENS_TEXT_WIDTH = 600  # pixels of the lens's cells in the app at a 1400-pixel window
 
 
 def lens_row(layer: int) -> str:
@@ -202,9 +203,10 @@ def lens_grid_chart(tokens: list[str], top_tokens: list[list[list[str]]],
     layer's output (layer 0 the embeddings), probs (L + 1, T, k) theirs; colour is the top
     token's probability, the word is cut to fit its cell and hovering shows the top k."""
     labels = token_labels(tokens)
+    fit = min(8, LENS_TEXT_WIDTH // (len(labels) * 7))  # characters of 11-pixel text a cell holds
     lens = pd.DataFrame([
         {"position": labels[i], "layer": lens_row(layer),
-         "top token": repr(top_tokens[layer][i][0])[1:-1][:6 if len(labels) > 24 else 8],
+         "top token": repr(top_tokens[layer][i][0])[1:-1][:fit] if fit >= 2 else "",
          "probability": float(probs[layer, i, 0]),
          "top 5": ", ".join(f"{t!r} {p:.2f}" for t, p in zip(top_tokens[layer][i],
                                                              probs[layer, i].tolist()))}

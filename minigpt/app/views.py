@@ -209,7 +209,8 @@ def neuron_view(model, tokenizer, run_dir: Path, modified: float) -> None:
             key, top_activations(model, val[:NEURON_TOKENS], layer, neuron))
     st.caption(f"What am I looking at: each row is a place in {source} where neuron {neuron} of "
                f"layer {layer} fires strongly, strongest first, with the tokens before it (its "
-               "context) and a few after; colour is the neuron's activation at each token. What "
+               "context) and a few after; colour is the neuron's activation at each token (a "
+               "blank cell: the window the model read starts later, so it saw nothing there). What "
                "the rows share (a word, a position after a word, a kind of sentence) is a guess "
                "at what the neuron detects: test it by knocking the neuron out (minigpt.ablate).")
     st.altair_chart(charts.neuron_chart(st.session_state["neuron_places"][1], tokenizer),
