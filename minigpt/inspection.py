@@ -210,6 +210,8 @@ def top_activations(model: GPT, tokens: torch.Tensor, layer: int, neuron: int, c
         raise ValueError("this model has no feed-forward blocks (model.ffn = false): no neurons")
     if not (1 <= layer <= cfg.num_layers and 0 <= neuron < model.blocks[0].ffn.fc.out_features):
         raise ValueError(f"no neuron {neuron} in layer {layer}")
+    if len(tokens) == 0:
+        raise ValueError("no tokens to read: pass a text of at least one token")
     T = min(cfg.context_length, len(tokens))
     windows = tokens[:len(tokens) // T * T].view(-1, T).to(model.token_emb.weight.device)
     name = f"blocks.{layer - 1}.ffn.hook_neurons"

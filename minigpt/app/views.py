@@ -212,7 +212,8 @@ def neuron_view(model, tokenizer, run_dir: Path, modified: float) -> None:
                "context) and a few after; colour is the neuron's activation at each token (a "
                "blank cell: the window the model read starts later, so it saw nothing there). What "
                "the rows share (a word, a position after a word, a kind of sentence) is a guess "
-               "at what the neuron detects: test it by knocking the neuron out (minigpt.ablate).")
+               "at what the neuron detects: test it by knocking the neuron out "
+               "(minigpt.interventions.ablate with neurons=[(layer, neuron)]).")
     st.altair_chart(charts.neuron_chart(st.session_state["neuron_places"][1], tokenizer),
                     width="stretch")
 
