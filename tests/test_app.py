@@ -680,6 +680,11 @@ def test_the_tab_works_on_a_gpt2_directory(monkeypatch, tmp_path, serve_as):
     assert any("scored now, on this model" in c.value for c in app.caption)
     assert any("contribution to the token's logit" in c.proto.spec
                for c in app.get("vega_lite_chart"))
+    open_tab(app, "Layer outputs")  # the neuron view reads the embedded corpus's end instead
+    assert not app.exception
+    assert any("where the neuron fires most" in c.proto.spec for c in app.get("vega_lite_chart"))
+    assert any("embedded corpus" in c.value and "neuron 0 of layer 1" in c.value
+               for c in app.caption)
 
 
 def test_the_views_cover_the_generated_tokens_on_request(app_with_runs, run_dir):
