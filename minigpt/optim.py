@@ -35,12 +35,15 @@ def split_parameters(model: nn.Module, cfg: TrainConfig) -> dict[str, list[nn.Pa
 
 
 def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """[AdamW], or [Muon, AdamW] when cfg.optimizer is "muon"; AdamW fused into one kernel."""
+    """[AdamW], or [Muon, AdamW] when cfg.optimizer is "muon"; AdamW fused into one kernel where
+    the device has it."""
     params = split_parameters(model, cfg)
-    adamw = torch.optim.AdamW(
-        [{"params": params["decay"], "weight_decay": cfg.weight_decay},
-         {"params": params["no_decay"], "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    groups = [{"params": params["decay"], "weight_decay": cfg.weight_decay},
+              {"params": params["no_decay"], "weight_decay": 0.0}]
+    try:
+        adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    except RuntimeError:  # a device this torch has no fused AdamW kernel for: the plain one
+        adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     optimizers = [adamw]
     if params["muon"]:
         # "original" scales each matrix's step by sqrt(max(1, rows / cols)), so tall matrices

@@ -56,14 +56,31 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16/fp16 on CUDA, fp32 elsewhere (CPU bf16 is far slower here)."""
+    """The autocast dtype: bf16/fp16 on CUDA, fp32 elsewhere (CPU bf16 is far slower here, and
+    MPS autocast is not offered for models this small). A precision asked for by name on MPS must
+    pass autocast_works there (bf16 needs macOS 14 or later)."""
     if name == "auto":
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision fp16 needs a CUDA device; use fp32 or bf16")
-    return DTYPES[name]
+    if name == "fp16" and device.type not in ("cuda", "mps"):
+        raise ConfigError("train.precision fp16 needs a CUDA or MPS device; use fp32 or bf16")
+    dtype = DTYPES[name]
+    if device.type == "mps" and dtype != torch.float32 and not autocast_works(device, dtype):
+        raise ConfigError(f"this Mac's MPS device cannot run {name} (bf16 needs macOS 14 or "
+                          f"later); use --train.precision fp32")
+    return dtype
+
+
+def autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a small matmul runs under autocast to dtype on the device: the capability asked
+    of the device itself, not guessed from its name or the OS version."""
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            x = torch.ones(4, 4, device=device)
+            return bool(torch.isfinite((x @ x).float()).all())
+    except (RuntimeError, TypeError, ValueError):
+        return False
 
 
 def device_memory(device: torch.device) -> int | None:

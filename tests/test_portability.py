@@ -180,3 +180,48 @@ def test_a_console_that_cannot_show_the_text_gets_question_marks(tmp_path):
         env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=120)
     assert result.returncode == 0, result.stderr.decode()
     assert b"caf? ?" in result.stdout
+
+
+# ------------------------------------------------------------------ Apple GPUs, by simulation
+
+def test_auto_picks_cuda_then_mps_then_the_cpu(monkeypatch):
+    for cuda, mps, expected in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda mps=mps: mps)
+        assert runtime.resolve_device("auto").type == expected
+    with pytest.raises(ConfigError, match="the device is mps but MPS is not available; use cpu"):
+        runtime.resolve_device("mps")
+
+
+def test_precision_on_mps_is_what_the_device_can_run(monkeypatch):
+    mps = torch.device("mps")
+    assert runtime.resolve_precision("auto", mps) == torch.float32
+    monkeypatch.setattr(runtime, "autocast_works", lambda device, dtype: dtype == torch.float16)
+    assert runtime.resolve_precision("fp16", mps) == torch.float16
+    with pytest.raises(ConfigError, match="cannot run bf16 .*macOS 14"):
+        runtime.resolve_precision("bf16", mps)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA or MPS device"):
+        runtime.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_autocast_works_asks_the_device_itself():
+    assert runtime.autocast_works(torch.device("cpu"), torch.bfloat16)
+    assert not runtime.autocast_works(torch.device("meta"), torch.bfloat16)  # no autocast there
+
+
+def test_adamw_falls_back_to_the_plain_kernel_where_the_fused_one_is_missing(monkeypatch):
+    from minigpt.config import TrainConfig
+    from minigpt.optim import make_optimizers
+
+    real = torch.optim.AdamW
+
+    def without_fused(params, fused=None, **options):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point "
+                               "Tensors of supported devices")
+        return real(params, **options)
+
+    assert make_optimizers(GPT(tiny_config()), TrainConfig())[0].defaults["fused"]
+    monkeypatch.setattr(torch.optim, "AdamW", without_fused)
+    (adamw,) = make_optimizers(GPT(tiny_config()), TrainConfig())
+    assert isinstance(adamw, real) and not adamw.defaults["fused"]
