@@ -8,6 +8,7 @@ Needs Debian's chromium and chromium-driver, and selenium (the dev extra). Write
 """
 
 import argparse
+import io
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from minigpt.checkpoint import load  # noqa: E402
 from minigpt.config import default_config_path, load_config  # noqa: E402
+from minigpt.files import atomic_write  # noqa: E402
 from minigpt.heatmap import ATTENTION_NOTE, add_legend, attention_image  # noqa: E402
 from minigpt.inspection import load_snapshots  # noqa: E402
 from minigpt.training import train  # noqa: E402
@@ -57,14 +59,13 @@ return true;
 """
 
 
-def shrink(path: Path, left: int = 0) -> None:
-    """Scale the picture to the README's width, first cutting `left` pixels (the app's sidebar)
-    so that the view itself stays large enough to read."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image = image.crop((left, 0, image.width, image.height))
-        height = round(image.height * WIDTH / image.width)
-        image.resize((WIDTH, height), Image.Resampling.LANCZOS).save(path, optimize=True)
+def shrink(image: Image.Image, path: Path, left: int = 0) -> None:
+    """Save the picture at the README's width, first cutting `left` pixels (the app's sidebar)
+    so that the view itself stays large enough to read; written whole or not at all."""
+    image = image.convert("RGB").crop((left, 0, image.width, image.height))
+    height = round(image.height * WIDTH / image.width)
+    image = image.resize((WIDTH, height), Image.Resampling.LANCZOS)
+    atomic_write(path, lambda f: image.save(f, format="PNG", optimize=True))
 
 
 def serve(runs: Path) -> tuple[subprocess.Popen, int]:
@@ -109,8 +110,8 @@ def app_pictures(runs: Path, scratch: Path) -> None:
             if not browser.execute_script(SCROLL_TO, anchor):
                 raise SystemExit(f"the {tab} tab shows no {anchor!r}: update SHOTS")
             time.sleep(1)
-            browser.save_screenshot(str(IMAGES / f"{name}.png"))
-            shrink(IMAGES / f"{name}.png", left=SIDEBAR)
+            screenshot = Image.open(io.BytesIO(browser.get_screenshot_as_png()))
+            shrink(screenshot, IMAGES / f"{name}.png", left=SIDEBAR)
     finally:
         browser.quit()
         server.terminate()
@@ -122,8 +123,7 @@ def tensorboard_picture(run_dir: Path) -> None:
     kept = load_snapshots(run_dir)
     weights = kept["snapshots"][-1]["attention"][0].float()
     image = attention_image(weights, kept["tokens"], cell=24, title="layer 1,")
-    add_legend(image, 0.0, 1.0, ATTENTION_NOTE).save(IMAGES / "tensorboard_attention.png")
-    shrink(IMAGES / "tensorboard_attention.png")
+    shrink(add_legend(image, 0.0, 1.0, ATTENTION_NOTE), IMAGES / "tensorboard_attention.png")
 
 
 def main() -> None:

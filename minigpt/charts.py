@@ -189,7 +189,7 @@ def grid_chart(frame: pd.DataFrame, x: str, y: str, value: str, domain: list[flo
 
 
 LENS_ROW_0 = "layer 0 (embeddings: no prediction yet)"
-LENS_TEXT_WIDTH = 600  # pixels of the lens's cells in the app at a 1400-pixel window
+LENS_TEXT_WIDTH = 600  # pixels of the lens's cells, drawn as wide as the app's page (1400-px window)
 
 
 def lens_row(layer: int) -> str:

@@ -324,8 +324,8 @@ def learning_view(run_dir: Path, tokenizer) -> None:
         st.caption(f"logit lens at step {step}: " + LENS_ROW_0_NOTE)
         tops = [[[tokenizer.decode([i]) for i in row] for row in layer]
                 for layer in snapshot["lens_ids"].tolist()]
-        st.altair_chart(charts.lens_grid_chart(kept["tokens"], tops,
-                                               snapshot["lens_probs"].float()), width="content")
+        st.altair_chart(charts.lens_grid_chart(kept["tokens"], tops,  # as wide as its text needs
+                                               snapshot["lens_probs"].float()), width="stretch")
     learning_scores(kept, step)
 
 
