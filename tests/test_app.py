@@ -262,6 +262,23 @@ def test_heatmaps_draw_the_causal_mask_grey_and_name_it(app_with_runs):
     assert any("Grey cells are tokens after the query" in c.value for c in app.caption)
 
 
+def test_the_lens_writes_only_the_words_that_fit_their_cells():
+    import altair as alt
+    import torch
+
+    from minigpt.charts import LENS_TEXT_WIDTH, lens_grid_chart
+
+    for T in (4, 24, 48):
+        tops = [[["elephants"] * 5] * T] * 3  # 3 layers, T positions, a long word everywhere
+        with alt.data_transformers.disable_max_rows():
+            spec = lens_grid_chart([f"w{i}" for i in range(T)], tops, torch.full((3, T, 5), 0.2))
+        rows = next(iter(spec.to_dict()["datasets"].values()))
+        written = {row["top token"] for row in rows}
+        assert all(len(word) * 7 * T <= LENS_TEXT_WIDTH for word in written), T  # 7 px a letter
+        assert all(row["top 5"].startswith("'elephants' 0.20") for row in rows)  # hover: whole
+    assert written == {""}  # at 48 tokens no word fits: the colour and the hover remain
+
+
 def test_a_long_prompt_keeps_each_head_short_and_its_labels_apart():
     import altair as alt
     import torch
