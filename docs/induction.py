@@ -38,13 +38,11 @@ def run(layers: int, out: Path) -> dict:
         "model.num_layers": str(layers), "train.out_dir": str(out),
         "train.run_name": f"induction-{layers}-layer"})
     result = train(cfg, progress=False)
-    kept = load_snapshots(result.run_dir)
-    induction = {s: float(k["head_scores"]["induction"].max())
-                 for s, k in zip(kept["steps"], kept["snapshots"])}
+    kept = load_snapshots(result.run_dir)  # from step 0, before training; the losses from 100
     steps = sorted(result.val_losses)
     return {"steps": steps, "seconds": [result.val_seconds[s] for s in steps],
-            "val": [result.val_losses[s] for s in steps],
-            "induction": [induction[s] for s in steps]}
+            "val": [result.val_losses[s] for s in steps], "score steps": kept["steps"],
+            "induction": [float(k["head_scores"]["induction"].max()) for k in kept["snapshots"]]}
 
 
 def panel(draw: ImageDraw.ImageDraw, top: int, runs: dict, key: str, low: float, high: float,
@@ -68,7 +66,8 @@ def panel(draw: ImageDraw.ImageDraw, top: int, runs: dict, key: str, low: float,
     if marked is not None:
         draw.line([(x(marked), top), (x(marked), bottom)], fill=PALETTE[3], width=2)
     for name, colour in RUNS.items():
-        points = [(x(s), y(v)) for s, v in zip(runs[name]["steps"], runs[name][key])]
+        steps = runs[name]["score steps" if key == "induction" else "steps"]
+        points = [(x(s), y(v)) for s, v in zip(steps, runs[name][key])]
         draw.line(points, fill=colour, width=3, joint="curve")
 
 
@@ -112,19 +111,22 @@ def main() -> None:
         out = Path(args.out or scratch)
         runs = {name: run(layers, out) for name, layers in zip(RUNS, (2, 1))}
     two = runs["2 layers"]
-    formed = next((s for s, v in zip(two["steps"], two["induction"]) if v >= FORMED), None)
+    scores = dict(zip(two["score steps"], two["induction"]))
+    formed = next((s for s in two["steps"] if scores[s] >= FORMED), None)
     seconds = two["seconds"][two["steps"].index(formed)] if formed is not None else None
     for name, r in runs.items():
         print(f"{name}: top induction score {r['induction'][0]:.2f} at step 0, "
-              f"{max(r['induction']):.2f} at most; val loss {r['val'][-1]:.3f} at step "
-              f"{r['steps'][-1]:,} ({r['seconds'][-1]:.0f} s)")
+              f"{max(r['induction']):.2f} at most; val loss {r['val'][0]:.3f} at step "
+              f"{r['steps'][0]:,}, {r['val'][-1]:.3f} at step {r['steps'][-1]:,} "
+              f"({r['seconds'][-1]:.0f} s)")
     if formed is None:
         print(f"no induction head formed (top score never reached {FORMED})")
     else:
-        before = two["steps"][two["steps"].index(formed) - 1]
+        before = two["score steps"][two["score steps"].index(formed) - 1]
         print(f"induction head formed at step {formed:,} ({seconds:.0f} s): top score "
-              f"{two['induction'][two['steps'].index(before)]:.2f} at step {before:,}, "
-              f"{two['induction'][two['steps'].index(formed)]:.2f} at step {formed:,}")
+              f"{scores[before]:.2f} at step {before:,}, {scores[formed]:.2f} at step {formed:,}")
+    print("every evaluation (step: val loss, top induction score):", ", ".join(
+        f"{s}: {v:.2f}, {scores[s]:.2f}" for s, v in zip(two["steps"], two["val"])))
     image = picture(runs, formed, seconds)
     IMAGE.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(IMAGE, lambda f: image.save(f, format="PNG"))

@@ -88,7 +88,7 @@ class Run:
         data = prepare_data(cfg.data, cfg.model.context_length, tokenizer)
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
         check_fits(cfg.model, cfg.train, runtime.device)
-        probe, prompt = probe_ids(data, cfg)
+        probe, prompt = probe_ids(data, cfg) if cfg.train.probe else ([], "")
         if runtime.master:
             clear_unstarted(directory)
         runtime.start()

@@ -42,7 +42,8 @@ class TensorBoardLog:
         if self.writer is None:
             return
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", step)
-        self.writer.add_text("probe", " | ".join(probe_tokens), step)
+        if probe_tokens:  # none when train.probe is off
+            self.writer.add_text("probe", " | ".join(probe_tokens), step)
 
     def positions(self, kind: str, table: torch.Tensor, step: int) -> None:
         """The (positions, C) table a position encoding adds: `positions/sinusoidal` once, or

@@ -35,7 +35,7 @@ def run_config(tmp_path, **overrides):
         "model.num_layers": "2", "train.batch_size": "4", "train.max_steps": "8",
         "train.warmup_steps": "2", "train.eval_interval": "4", "train.eval_batches": "2",
         "train.checkpoint_interval": "4", "train.sample_tokens": "5", "train.device": "cpu",
-        "train.probe": "false",  # tests of the probe turn it on: probe_config
+        "train.probe": "false",  # the tests that look at the probe pass "train.probe": True
         "train.out_dir": str(tmp_path / "runs"), "train.run_name": "test",
         "data.cache_dir": str(tmp_path / "cache"),
     }
@@ -45,3 +45,11 @@ def run_config(tmp_path, **overrides):
 
 if "PYTEST_XDIST_WORKER" in __import__("os").environ:  # one thread per worker: no oversubscription
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests (kill -9 batteries, torchrun jobs, lock races, real servers) run one at a
+    time, on one worker, even under -n auto: two at once would race for the cores they time."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("slow"))

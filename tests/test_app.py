@@ -129,10 +129,10 @@ def test_each_tab_draws_its_views_and_only_the_open_one_is_drawn(app_with_runs):
         assert not app.exception
         shown = [chart.proto.spec for chart in app.get("vega_lite_chart")]
         assert len(shown) == count, name
+        assert not app.get("image")  # every picture in the app is a chart
         specs += shown
     open_tab(app, "Attention")
     assert app.selectbox(key="layer").value == 2  # a choice on a tab outlives a visit elsewhere
-    assert not app.get("image")  # every picture in the app is a chart
     assert sum('"top token"' in spec for spec in specs) == 2  # the lens, now and in training
     sublayers = next(spec for spec in specs if '"sublayer"' in spec)
     for row in ("layer 1 attention", "layer 1 FFN", "layer 2 attention", "layer 2 FFN"):
@@ -481,6 +481,14 @@ def test_a_run_without_snapshots_is_not_called_old(monkeypatch, tmp_path, run_di
     assert not note.startswith("This run kept no snapshots of its evaluations (runs trained")
 
 
+def test_a_run_trained_without_the_probe_says_so(monkeypatch, tmp_path, serve_as):
+    train(run_config(tmp_path, **{"train.probe": False}), progress=False)
+    serve_as("127.0.0.1")
+    app = open_tab(make_app(monkeypatch, tmp_path / "runs"), "Watch it learn")
+    note = next(i.value for i in app.info if "snapshots" in i.value)
+    assert "--train.probe false" in note and "stopped before" not in note
+
+
 def test_a_prompt_of_spaces_keeps_the_page_and_unknown_marks_are_counted_as_tokens(
         app_with_runs):
     app = app_with_runs
@@ -539,10 +547,28 @@ def test_an_ablated_model_says_what_it_lacks(monkeypatch, tmp_path, serve_as):
               progress=False)
     app = make_app(monkeypatch, tmp_path / "runs")
     app.run()
-    assert not app.exception
     assert any("Ablation: no feed-forward blocks, no causal mask" in c.value
                for c in app.sidebar.caption)
     assert "without the causal mask" in app.sidebar.warning[0].value
+    for tab in TAB_CHARTS:  # every view copes with the parts it lacks
+        assert not open_tab(app, tab).exception, tab
+    open_tab(app, "Layer outputs")
+    assert any("no feed-forward blocks" in i.value and "no neurons" in i.value for i in app.info)
+
+
+def test_every_widget_on_a_tab_is_kept_while_another_tab_is_open(app_with_runs):
+    """page.TAB_WIDGETS names each tab's widgets, so that keep_hidden_choices stores them again
+    while another tab is drawn: a widget missing from it would lose its value on a tab switch."""
+    from minigpt.app.page import TAB_WIDGETS
+
+    app = app_with_runs
+    kinds = ("selectbox", "multiselect", "radio", "number_input", "text_input", "select_slider",
+             "slider", "toggle")
+    for name in TAB_CHARTS:
+        (tab,) = [t for t in open_tab(app, name).tabs if t.label == name]
+        keys = [w.key for kind in kinds for w in tab.get(kind) if w.key]
+        assert all(key.startswith(TAB_WIDGETS.get(name, ())) for key in keys), (name, keys)
+        assert keys or name in ("Temperature",), name  # the other tabs have widgets to keep
 
 
 CHARTS_WITHOUT_STREAMLIT = """

@@ -9,6 +9,7 @@ import streamlit as st
 
 from minigpt import charts, circuit_charts
 from minigpt.app.hypothesis import val_tokens
+from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
 from minigpt.gpt2 import is_gpt2_dir
 from minigpt.heatmap import colour
@@ -20,6 +21,7 @@ from minigpt.inspection import (
     top_activations,
 )
 from minigpt.positions import sinusoidal_table
+from minigpt.resume import resume_config
 from minigpt.tokenizer import WordTokenizer
 
 LAYERS_NOTE = ("Layers are numbered from the input: layer 0 is the embeddings (token and "
@@ -298,16 +300,29 @@ def temperature_view(seen, tokenizer, controls: dict) -> None:
                                              top_k, top_p), width="stretch")
 
 
+def no_snapshots_note(run_dir: Path) -> str:
+    """Why a run has nothing to play back in Watch it learn."""
+    if is_gpt2_dir(run_dir):
+        return ("A GPT-2 directory holds the trained weights only: there is no training of it to "
+                "watch here.")
+    try:
+        probed = resume_config(run_dir).train.probe
+    except MiniGPTError:  # no readable config.json: say what the other cases have in common
+        probed = True
+    if not probed:
+        return ("This run was trained with --train.probe false, which keeps no snapshots of its "
+                "training: train with the probe on (the default) to watch a model learn.")
+    return ("This run kept no snapshots of its training: it stopped before its first evaluation "
+            "(or, if it is older, was trained before minigpt kept them). Resume it (python "
+            "train.py --resume RUN_DIR) or train a new one to watch it learn.")
+
+
 def learning_view(run_dir: Path, tokenizer) -> None:
     """The probe prompt's attention, logit lens and every head's scores as they were at each
     evaluation of the run, following one step slider."""
     kept = load_snapshots(run_dir)
     if not kept or not kept["steps"]:
-        st.info("A GPT-2 directory holds the trained weights only: there is no training of it to "
-                "watch here." if is_gpt2_dir(run_dir) else
-                "This run kept no snapshots of its training: it stopped before its first "
-                "evaluation (or, if it is older, was trained before minigpt kept them). Resume "
-                "it (python train.py --resume RUN_DIR) or train a new one to watch it learn.")
+        st.info(no_snapshots_note(run_dir))
         return
     st.markdown("The run's probe prompt (`train.sample_prompt`) as the model saw it at every "
                 "evaluation: move the slider to watch previous-token and first-token heads form "
