@@ -134,24 +134,21 @@ def generate_corpus(seed: int = SEED, target_chars: int = TARGET_CHARS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def with_repeats(text: str, passes: int = 8, held_out: float = 0.1, seed: int = SEED) -> str:
+def with_repeats(text: str, passes: int = 8, seed: int = SEED) -> str:
     """The text's lines, `passes` times over, each followed by a list of 4 to 16 random words of
     its own vocabulary said twice: "... it was warm. fox corn hat ran . fox corn hat ran ." The
     second copy can be predicted only by looking back at what followed the current word last
     time (an induction head): the lists vary in length, so no fixed offset finds it, and every
     list is new, so none can be learned by heart (one pass, 4,400 lists, is learned instead).
-    The last `held_out` of the lines go through their passes at the end, so that a val split of
-    that share holds stories the training text never had. Same arguments, same result."""
+    The stories repeat from pass to pass, so a val split holds stories that training saw; only
+    its lists are new. Same text, passes and seed, same result."""
     rng = random.Random(seed)
     vocabulary = sorted({word.strip(".,") for word in text.split()} - {""})
-    stories = text.splitlines()
-    cut = len(stories) - round(len(stories) * held_out)
     lines = []
-    for part in (stories[:cut], stories[cut:]):
-        for _ in range(passes):
-            for line in part:
-                words = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(4, 16)))
-                lines.append(f"{line} {words} . {words} .")
+    for _ in range(passes):
+        for line in text.splitlines():
+            words = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(4, 16)))
+            lines.append(f"{line} {words} . {words} .")
     return "\n".join(lines) + "\n"
 
 

@@ -94,8 +94,7 @@ def load_text(cfg: DataConfig) -> tuple[str, str]:
         path = download_shakespeare(cache_dir(cfg))
         return read_text(path), f"shakespeare ({path})"
     if cfg.dataset == "repeats":
-        text = with_repeats(load_corpus(), held_out=cfg.val_fraction)
-        return text, "embedded corpus with repeated word lists"
+        return with_repeats(load_corpus()), "embedded corpus with repeated word lists"
     return load_corpus(), "embedded corpus"
 
 
