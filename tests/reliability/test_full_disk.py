@@ -107,7 +107,7 @@ def test_a_later_save_on_a_full_disk_keeps_the_earlier_checkpoints_and_resumes(s
 
 
 def started_run(disk: Path) -> Run:
-    cfg = run_config(disk, **{"data.cache_dir": str(disk.parent / "cache")})
+    cfg = run_config(disk, **{"data.cache_dir": str(disk.parent / "cache"), "train.probe": True})
     return Run.start(cfg)
 
 
