@@ -159,12 +159,14 @@ def test_the_step_slider_changes_the_picture(page):
 
 def test_the_sublayer_norm_and_position_views_are_drawn(page):
     """Large charts may be drawn on a canvas, so this counts the charts shown on each tab: the
-    logit lens, the sublayer grid and the norm bars; the position table, its similarity and the
-    token embedding's nearest tokens."""
-    def shown():
+    logit lens, the sublayer grid, the norm bars and the neuron view; the position table, its
+    similarity and the token embedding's nearest tokens."""
+    def shown():  # scrolled through the page first: a chart below the window may not be drawn
+        page.execute_script("const m = document.querySelector('[data-testid=stMain]');"
+                            "m.scrollTo(0, m.scrollHeight)")
         return [c for c in tab_charts(page) if c.size["height"] > 100]
 
-    for tab, count in (("Layer outputs", 3), ("Positions", 3)):
+    for tab, count in (("Layer outputs", 4), ("Positions", 3)):
         open_tab(page, tab)
         wait_for(page, lambda count=count: len(shown()) == count, seconds=60)
     assert not page.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
