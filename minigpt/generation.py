@@ -150,6 +150,20 @@ def first_stop(sequence: str | list[int], stops: Sequence) -> int | None:
 PAST_CONTEXT = ("exact", "fast")
 
 
+def check_ids(model: GPT, idx: torch.Tensor) -> None:
+    """Refuse a prompt that no embedding row fits: not integer ids, no token, or an id outside
+    the vocabulary (on CUDA the lookup would end the process with a device-side assert).
+    Generation, inspection and the interventions check; the training step does not pay for it."""
+    if idx.size(-1) == 0:
+        raise ValueError("generation and inspection need at least one prompt token")
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise TypeError(f"token ids must be an integer tensor, got {idx.dtype}")
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= model.config.vocab_size:
+        raise ValueError(f"token ids must be in [0, {model.config.vocab_size}) (the "
+                         f"vocabulary), got ids from {low} to {high}")
+
+
 def stream(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, use_cache: bool = True,
@@ -176,7 +190,7 @@ def stream(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: floa
     top_k and top_p (tests use it to feed fixed tokens and read the logits).
     """
     check_generation_args(max_new_tokens, temperature, top_k, top_p)
-    model.check_ids(idx)
+    check_ids(model, idx)
     if past_context not in PAST_CONTEXT:
         raise InputError(f"past_context must be one of {PAST_CONTEXT}, got {past_context!r}")
     choose = choose or (lambda logits: sample_next(logits, temperature, top_k, top_p, generator))

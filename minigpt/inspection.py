@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from minigpt.generation import encode_prompt
+from minigpt.generation import check_ids, encode_prompt
 from minigpt.hooks import capture
 from minigpt.model import GPT, eval_mode
 from minigpt.tokenizer import Tokenizer
@@ -69,7 +69,7 @@ def run_with_hooks(model: GPT, ids: list[int]) -> tuple[torch.Tensor, dict[str, 
     """One forward pass of ids in eval mode, with every hook point's activation for the one
     sequence (batch dimension dropped): (logits (T, V), {hook point name: activation})."""
     idx = torch.tensor([ids], device=model.token_emb.weight.device)
-    model.check_ids(idx)
+    check_ids(model, idx)
     with torch.no_grad(), eval_mode(model), capture(model) as seen:
         logits = model(idx)
     return logits[0], {name: value[0] for name, value in seen.items()}

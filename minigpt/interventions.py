@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minigpt.errors import InputError
+from minigpt.generation import check_ids
 from minigpt.hooks import capture, edit
 from minigpt.model import GPT, eval_mode
 
@@ -44,7 +45,7 @@ class AblationResult:
 def _as_batch(model: GPT, ids) -> torch.Tensor:
     idx = torch.as_tensor(ids, device=model.token_emb.weight.device)
     idx = idx[None] if idx.dim() == 1 else idx
-    model.check_ids(idx)
+    check_ids(model, idx)
     if idx.size(1) > model.config.context_length:
         raise InputError(f"{idx.size(1)} tokens do not fit the model's context of "
                          f"{model.config.context_length}")

@@ -378,20 +378,6 @@ class GPT(nn.Module):
                              f"context_length is {self.config.context_length}; crop the input")
         return start
 
-    def check_ids(self, idx: torch.Tensor) -> None:
-        """Refuse a prompt that no embedding row fits: not integer ids, no token, or an id outside
-        the vocabulary (on CUDA the lookup would end the process with a device-side assert).
-        Generation and inspection check; the training step does not pay for it."""
-        if idx.size(-1) == 0:
-            raise ValueError("generation and inspection need at least one prompt token")
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise TypeError(f"token ids must be an integer tensor, got {idx.dtype}")
-        low, high = int(idx.min()), int(idx.max())
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}) (the "
-                             f"vocabulary), got ids from {low} to {high}")
-
-
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:

@@ -2,6 +2,7 @@
 prompt's activations into a corrupted one, split the predicted token's logit into the parts that
 wrote it, and name what each head does. Built on minigpt.interventions and minigpt.head_scores."""
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,15 @@ PAIRS = [("the cat sat on the mat . the cat", "the dog sat on the mat . the dog"
 FALLBACK_TEXT = 20_000  # characters of the embedded corpus scored when the run's data is unread
 TOP = 8  # next tokens shown before and after a knock-out
 SCORE_LENGTH = 256  # tokens per scoring window: GPT-2's 1024 would keep gigabytes of weights
+
+
+def remember(name: str, key, compute, spinner: str = ""):
+    """compute() once per key for this visitor, kept in the session under name: a widget
+    elsewhere on the page reruns the script, and this work need not be done again."""
+    if st.session_state.get(name, (None,))[0] != key:
+        with st.spinner(spinner) if spinner else contextlib.nullcontext():
+            st.session_state[name] = (key, compute())
+    return st.session_state[name][1]
 
 
 @st.cache_resource(show_spinner="Reading the val text...")
@@ -188,11 +198,10 @@ def patching_view(model, tokenizer) -> None:
         key=f"wrong:{pair}"), "wrong token")
     if answer is None or wrong is None:
         return
-    key = (id(model), tuple(clean), tuple(corrupted), answer, wrong)
-    if st.session_state.get("patched", (None,))[0] != key:  # dozens of forward passes: kept
-        with st.spinner("Patching every layer, position and head..."):
-            st.session_state["patched"] = (key, patch(model, clean, corrupted, answer, wrong))
-    patching_charts(st.session_state["patched"][1], tokenizer, clean, corrupted, cfg.num_heads)
+    result = remember("patched", (id(model), tuple(clean), tuple(corrupted), answer, wrong),
+                      lambda: patch(model, clean, corrupted, answer, wrong),  # dozens of passes
+                      "Patching every layer, position and head...")
+    patching_charts(result, tokenizer, clean, corrupted, cfg.num_heads)
 
 
 def patching_charts(result, tokenizer, clean: list[int], corrupted: list[int], heads: int) -> None:
@@ -253,12 +262,10 @@ def scores_of(model, run_dir: Path, val: torch.Tensor) -> tuple[dict, str]:
     if kept and kept["snapshots"] and "head_scores" in kept["snapshots"][-1]:
         return kept["snapshots"][-1]["head_scores"], f"at step {kept['steps'][-1]}, the run's " \
             "last evaluation"
-    key = (id(model), str(run_dir))
-    if st.session_state.get("head_scores", (None,))[0] != key:
-        with st.spinner("Scoring every head..."):
-            scores = head_scores(model, val, length=SCORE_LENGTH)
-        st.session_state["head_scores"] = (key, scores.as_dict())
-    return st.session_state["head_scores"][1], "now, on this model"
+    scores = remember("head_scores", (id(model), str(run_dir)),
+                      lambda: head_scores(model, val, length=SCORE_LENGTH).as_dict(),
+                      "Scoring every head...")
+    return scores, "now, on this model"
 
 
 def head_table_view(model, run_dir: Path, val: torch.Tensor, source: str) -> None:

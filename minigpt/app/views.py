@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from minigpt import charts, circuit_charts
-from minigpt.app.hypothesis import val_tokens
+from minigpt.app.hypothesis import remember, val_tokens
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
 from minigpt.gpt2 import is_gpt2_dir
@@ -67,17 +67,15 @@ def generation_view(model, tokenizer, prompt: str, controls: dict) -> str:
     if new_ids and prompt_ids:
         with st.expander("Token-by-token probabilities of the generated text"):
             # One forward pass per token: kept across reruns (a slider move reruns the page).
-            key = (id(model), prompt, generated)
-            if st.session_state.get("probabilities", (None,))[0] != key:
-                st.session_state["probabilities"] = (
-                    key, token_probabilities(model, prompt_ids + new_ids, len(prompt_ids)))
+            probs = remember("probabilities", (id(model), prompt, generated), lambda:
+                             token_probabilities(model, prompt_ids + new_ids, len(prompt_ids)))
             tokens = [tokenizer.decode([i]) for i in new_ids]
             st.caption("What am I looking at: the probability the model itself gave each token "
                        "when it was chosen, at temperature 1 and before top-k/top-p: the "
                        f"sidebar's sampling (T = {controls['temperature']:g}) reshaped these "
                        "before drawing. Switch on 'Inspect the generated text too' to look inside "
                        "any of these positions.")
-            st.altair_chart(charts.probability_chart(tokens, st.session_state["probabilities"][1],
+            st.altair_chart(charts.probability_chart(tokens, probs,
                                                      len(prompt_ids)), width="stretch")
     return generated
 
@@ -205,10 +203,8 @@ def neuron_view(model, tokenizer, run_dir: Path, modified: float) -> None:
     width = model.blocks[0].ffn.fc.out_features
     neuron = int(right.number_input(f"neuron (0 to {width - 1})", 0, width - 1, 0, key="neuron"))
     val, source = val_tokens(str(run_dir), tokenizer, modified)
-    key = (str(run_dir), modified, layer, neuron)
-    if st.session_state.get("neuron_places", (None,))[0] != key:  # a pass over the val text
-        st.session_state["neuron_places"] = (
-            key, top_activations(model, val[:NEURON_TOKENS], layer, neuron))
+    places = remember("neuron_places", (str(run_dir), modified, layer, neuron),  # a pass over val
+                      lambda: top_activations(model, val[:NEURON_TOKENS], layer, neuron))
     st.caption(f"What am I looking at: each row is a place in {source} where neuron {neuron} of "
                f"layer {layer} fires strongly, strongest first, with the tokens before it (its "
                "context) and a few after; colour is the neuron's activation at each token (a "
@@ -216,7 +212,7 @@ def neuron_view(model, tokenizer, run_dir: Path, modified: float) -> None:
                "the rows share (a word, a position after a word, a kind of sentence) is a guess "
                "at what the neuron detects: test it by knocking the neuron out "
                "(minigpt.interventions.ablate with neurons=[(layer, neuron)]).")
-    st.altair_chart(charts.neuron_chart(st.session_state["neuron_places"][1], tokenizer),
+    st.altair_chart(charts.neuron_chart(places, tokenizer),
                     width="stretch")
 
 
