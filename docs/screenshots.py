@@ -85,6 +85,17 @@ def serve(runs: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("the app did not start")
 
 
+def wait_until_idle(browser, seconds: float = 120) -> None:
+    """Until the app's script has finished (Streamlit's running indicator is gone), so that a
+    picture never shows a spinner in place of a view."""
+    deadline = time.time() + seconds
+    while browser.find_elements(By.CSS_SELECTOR, "[data-testid=stStatusWidget]"):
+        if time.time() > deadline:
+            raise SystemExit("the app was still running after two minutes")
+        time.sleep(0.5)
+    time.sleep(1)  # the last charts' drawing
+
+
 def app_pictures(runs: Path, scratch: Path) -> None:
     server, port = serve(runs)
     options = webdriver.ChromeOptions()
@@ -107,6 +118,7 @@ def app_pictures(runs: Path, scratch: Path) -> None:
             browser.execute_script("arguments[0].click()", button)
             browser.set_window_size(1400, height)
             time.sleep(3)
+            wait_until_idle(browser)  # only the open tab is drawn: its views compute on a click
             if not browser.execute_script(SCROLL_TO, anchor):
                 raise SystemExit(f"the {tab} tab shows no {anchor!r}: update SHOTS")
             time.sleep(1)
