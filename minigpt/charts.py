@@ -241,6 +241,19 @@ def neuron_chart(contexts, tokenizer) -> alt.Chart:
                       order_x=["peak" if o == 0 else f"{o:+d}" for o in offsets])
 
 
+def layer_change_chart(seen) -> alt.Chart:
+    """How much each block changed every token, |output - input| / |input| (the deck's "compare
+    layer outputs"), a row per block, on a logarithmic colour scale."""
+    labels = token_labels(seen.tokens)
+    frame = pd.DataFrame([{"position": labels[i], "block": f"block {layer + 1}",
+                           "relative change": float(seen.layer_change[layer, i])}
+                          for layer in range(seen.layer_change.size(0))
+                          for i in range(len(labels))])
+    return grid_chart(frame, "position", "block", "relative change",
+                      [0, float(frame["relative change"].max())],
+                      "prompt token (position)", "block (its output vs its input)", scale="symlog")
+
+
 def sublayer_chart(seen) -> alt.Chart:
     """How much attention and the feed-forward block each changed every token, a row per
     sublayer in the order the residual stream meets them, on a logarithmic colour scale."""

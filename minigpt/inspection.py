@@ -47,6 +47,7 @@ class NormScale:
 
 @dataclass
 class PromptInspection:
+    ids: list[int]  # the prompt's token ids (cut to the context)
     tokens: list[str]  # the prompt's tokens as text
     attentions: list[torch.Tensor]  # per layer (H, T, T)
     hidden_states: list[torch.Tensor]  # embeddings, then each block's output: L + 1 of (T, C)
@@ -142,6 +143,7 @@ def inspect_prompt(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], to
                           for i in range(1, len(hidden))])
     attention_change, ffn_change = sublayer_changes(model, seen)
     return PromptInspection(
+        ids=ids,
         tokens=[tokenizer.decode([i]) for i in ids],
         attentions=[seen[f"blocks.{i}.attn.hook_pattern"].float().cpu()
                     for i in range(model.config.num_layers)],

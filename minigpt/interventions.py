@@ -151,6 +151,18 @@ def _positions_patch(clean: torch.Tensor, position: int | None, head: int | None
 
 
 @torch.no_grad()
+def patching_tokens(model: GPT, clean_ids, corrupted_ids) -> tuple[int, int]:
+    """(answer, wrong) for patching a pair: the clean run's prediction, and the corrupted run's
+    (its second choice when both runs predict the same token)."""
+    with eval_mode(model):
+        logits = model(torch.cat([_as_batch(model, clean_ids)[:1],
+                                  _as_batch(model, corrupted_ids)[:1]]))[:, -1]
+    answer = int(logits[0].argmax())
+    ranked = logits[1].topk(2).indices.tolist()
+    return answer, ranked[1] if ranked[0] == answer else ranked[0]
+
+
+@torch.no_grad()
 def patch(model: GPT, clean_ids, corrupted_ids, answer: int, wrong: int) -> PatchingResult:
     """Activation patching: run the clean and the corrupted prompt (same length), then rerun the
     corrupted one with one clean activation written in, at each (layer, position) of the

@@ -179,7 +179,7 @@ def test_the_neuron_view_shows_where_a_neuron_fires_most_in_the_val_text(app_wit
     assert any("neuron 7 of layer 2" in c.value for c in app.caption)
 
 
-def test_the_positions_tab_shows_the_sinusoidal_table_and_the_learned_one(app_with_runs):
+def test_the_positions_tab_shows_the_sinusoidal_table_and_the_learned_one(app_with_runs, run_dir):
     app = app_with_runs
     open_tab(app, "Positions")
     radio = app.radio(key="positions")
@@ -192,6 +192,12 @@ def test_the_positions_tab_shows_the_sinusoidal_table_and_the_learned_one(app_wi
 
     sinusoidal = position_charts()
     assert len(sinusoidal) == 2
+    from minigpt import load, show  # a notebook draws the same charts (Streamlit keeps the data apart)
+    model, _ = load(run_dir)
+    for app_spec, chart in zip(sinusoidal, (show.positions(model),
+                                            show.position_fingerprints(model))):
+        app_spec, spec = json.loads(app_spec), chart.to_dict()
+        assert (app_spec["mark"], app_spec["encoding"]) == (spec["mark"], spec["encoding"])
     radio.set_value("learned (this model's table)").run()
     assert not app.exception
     learned = position_charts()
@@ -231,6 +237,10 @@ def test_the_head_view_shades_the_tokens_one_token_attends_to(app_with_runs, run
     assert view.count("<span") == 6 and "2:&#x27;sat&#x27;: " in view
     assert view.count("masked: a later token, hidden") == 3  # 'on', 'the', 'mat' come after
     assert any("the causal mask hides them" in c.value for c in app.caption)
+    from minigpt import load, show  # a notebook draws the same view
+    model, tokenizer = load(run_dir)
+    shown = show.head_view(model, tokenizer, "the cat sat on the mat", 1, 1, 2)._repr_html_()
+    assert view == shown
 
 
 def test_a_new_prompt_resets_the_head_views_token_to_its_last(app_with_runs):

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from minigpt import circuit_charts
+from minigpt import circuit_charts, show
 from minigpt.corpus import load_corpus
 from minigpt.data import prepare_data
 from minigpt.errors import InputError, MiniGPTError
@@ -18,7 +18,7 @@ from minigpt.generation import encode_prompt
 from minigpt.gpt2 import is_gpt2_dir
 from minigpt.head_scores import HeadScores, head_kinds, head_scores, val_windows
 from minigpt.inspection import load_snapshots
-from minigpt.interventions import ablate, logit_attribution, patch
+from minigpt.interventions import ablate, logit_attribution, patch, patching_tokens
 from minigpt.resume import resume_config
 from minigpt.tokenizer import CharTokenizer
 
@@ -151,15 +151,6 @@ def swapped_pair(tokenizer, context_length: int) -> tuple[str, str]:
     return PAIRS[0]
 
 
-def chosen_tokens(model, tokenizer, clean: list[int], corrupted: list[int]) -> tuple[int, int]:
-    """The clean run's prediction, and the corrupted run's (its second choice when they agree)."""
-    with torch.no_grad():
-        logits = model(torch.tensor([clean, corrupted]))[:, -1]
-    answer = int(logits[0].argmax())
-    ranked = logits[1].topk(2).indices.tolist()
-    return answer, ranked[1] if ranked[0] == answer else ranked[0]
-
-
 def single_token(tokenizer, text: str, what: str) -> int | None:
     ids = tokenizer.encode(text) if text else []
     if len(ids) != 1:
@@ -188,7 +179,7 @@ def patching_view(model, tokenizer) -> None:
                  "patching copies an activation to the same position of the other run, so both "
                  "need the same number of tokens. Change a word for a word.")
         return
-    answer, wrong = chosen_tokens(model, tokenizer, clean, corrupted)
+    answer, wrong = patching_tokens(model, clean, corrupted)
     pair = f"{clean}|{corrupted}"  # the defaults follow the pair; a stale choice does not stay
     answer = single_token(tokenizer, left.text_input(
         "answer token (the clean run's prediction)", tokenizer.decode([answer]),
@@ -201,33 +192,25 @@ def patching_view(model, tokenizer) -> None:
     result = remember("patched", (id(model), tuple(clean), tuple(corrupted), answer, wrong),
                       lambda: patch(model, clean, corrupted, answer, wrong),  # dozens of passes
                       "Patching every layer, position and head...")
-    patching_charts(result, tokenizer, clean, corrupted, cfg.num_heads)
+    patching_charts(result, tokenizer, clean, corrupted)
 
 
-def patching_charts(result, tokenizer, clean: list[int], corrupted: list[int], heads: int) -> None:
-    positions = [f"{i}:{tokenizer.decode([a])!r}" + ("" if a == b else f"/{tokenizer.decode([b])!r}")
-                 for i, (a, b) in enumerate(zip(clean, corrupted))]
-    layers = result.heads.size(0)
-    stream = ["embeddings", *(f"after block {i}" for i in range(1, layers + 1))]
+def patching_charts(result, tokenizer, clean: list[int], corrupted: list[int]) -> None:
+    residual, heads, *ffn = show.patching_charts(result, tokenizer, clean, corrupted)
     st.caption(f"What am I looking at: the logit difference answer - wrong after the last token "
                f"is {result.clean_diff:.2f} in the clean run and {result.corrupted_diff:.2f} in "
                "the corrupted one. Each cell is how much of that gap one patched activation "
                "recovers: 0 = nothing (the corrupted run's), 1 = all of it (the clean run's). "
                "Positions where the prompts differ show both tokens, clean/corrupted.")
-    st.altair_chart(circuit_charts.recovery_chart(result.residual, positions, stream, "position",
-                                          "residual stream"), width="stretch")
+    st.altair_chart(residual, width="stretch")
     left, right = st.columns(2)
     with left:
         st.caption("Each head's output, at every position at once.")
-        st.altair_chart(circuit_charts.recovery_chart(result.heads, [f"head {h}" for h in range(heads)],
-                                              [f"layer {i}" for i in range(1, layers + 1)],
-                                              "head", "layer"), width="stretch")
-    if result.ffn is not None:
+        st.altair_chart(heads, width="stretch")
+    if ffn:
         with right:
             st.caption("Each feed-forward block's output, one position at a time.")
-            st.altair_chart(circuit_charts.recovery_chart(
-                result.ffn, positions, [f"layer {i} FFN" for i in range(1, layers + 1)],
-                "position", "feed-forward"), width="stretch")
+            st.altair_chart(ffn[0], width="stretch")
 
 
 POST_NORM_NOTE = ("Direct logit attribution does not apply to this model: it is post-norm, so "

@@ -2,25 +2,20 @@
 outputs, positions, temperature, watch it learn). Each view lays out Streamlit widgets and text
 around charts drawn by minigpt.charts."""
 
-import html
 from pathlib import Path
 
 import streamlit as st
 
-from minigpt import charts, circuit_charts
+from minigpt import charts, circuit_charts, show
 from minigpt.app.hypothesis import remember, val_tokens
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
 from minigpt.gpt2 import is_gpt2_dir
-from minigpt.heatmap import colour
 from minigpt.inspection import (
     load_snapshots,
-    nearest_tokens,
-    position_similarity,
     token_probabilities,
     top_activations,
 )
-from minigpt.positions import sinusoidal_table
 from minigpt.resume import resume_config
 from minigpt.tokenizer import WordTokenizer
 
@@ -30,7 +25,6 @@ LENS_ROW_0_NOTE = (f"the bottom row, {charts.LENS_ROW_0}, reads the embeddings b
                    "has run: there the token itself is the likeliest 'next' token (the head reads "
                    "back the embedding it is tied to), so it says nothing about the prediction. "
                    "Predictions form in the rows above it.")
-POSITIONS_SHOWN, DIMENSIONS_SHOWN = 64, 128
 NEAREST = 12  # neighbours shown of a token in the embedding  # the rest adds cells, not insight
 
 
@@ -137,21 +131,8 @@ def head_view(seen, layer: int, num_heads: int) -> None:
     # Keyed by the tokens: a new prompt starts at its last token, not at a stale index and label.
     query = right.selectbox("token", range(len(labels)), index=len(labels) - 1,
                             format_func=lambda i: labels[i], key=f"query:{labels}")
-    weights = seen.attentions[layer - 1][head][query]
     masked = charts.is_masked(seen.attentions[layer - 1])
-    spans = []
-    for i, token in enumerate(seen.tokens):
-        hidden = masked and i > query
-        shade = charts.MASK_GREY if hidden else "#{:02x}{:02x}{:02x}".format(
-            *colour(float(weights[i])))
-        ink = "#555" if hidden else "black" if weights[i] > 0.5 else "white"
-        border = "2px solid #c0392b" if i == query else "1px dashed #888" if hidden else "none"
-        style = f"background:{shade};color:{ink};border:{border};padding:1px 3px;margin:1px"
-        title = f"{labels[i]}: {charts.MASKED}, hidden" if hidden else \
-            f"{labels[i]}: {float(weights[i]):.3f}"
-        spans.append(f'<span style="{style}" title="{html.escape(title)}">'
-                     f"{html.escape(repr(token)[1:-1]) or '&nbsp;'}</span>")
-    st.markdown(" ".join(spans), unsafe_allow_html=True)
+    st.markdown(show.head_view_html(seen, layer, head, query), unsafe_allow_html=True)
     if masked and query < len(labels) - 1:
         st.caption(f"The grey tokens come after {labels[query]}: the causal mask hides them from "
                    "it, so they get no weight because they cannot be seen, not because the head "
@@ -216,8 +197,8 @@ def neuron_view(model, tokenizer, run_dir: Path, modified: float) -> None:
                     width="stretch")
 
 
-def position_table(model):
-    """The radio choice of position table: (its name, the table, what to notice in it)."""
+def position_table(model) -> tuple[str, str]:
+    """The radio choice of position table: (its kind for minigpt.show, what to notice in it)."""
     cfg = model.config
     kinds = ["sinusoidal (the deck's formula)"]
     if cfg.pos_encoding == "learned":
@@ -226,41 +207,35 @@ def position_table(model):
         st.caption(f"This model uses {cfg.pos_encoding} positions"
                    + ("." if cfg.pos_encoding == "sinusoidal" else
                       ", so it adds no table: the sinusoidal one is shown for comparison."))
-    kind = st.radio("position table", kinds, horizontal=True, key="positions")
-    if kind.startswith("learned"):
-        return kind, model.pos_emb.vectors(), (
-            "trained like any weight, with no formula: compare its fingerprint picture with the "
-            "sinusoidal table's.")
-    return kind, sinusoidal_table(cfg.context_length, cfg.embed_dim), (
-        "each pair of columns is a sine and a cosine wave; the first columns change fast from one "
-        "position to the next, the later ones slowly, like the hands of a clock.")
+    kind = st.radio("position table", kinds, horizontal=True, key="positions").split()[0]
+    if kind == "learned":
+        return kind, ("trained like any weight, with no formula: compare its fingerprint picture "
+                      "with the sinusoidal table's.")
+    return kind, ("each pair of columns is a sine and a cosine wave; the first columns change fast "
+                  "from one position to the next, the later ones slowly, like the hands of a "
+                  "clock.")
 
 
 def positions_view(model) -> None:
     """The deck's sinusoidal position table at this model's sizes (or the table the model learned),
     and how alike every two positions are."""
     cfg = model.config
-    kind, table, note = position_table(model)
-    table = table.detach().float().cpu()[:POSITIONS_SHOWN]
-    st.markdown(f"**The {kind.split()[0]} position table**: one row per position, one column per "
+    kind, note = position_table(model)
+    st.markdown(f"**The {kind} position table**: one row per position, one column per "
                 "dimension of the embedding; the row is added to the embedding of the token at "
                 "that position.")
     st.caption("What am I looking at: " + note
-               + (f" First {DIMENSIONS_SHOWN} of {cfg.embed_dim} dimensions."
-                  if cfg.embed_dim > DIMENSIONS_SHOWN else "")
-               + (f" First {POSITIONS_SHOWN} of {cfg.context_length} positions."
-                  if cfg.context_length > POSITIONS_SHOWN else ""))
-    st.altair_chart(charts.matrix_chart(table[:, :DIMENSIONS_SHOWN], "dimension", "position",
-                                        "value"), width="stretch")
+               + (f" First {show.DIMENSIONS_SHOWN} of {cfg.embed_dim} dimensions."
+                  if cfg.embed_dim > show.DIMENSIONS_SHOWN else "")
+               + (f" First {show.POSITIONS_SHOWN} of {cfg.context_length} positions."
+                  if cfg.context_length > show.POSITIONS_SHOWN else ""))
+    st.altair_chart(show.positions(model, kind), width="stretch")
     st.markdown("**Every position a unique fingerprint**: the cosine similarity of every two "
                 "positions' vectors.")
     st.caption("What am I looking at: row p compares position p with every other. Only the "
                "diagonal reaches 1, so no two positions look alike to the model, and nearby "
                "positions are more similar than distant ones.")
-    similarity = position_similarity(table)  # the colours span its own range, for contrast
-    st.altair_chart(charts.matrix_chart(similarity, "compared with position", "position",
-                                        "similarity", domain=[float(similarity.min()), 1.0]),
-                    width="stretch")
+    st.altair_chart(show.position_fingerprints(model, kind), width="stretch")
 
 
 def embedding_view(model, tokenizer, ids: list[int]) -> None:
@@ -270,9 +245,7 @@ def embedding_view(model, tokenizer, ids: list[int]) -> None:
     choices = list(dict.fromkeys(ids))
     token = st.selectbox("token (from the text inspected)", choices, key=f"embedding:{choices}",
                          format_func=lambda i: repr(tokenizer.decode([i])))
-    near, similarity = nearest_tokens(model.token_emb.weight, token, NEAREST)
-    st.altair_chart(charts.similarity_bars([tokenizer.decode([i]) for i in near], similarity),
-                    width="stretch")
+    st.altair_chart(show.embedding(model, tokenizer, token, NEAREST), width="stretch")
     st.caption("What am I looking at: the tokens whose embeddings point the most the same way "
                "as this one's (1 = the same direction, 0 = unrelated). Training puts tokens that "
                "are used alike near each other before any layer has run: look for a word's "
@@ -292,8 +265,8 @@ def temperature_view(seen, tokenizer, controls: dict) -> None:
                "text inspected" + (f"; tokens that {cuts} cut get probability 0" if cuts else "")
                + ". On a prompt the model is sure about, every temperature keeps the top token "
                "far ahead: try a prompt that could go on in several ways.")
-    st.altair_chart(charts.temperature_chart(seen.next_token_probs, tokenizer, temperature,
-                                             top_k, top_p), width="stretch")
+    st.altair_chart(show.temperature(None, tokenizer, seen, temperature, top_k, top_p),
+                    width="stretch")
 
 
 def no_snapshots_note(run_dir: Path) -> str:
