@@ -4,6 +4,7 @@
     python train.py --resume runs/default-20261127-101500
     torchrun --max-restarts 3 --nproc_per_node=2 train.py --train.run_name big --resume auto
     python train.py --eval-only --resume runs/default-20261127-101500   # exact whole-split loss
+    python train.py --prepare-only --data.path corpus/ --data.tokenizer bpe   # tokenize ahead
     torchrun --nproc_per_node=2 train.py --config configs/default.toml
 
 `python train.py --help` lists every config key with its default.
@@ -11,6 +12,7 @@
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,10 +27,12 @@ from minigpt.config import (
     load_config,
     read_toml,
 )
+from minigpt.data import prepare_data
 from minigpt.errors import ConfigError
 from minigpt.evaluation import evaluate_run
 from minigpt.resume import init_config, resume_config
 from minigpt.runtime import torchrun_ranks, tune_process
+from minigpt.stopping import StopRequest
 from minigpt.training import TrainResult, train
 
 AUTO = "auto"  # --resume auto
@@ -55,6 +59,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--eval-only", action="store_true",
                         help="with --resume: print the exact train/val loss and perplexity of the "
                              "run's checkpoints over the whole splits, and exit")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="tokenize the data into its token shards (in data.cache_dir) and "
+                             "exit: a later run on the same data starts at once")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     group = parser.add_argument_group("config keys (--section.key VALUE)")
     for key, default, text in describe_keys(load_config(default_config_path())):
@@ -115,6 +122,17 @@ def closing_line(result: TrainResult) -> str:
     return f"best val loss {result.best_val_loss:.4f}{where}; {result.step} steps trained"
 
 
+def prepare(cfg: Config, quiet: bool) -> None:
+    """--prepare-only: the data's shards made (or found), and what they hold."""
+    started = time.perf_counter()
+    with StopRequest() as stop:
+        data = prepare_data(cfg.data, cfg.model.context_length, progress=not quiet,
+                            interrupted=lambda: stop.reason is not None)
+    print(f"{data.source}: {len(data.train):,} train and {len(data.val):,} val tokens "
+          f"({data.tokenizer.kind} tokenizer, {data.tokenizer.vocab_size:,} ids) ready in "
+          f"{time.perf_counter() - started:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if args.eval_only:
@@ -123,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_run(args.resume, overrides)
         return 0
     cfg, resume = run_config(args, overrides)
+    if args.prepare_only:
+        prepare(cfg, quiet=args.quiet)
+        return 0
     tune_process()  # process-wide speed settings (glibc keeps freed memory; TF32 on CUDA)
     result = train(cfg, resume=resume, progress=not args.quiet, log=tqdm.write)
     if (torchrun_ranks() or (0,))[0] == 0:  # rank 0 prints what to do next

@@ -36,8 +36,8 @@ def run_cli(main: Callable[[], int]) -> None:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         code = STOP_EXIT_CODES["SIGINT"]
     sys.exit(code)
 

@@ -69,10 +69,15 @@ class DataConfig:
         "named corpus: the embedded animal stories; the same with random word lists said twice "
         "(copying them takes an induction head); or Tiny Shakespeare (downloaded once)",
         "embedded")
-    path: str = _help("a UTF-8 text file to train on instead of data.dataset", "")
+    path: str = _help("text to train on instead of data.dataset: a UTF-8 file, a directory of "
+                      ".txt/.md/.jsonl files, or a glob; prepared into token shards once", "")
+    text_field: str = _help("the field holding the text in each line of a .jsonl file", "text")
     tokenizer: Literal["char", "word", "bpe"] = _help("how text becomes token ids", "word")
     bpe_vocab_size: int = _help("vocabulary size of a bpe tokenizer (>= 256)", 512)
-    val_fraction: float = _help("share of the text, at its end, held out for validation", 0.1)
+    tokenizer_sample: int = _help("characters at the start of the text that a word or bpe "
+                                  "tokenizer learns its vocabulary from", 10_000_000)
+    val_fraction: float = _help("share of the text, at its end, held out for validation (whole "
+                                "documents, when there are several)", 0.1)
     cache_dir: str = _help("where downloads and tokenized corpora are cached "
                            "(empty: $MINIGPT_CACHE or ~/.cache/minigpt)", "")
 
@@ -85,6 +90,11 @@ class DataConfig:
                               f"{self.bpe_vocab_size}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.tokenizer_sample < 1:
+            raise ConfigError(f"data.tokenizer_sample must be at least 1, got "
+                              f"{self.tokenizer_sample}")
+        if not self.text_field:
+            raise ConfigError("data.text_field must name a field of the .jsonl records")
         _check_paths("data", self, ["path", "cache_dir"])
 
 

@@ -1,28 +1,28 @@
-"""Data: text -> token tensor -> train/val split -> random batches.
+"""Data: text -> prepared token shards -> train/val split -> random batches.
 
     data = prepare_data(cfg.data, context_length)    # tokenizer + train/val token tensors
     x, y = get_batch(data.train, batch_size, context_length, generator)   # (B, T) each
 
-Tokenized corpora are cached (keyed by a hash of the text and the tokenizer settings), so a second
-run on the same text skips tokenization and, for bpe, tokenizer training.
+The text is tokenized once into shards in the cache (minigpt.shards), which later runs map into
+memory without reading the text again: a corpus of any size starts in about the same time and
+memory as the embedded one.
 """
 
 import hashlib
-import io
-import json
 import os
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from minigpt import shards
 from minigpt.config import DataConfig
 from minigpt.corpus import load_corpus, with_repeats
-from minigpt.errors import DataError, DiskFullError
+from minigpt.errors import DataError
 from minigpt.files import atomic_write
-from minigpt.tokenizer import Tokenizer, tokenizer_from_dict, train_tokenizer
+from minigpt.sources import Source, find_sources, read_text_file
+from minigpt.tokenizer import Tokenizer
 
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                    "tinyshakespeare/input.txt")
@@ -66,96 +66,63 @@ def download_shakespeare(directory: Path, url: str = SHAKESPEARE_URL) -> Path:
 
 
 def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's contents with "\\n" line ends, or a DataError saying what is wrong."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"data path {path} is a directory; pass a UTF-8 text file")
-    if path.exists() and not path.is_file():
-        raise DataError(f"data path {path} is not a regular file; pass a UTF-8 text file")
-    if not path.is_file():
-        raise DataError(f"data file {path} not found; check --data.path")
-    try:
-        text = path.read_bytes().decode("utf-8").replace("\r\n", "\n")  # Windows line ends
-    except OSError as err:
-        raise DataError(f"data file {path} cannot be read: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"data file {path} is not valid UTF-8 text (byte {err.start}); "
-                        f"convert it to UTF-8 first") from None
+    """A UTF-8 text file's whole contents with "\\n" line ends, or a DataError saying what is
+    wrong (for files known to be small; training data goes through minigpt.shards)."""
+    sources = find_sources(str(path))
+    if len(sources) != 1 or sources[0].jsonl or Path(path).is_dir():
+        raise DataError(f"data path {path} is not one text file; pass a UTF-8 text file")
+    text = "".join(read_text_file(sources[0].path, _NoBar(), hashlib.sha256()))
     if not text.strip():
         raise DataError(f"data file {path} is empty; it needs some text to train on")
     return text
 
 
-def load_text(cfg: DataConfig) -> tuple[str, str]:
-    """(text, description of its source) for the data config."""
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def data_sources(cfg: DataConfig) -> tuple[list[Source], str]:
+    """(what to read, a description of it for the log) for the data config."""
     if cfg.path:
-        return read_text(cfg.path), cfg.path
+        sources = find_sources(cfg.path)
+        return sources, cfg.path if len(sources) == 1 else f"{cfg.path} ({len(sources)} files)"
     if cfg.dataset == "shakespeare":
         path = download_shakespeare(cache_dir(cfg))
-        return read_text(path), f"shakespeare ({path})"
+        return [Source(path)], f"shakespeare ({path})"
     if cfg.dataset == "repeats":
-        return with_repeats(load_corpus()), "embedded corpus with repeated word lists"
-    return load_corpus(), "embedded corpus"
+        return ([Source(text=with_repeats(load_corpus()))],
+                "embedded corpus with repeated word lists")
+    return [Source(text=load_corpus())], "embedded corpus"
 
 
-def prepare_data(cfg: DataConfig, context_length: int, tokenizer: Tokenizer | None = None) -> Dataset:
-    """Tokenize the configured text (or reuse the cached result) and split it into train/val.
-    With tokenizer (a resumed or fine-tuned run's own), the text is encoded with it instead of a
-    tokenizer trained on it."""
-    text, source = load_text(cfg)
-    settings = ({"tokenizer": tokenizer.to_dict()} if tokenizer is not None else
-                {"tokenizer": cfg.tokenizer, "bpe_vocab_size": cfg.bpe_vocab_size,
-                 "bpe_split": "gpt2"})  # caches of earlier versions split BPE text otherwise
-    key = hashlib.sha256(text.encode() + json.dumps(settings).encode()).hexdigest()[:20]
-    cache_file = cache_dir(cfg) / "tokens" / f"{key}.pt"
-    cached = _read_token_cache(cache_file)
-    if cached is not None:
-        tokenizer, tokens = cached
-        tokens = tokens.to(token_dtype(tokenizer.vocab_size))  # caches from older versions: int64
-    else:
-        tokenizer = tokenizer or train_tokenizer(cfg.tokenizer, text, cfg.bpe_vocab_size)
-        tokens = torch.tensor(tokenizer.encode(text), dtype=token_dtype(tokenizer.vocab_size))
-        _write_token_cache(cache_file, tokenizer, tokens)
-    n_val = int(len(tokens) * cfg.val_fraction)
-    train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
+def prepare_data(cfg: DataConfig, context_length: int, tokenizer: Tokenizer | None = None,
+                 progress: bool = False, interrupted=lambda: False) -> Dataset:
+    """The configured text as prepared shards (made on first use, with a progress bar when
+    progress is set and the text is large), split into train and val. With tokenizer (a resumed
+    or fine-tuned run's own), the text is encoded with it instead of a tokenizer trained on it.
+    interrupted() is asked between blocks of text: once true, preparing stops (Interrupted)."""
+    sources, source = data_sources(cfg)
+    try:
+        cache = cache_dir(cfg)
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # an unwritable cache only costs time: the tokens are made in memory
+        cache = None
+    prepared = shards.prepare(cfg, sources, tokenizer, cache, progress, interrupted)
+    train, val = prepared.split(cfg.val_fraction)
     for split, part in (("validation", val), ("training", train)):
         if len(part) <= context_length:
             raise DataError(
                 f"the {split} split has {len(part)} tokens but needs more than "
                 f"model.context_length={context_length}; use a longer text, a smaller "
                 f"model.context_length or a different data.val_fraction")
-    return Dataset(tokenizer, train, val, source)
-
-
-def _read_token_cache(path: Path):
-    if not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, weights_only=True)
-        return tokenizer_from_dict(blob["tokenizer"]), blob["tokens"]
-    except Exception:  # a damaged cache entry is rebuilt, never trusted
-        return None
-
-
-def _write_token_cache(path: Path, tokenizer: Tokenizer, tokens: torch.Tensor) -> None:
-    buffer = io.BytesIO()
-    torch.save({"tokenizer": tokenizer.to_dict(), "tokens": tokens}, buffer)
-    try:
-        atomic_write(path, lambda f: f.write(buffer.getvalue()))
-    except OSError:
-        pass  # the cache only saves time; an unwritable cache directory is not an error
-    except DiskFullError as err:  # but a full one is worth saying: the runs may be there too
-        warnings.warn(f"{err}; the tokens are not cached, so the next run tokenizes again",
-                      stacklevel=3)
+    return Dataset(prepared.tokenizer, train, val, source)
 
 
 def token_dtype(vocab_size: int) -> torch.dtype:
-    """The smallest integer dtype holding ids below vocab_size: a character corpus stored as
-    uint8 takes an eighth of the memory of int64; batches are widened to int64 when drawn."""
-    for dtype in (torch.uint8, torch.int16, torch.int32):
-        if vocab_size - 1 <= torch.iinfo(dtype).max:
-            return dtype
-    return torch.int64
+    """The torch dtype of prepared tokens (minigpt.shards.token_dtype): uint8, uint16 or int32;
+    batches are widened to int64 when drawn."""
+    return getattr(torch, shards.token_dtype(vocab_size).name)
 
 
 def get_batch(tokens: torch.Tensor, batch_size: int, context_length: int,

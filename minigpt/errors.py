@@ -37,3 +37,8 @@ class DiskFullError(MiniGPTError):
 
 class RunInUseError(MiniGPTError):
     """Another process is training in the run directory."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped work that keeps nothing half-done (preparing the data); the
+    message says what happens next. The command lines print it and exit 130."""

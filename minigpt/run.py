@@ -68,7 +68,7 @@ class Run:
         try:
             if resume is None and runtime.master:
                 check_unused(directory)  # again: another start may have trained there since
-            run = cls._start(cfg, resume, runtime, directory)
+            run = cls._start(cfg, resume, runtime, directory, stop)
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -80,12 +80,13 @@ class Run:
 
     @classmethod
     def _start(cls, cfg: Config, resume: str | Path | None, runtime: Runtime,
-               directory: Path) -> "Run":
+               directory: Path, stop: "StopRequest | None") -> "Run":
         state = (load_resume_state(resume, cfg, master=runtime.master) if resume is not None
                  else None)
         init = load(cfg.train.init_from) if state is None and cfg.train.init_from else None
         tokenizer = saved_tokenizer(state) if state is not None else init[1] if init else None
-        data = prepare_data(cfg.data, cfg.model.context_length, tokenizer)
+        data = prepare_data(cfg.data, cfg.model.context_length, tokenizer, progress=runtime.master,
+                            interrupted=lambda: stop is not None and stop.reason is not None)
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
         check_fits(cfg.model, cfg.train, runtime.device)
         probe, prompt = probe_ids(data, cfg) if cfg.train.probe else ([], "")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import minigpt.data as data_module
+import minigpt.shards as shards_module
 from minigpt.config import DataConfig
 from minigpt.corpus import load_corpus
 from minigpt.data import (
@@ -46,11 +47,13 @@ def test_bad_files_give_clear_errors(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(DataError, match=message):
         prepare_data(config(tmp_path, path=str(path)), context_length=8)
-    assert not (tmp_path / "cache").exists()  # nothing written
+    shards = tmp_path / "cache" / "shards"  # nothing prepared, nothing half-written left
+    assert not shards.exists() or not [p for p in shards.iterdir() if p.is_dir()]
 
 
-def test_directory_instead_of_file(tmp_path):
-    with pytest.raises(DataError, match="is a directory"):
+def test_a_directory_without_text_files(tmp_path):
+    (tmp_path / "notes.py").write_text("print('not training text')")
+    with pytest.raises(DataError, match="is a directory with no text files in it"):
         prepare_data(config(tmp_path, path=str(tmp_path)), context_length=8)
 
 
@@ -67,9 +70,10 @@ def test_second_run_reuses_the_token_cache(tmp_path, monkeypatch):
     first = prepare_data(cfg, context_length=32)
 
     def fail(*args, **kwargs):
-        raise AssertionError("tokenizer trained again despite the cache")
+        raise AssertionError("text read or tokenizer trained again despite the prepared shards")
 
-    monkeypatch.setattr(data_module, "train_tokenizer", fail)
+    monkeypatch.setattr(shards_module, "train_tokenizer", fail)
+    monkeypatch.setattr(shards_module, "documents", fail)
     second = prepare_data(cfg, context_length=32)
     assert torch.equal(first.train, second.train)
     assert second.tokenizer.to_dict() == first.tokenizer.to_dict()
@@ -77,10 +81,10 @@ def test_second_run_reuses_the_token_cache(tmp_path, monkeypatch):
 
 def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
     cfg = config(tmp_path, tokenizer="char")
-    first = prepare_data(cfg, context_length=32)
-    for entry in (tmp_path / "cache" / "tokens").iterdir():
-        entry.write_bytes(b"garbage")
-    assert torch.equal(prepare_data(cfg, context_length=32).val, first.val)
+    first = prepare_data(cfg, context_length=32).val.clone()  # its file is about to be damaged
+    for entry in (tmp_path / "cache" / "shards").glob("*/tokens.bin"):
+        entry.write_bytes(b"garbage")  # a size that does not add up: prepared again
+    assert torch.equal(prepare_data(cfg, context_length=32).val, first)
 
 
 def test_batches_are_shifted_windows_and_seeded():
@@ -94,7 +98,8 @@ def test_batches_are_shifted_windows_and_seeded():
 
 def test_tokens_are_stored_compactly_and_batches_are_int64(tmp_path):
     assert [token_dtype(n) for n in (65, 256, 257, 32768, 32769)] == [
-        torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32]
+        torch.uint8, torch.uint8, torch.uint16, torch.uint16, torch.uint16]
+    assert token_dtype(65537) == torch.int32
     cfg = DataConfig(dataset="embedded", tokenizer="char", cache_dir=str(tmp_path))
     for _ in range(2):  # tokenized, then read back from the cache
         data = prepare_data(cfg, context_length=32)
