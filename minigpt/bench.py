@@ -6,6 +6,7 @@
     python -m minigpt.bench --device cpu --json bench.json
     python -m minigpt.bench speedrun --config configs/shakespeare_char.toml --target 1.48
     python -m minigpt.bench gpt2                   # what GPT-2 124M costs: disk, load, sample, tune
+    python -m minigpt.bench data --mb 2048         # preparing and training on a 2 GB text
 
 Training is measured per variant in a fresh subprocess (so peak memory is that variant's own).
 Every variant but `floor` times `minigpt.step.Trainer.step`, the very step train() runs, on a
@@ -38,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from minigpt.bench_data import TOKENIZERS as DATA_TOKENIZERS
+from minigpt.bench_data import bench_data, print_data_report
 from minigpt.bench_gpt2 import bench_gpt2
 from minigpt.cli import ArgumentParser, run_cli
 from minigpt.config import TrainConfig
@@ -243,6 +246,8 @@ def print_report(report: dict) -> None:
               f"{r['inspect_s']:.2f} s; sampling {r['generate_tokens_per_s']:.1f} tokens/s; a "
               f"fine-tuning step of {r['finetune_tokens_per_step']:,} tokens "
               f"{r['finetune_step_s']:.1f} s; peak memory {r['peak_memory_mb']:,.0f} MB")
+    if report.get("data"):
+        print_data_report(report["data"])
     if report.get("generate"):
         print("\ngeneration (tokens/s, all samples together; cache modes past the context: "
               "exact recomputes the window, fast rolls or re-prefills it)")
@@ -258,11 +263,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line, checked: one line and exit 2 for values that mean nothing."""
     parser = ArgumentParser(prog="python -m minigpt.bench", description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=["all", "peak", "train", "generate", "speedrun", "gpt2"],
+                        choices=["all", "peak", "train", "generate", "speedrun", "gpt2", "data"],
                         help="peak: the device's matmul GFLOP/s; train: the training step's "
                              "speed per variant; generate: tokens/s with and without the KV "
                              "cache; speedrun: time for --config to reach --target; gpt2: what "
-                             "GPT-2 124M costs here; all: peak, train and generate (default)")
+                             "GPT-2 124M costs here; data: preparing token shards and training "
+                             "on a big text (minigpt.bench_data); all: peak, train and "
+                             "generate (default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                         help="train: the model sizes to time (default: both)")
@@ -285,6 +292,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="speedrun: the val loss to reach")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="speedrun: config overrides, e.g. train.max_steps=3000")
+    parser.add_argument("--text", help="data: a text file (default: synthetic text of --mb MB)")
+    parser.add_argument("--mb", type=float, default=256, help="data: MB of synthetic text")
+    parser.add_argument("--tokenizers", nargs="+", default=list(DATA_TOKENIZERS),
+                        choices=DATA_TOKENIZERS, help="data: the tokenizers to prepare with")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1:
@@ -293,6 +304,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--max-seconds must be a positive number of seconds")
     if not 1 <= args.new_tokens <= 100_000 or not all(1 <= b <= 1024 for b in args.batch_sizes):
         parser.error("--new-tokens must be in [1, 100000] and --batch-sizes in [1, 1024]")
+    if args.text and not Path(args.text).is_file():
+        parser.error(f"--text {args.text[:80]!r} is not a file")
+    if not 0 < args.mb <= 1e6:
+        parser.error("--mb must be a size in MB, more than 0")
     if args.what == "speedrun" and not 0 < args.target < float("inf"):
         parser.error("--target must be a val loss > 0")
     bad = [item for item in args.set if "=" not in item]
@@ -326,6 +341,8 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
                                             args.batch_sizes, device)
     if args.what == "gpt2":
         report["gpt2"] = bench_gpt2(device)
+    if args.what == "data":
+        report["data"] = bench_data(args.text, args.mb, args.tokenizers)
     return report
 
 

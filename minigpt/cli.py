@@ -11,7 +11,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from minigpt.errors import MiniGPTError
+from minigpt.errors import Interrupted, MiniGPTError
 
 STOP_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells do
 
@@ -30,14 +30,17 @@ def run_cli(main: Callable[[], int]) -> None:
             stream.reconfigure(errors="replace")
     try:
         code = main()
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        code = STOP_EXIT_CODES["SIGINT"]
     except MiniGPTError as err:
         if os.environ.get("MINIGPT_DEBUG"):
             raise
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt as err:
-        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         code = STOP_EXIT_CODES["SIGINT"]
     sys.exit(code)
 

@@ -11,6 +11,7 @@ memory as the embedded one.
 import hashlib
 import os
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,9 @@ class Dataset:
     train: torch.Tensor  # (N_train,) token ids, in the smallest integer dtype that holds them
     val: torch.Tensor  # (N_val,)
     source: str  # where the text came from, for the log
+    # release(tokens, starts, length) unmaps the pages of the token file that reading these
+    # windows mapped in (Shards.release): memory stays flat however big the corpus
+    release: Callable[[torch.Tensor, torch.Tensor, int], None] = lambda *window: None
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -116,7 +120,7 @@ def prepare_data(cfg: DataConfig, context_length: int, tokenizer: Tokenizer | No
                 f"the {split} split has {len(part)} tokens but needs more than "
                 f"model.context_length={context_length}; use a longer text, a smaller "
                 f"model.context_length or a different data.val_fraction")
-    return Dataset(prepared.tokenizer, train, val, source)
+    return Dataset(prepared.tokenizer, train, val, source, prepared.release)
 
 
 def token_dtype(vocab_size: int) -> torch.dtype:
@@ -126,9 +130,11 @@ def token_dtype(vocab_size: int) -> torch.dtype:
 
 
 def get_batch(tokens: torch.Tensor, batch_size: int, context_length: int,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator, release=None) -> tuple[torch.Tensor, torch.Tensor]:
     """batch_size random windows of tokens: inputs x and next-token targets y, (B, T) each,
-    int64 whatever the dtype of tokens."""
+    int64 whatever the dtype of tokens. release: a Dataset's, to unmap what the reads mapped."""
     starts = torch.randint(len(tokens) - context_length, (batch_size,), generator=generator)
     windows = tokens[starts[:, None] + torch.arange(context_length + 1)].long()  # (B, T + 1)
+    if release is not None:
+        release(tokens, starts, context_length + 1)
     return windows[:, :-1], windows[:, 1:]

@@ -39,6 +39,6 @@ class RunInUseError(MiniGPTError):
     """Another process is training in the run directory."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped work that keeps nothing half-done (preparing the data); the
-    message says what happens next. The command lines print it and exit 130."""
+class Interrupted(MiniGPTError):
+    """Ctrl-C, SIGTERM or the app's Cancel stopped work that keeps nothing half-done (preparing
+    the data); the message says what happens next. The command lines print it and exit 130."""

@@ -68,7 +68,8 @@ def estimate_loss(model: GPT, data: Dataset, cfg: Config, runtime: Runtime) -> d
         for split, tokens in (("train", data.train), ("val", data.val)):
             total = torch.zeros((), device=runtime.device)
             for _ in range(tc.eval_batches):
-                x, y = get_batch(tokens, tc.batch_size, cfg.model.context_length, generator)
+                x, y = get_batch(tokens, tc.batch_size, cfg.model.context_length, generator,
+                                 data.release)
                 with runtime.autocast():
                     total += lm_loss(model(x.to(runtime.device)), y.to(runtime.device))
             losses[split] = total.item() / tc.eval_batches

@@ -122,7 +122,7 @@ class Run:
         rank's stream differs, and the generator state saved by rank 0 resumes all of them."""
         tc, rank = self.cfg.train, self.runtime.rank
         x, y = get_batch(self.data.train, tc.batch_size * self.runtime.world_size,
-                         self.cfg.model.context_length, self.batches)
+                         self.cfg.model.context_length, self.batches, self.data.release)
         mine = slice(rank * tc.batch_size, (rank + 1) * tc.batch_size)
         return x[mine].to(self.runtime.device), y[mine].to(self.runtime.device)
 

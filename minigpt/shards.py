@@ -26,6 +26,7 @@ One process prepares a key at a time (a lock file beside it); the others wait an
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import sys
@@ -56,6 +57,7 @@ from minigpt.tokenizer import (
 )
 
 FORMAT = 1  # of the folder's layout; a new one prepares anew
+FOLIO = 2 << 20  # the largest page-cache folio the kernel maps around a read (Shards.release)
 SHOW_PROGRESS = 16 << 20  # bytes of text from which preparing shows a progress bar
 GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
@@ -66,6 +68,22 @@ class Shards:
     tokens: torch.Tensor  # (N,) over the mapped tokens.bin (or in memory, when no cache could hold it)
     ends: np.ndarray  # (documents,) where each document ends
     index: dict = field(default_factory=dict)
+    mapped: np.memmap | None = None  # the token file's map, when tokens are read through one
+
+    def release(self, tokens: torch.Tensor, starts: torch.Tensor, length: int) -> None:
+        """Unmap what reading windows [start, start + length) of tokens (a slice of self.tokens)
+        mapped in; the pages stay in the page cache. The kernel maps 64 kB to 2 MB around every
+        read (whole page-cache folios), so without this a long run's resident memory grows
+        toward the token file's size. A few microseconds a window; a no-op without a map or
+        madvise (Windows)."""
+        if self.mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        size, offset = self.mapped.itemsize, tokens.storage_offset()
+        end_of_file = len(self.mapped) * size
+        for start in starts.tolist():
+            first = (offset + start) * size // FOLIO * FOLIO
+            last = min(-(-(offset + start + length) * size // FOLIO) * FOLIO, end_of_file)
+            self.mapped._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(train, val): the last val_fraction of the tokens, moved to the nearest document end
@@ -258,11 +276,11 @@ def _open(folder: Path) -> Shards | None:
         tokenizer = tokenizer_from_dict(index["tokenizer"])
         # copy-on-write: writable for torch, never written back; pages are shared with every
         # process mapping the same file, and read from disk only when a batch touches them
-        tokens = torch.from_numpy(np.memmap(tokens_file, dtype=dtype, mode="c"))
+        mapped = np.memmap(tokens_file, dtype=dtype, mode="c")
         ends = np.fromfile(ends_file, dtype=np.int64)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return Shards(tokenizer, tokens, ends, index)
+    return Shards(tokenizer, torch.from_numpy(mapped), ends, index, mapped)
 
 
 class _KeyLock:

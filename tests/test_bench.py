@@ -176,3 +176,20 @@ def test_the_gpt2_benchmark_reports_each_use(monkeypatch, tmp_path):
     assert row["finetune_tokens_per_step"] == 2 * 2 * 16 and row["prompt_tokens"] > 10
     assert all(row[key] > 0 for key in ("disk_mb", "load_s", "inspect_s", "generate_tokens_per_s",
                                         "finetune_step_s", "peak_memory_mb"))
+
+
+@pytest.mark.slow  # fresh processes for each measurement: .ci/run runs it after the default suite
+def test_the_data_benchmark_prepares_with_each_tokenizer_and_trains_small_and_big(tmp_path, capsys):
+    pytest.importorskip("tiktoken", reason="nanoGPT's way encodes with tiktoken: pip install "
+                        "-e '.[dev]'")
+    bench.main(["data", "--mb", "3", "--json", str(tmp_path / "bench.json")])
+    report = json.loads((tmp_path / "bench.json").read_text())["data"]
+    rows = {r["tokenizer"]: r for r in report["prepare"]}
+    assert set(rows) == {"char", "word", "bpe", "gpt2", "gpt2 (nanoGPT's way)"}
+    assert all(r["mb_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["tokens"] > 0
+               for r in rows.values())
+    assert rows["gpt2"]["tokens"] == rows["gpt2 (nanoGPT's way)"]["tokens"] + 1  # <|endoftext|>
+    assert [r["data"] for r in report["train"]] == ["1 MB", "3 MB"]
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in report["train"])
+    printed = capsys.readouterr().out
+    assert "nanoGPT's way" in printed and "train 5 steps on" in printed

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,8 +45,9 @@ def folders(tmp_path) -> list[Path]:
 def gpt2_style(tmp_path_factory):
     """A BPE numbered as GPT-2's files number it, with <|endoftext|>, read from those files."""
     pytest.importorskip("transformers")
-    from minigpt.gpt2 import gpt2_tokenizer
     from test_gpt2 import write_tokenizer_files
+
+    from minigpt.gpt2 import gpt2_tokenizer
 
     directory = tmp_path_factory.mktemp("gpt2-files")
     write_tokenizer_files(BPETokenizer.train(TEXT, 330), directory)
@@ -115,7 +117,8 @@ def test_a_directory_of_text_and_json_lines_is_one_document_a_file_or_line(tmp_p
                                              r"name the field holding the text with --data.text_field"),
     ({"c.jsonl": '{"text": "fine"}\nnot json\n'}, "line 2 is not valid JSON"),
     ({"c.jsonl": '{"text": 42}\n'}, "field 'text' is int, not text"),
-    ({"a.txt": "good text " * 50, "b.txt": b"caf\xe9 au lait"}, r"b.txt is not valid UTF-8 text \(byte 3\)"),
+    ({"a.txt": "good text " * 50, "b.txt": b"caf\xe9 au lait"},
+     r"b.txt is not valid UTF-8 text \(byte 3\)"),
     ({"a.txt": b"text\x00\x01\x02binary"}, "holds NUL bytes, so it is not text"),
     ({"a.txt": "   \n\n  "}, "is empty"),
     ({"notes.py": "x = 1"}, "is a directory with no text files in it"),
@@ -227,3 +230,27 @@ def test_ctrl_c_while_preparing_is_one_line_and_exit_130(tmp_path):
                                             "again")
     assert folders(tmp_path) == []
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def rss_file_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("RssFile:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc/self/status")
+def test_batches_unmap_what_they_read_so_memory_stays_flat(tmp_path):
+    """The kernel maps 64 kB to 2 MB of a file around every read: 300 windows of a 32 MB token file
+    would leave much of it resident; released as they are read, almost none stays."""
+    from minigpt.data import get_batch
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(np.random.default_rng(0).integers(97, 123, 32 << 20, dtype=np.uint8))
+    data = prepare_data(config(tmp_path, path=str(path), tokenizer="char"), 16)
+    generator = torch.Generator().manual_seed(0)
+    before = rss_file_mb()
+    for _ in range(25):
+        get_batch(data.train, 12, 64, generator, data.release)
+    assert rss_file_mb() - before < 8
+    for _ in range(25):
+        get_batch(data.train, 12, 64, generator)
+    assert rss_file_mb() - before > 8  # what the release saves

@@ -176,8 +176,9 @@ def test_a_signal_during_start_up_ends_in_a_resumable_checkpoint(tmp_path, monke
     real_prepare = run_module.prepare_data
 
     def slow_prepare(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the data is being prepared
-        return real_prepare(*args, **kwargs)
+        data = real_prepare(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives as the model is being built
+        return data
 
     monkeypatch.setattr(run_module, "prepare_data", slow_prepare)
     lines = []
