@@ -64,15 +64,23 @@ def weight_legend_chart() -> alt.Chart:
     ).properties(width=440, height=18)
 
 
-def attention_chart(weights: torch.Tensor, tokens: list[str], legend: bool = True) -> alt.Chart:
-    """Heatmap of one head's (T, T) weights with token labels; hovering shows the weight, or for
-    a causal head's cells above the diagonal that the mask hides them. The cells shrink as the
-    prompt grows (the whole head about 480 pixels at most) and every n-th token is labelled."""
-    labels, causal, T = token_labels(tokens, width=14), is_masked(weights), len(tokens)
+def heatmap_cell(count: int) -> int:
+    """Pixels of a heatmap cell for count tokens: the whole head about 480 pixels at most."""
+    return max(4, min(22, 480 // count))
+
+
+def attention_chart(weights: torch.Tensor, tokens: list[str], legend: bool = True,
+                    labels: list[str] | None = None) -> alt.Chart:
+    """Heatmap of one head's (T, T) weights with token labels (or the labels given, as for
+    pooled groups of tokens); hovering shows the weight, or for a causal head's cells above the
+    diagonal that the mask hides them. The cells shrink as the prompt grows (heatmap_cell) and
+    every n-th token is labelled."""
+    labels = labels or token_labels(tokens, width=14)
+    causal, T = is_masked(weights), len(labels)
     rows = [{"query": labels[q], "key": labels[k], "weight": float(weights[q, k]),
              "shown": _shown(float(weights[q, k]), q, k, causal)}
             for q in range(T) for k in range(T)]
-    cell = max(4, min(22, 480 // T))
+    cell = heatmap_cell(T)
     shown = labels[::-(-14 // cell)]  # a label is about 14 pixels high
     axis = alt.Axis(labelOverlap=False, labelLimit=120, values=shown)
     return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
@@ -318,20 +326,21 @@ def sampling_distribution(logits: torch.Tensor, temperature: float, top_k: int |
     return torch.softmax(top_p_filter(top_k_filter(scaled[None], top_k), top_p)[0], dim=-1)
 
 
-def _temperature_name(t: float, sidebar: float) -> str:
+def _temperature_name(t: float, chosen: float, mark: str) -> str:
     name = "0 (greedy)" if t == 0 else f"{t:g}"
-    return f"{name} (sidebar)" if t == sidebar else name
+    return f"{name} ({mark})" if t == chosen else name
 
 
 def temperature_chart(next_token_probs: torch.Tensor, tokenizer, temperature: float,
-                      top_k: int | None = None, top_p: float | None = None) -> alt.Chart:
+                      top_k: int | None = None, top_p: float | None = None,
+                      mark: str = "sidebar") -> alt.Chart:
     """The 10 likeliest next tokens (by the model's own distribution) under the sampling
-    distribution at the sidebar's temperature, marked, beside 0.5, 1 and 2, each after the same
-    top-k and top-p: low T sharpens the distribution, high T flattens it."""
+    distribution at the chosen temperature, marked "(mark)", beside 0.5, 1 and 2, each after the
+    same top-k and top-p: low T sharpens the distribution, high T flattens it."""
     logits = next_token_probs.clamp_min(1e-30).log()
     top = next_token_probs.topk(min(10, next_token_probs.numel())).indices.tolist()
     temperatures = sorted({0.5, 1.0, 2.0, temperature})
-    names = [_temperature_name(t, temperature) for t in temperatures]
+    names = [_temperature_name(t, temperature, mark) for t in temperatures]
     rows = []
     for t, name in zip(temperatures, names):
         probs = sampling_distribution(logits, t, top_k, top_p)
@@ -343,7 +352,7 @@ def temperature_chart(next_token_probs: torch.Tensor, tokenizer, temperature: fl
         x=alt.X("probability:Q", title="probability of being drawn"),
         color=alt.Color("T:N", sort=names, scale=alt.Scale(range=colours(len(names))),
                         title="temperature"),
-        stroke=alt.condition(f"datum.T == '{_temperature_name(temperature, temperature)}'",
+        stroke=alt.condition(f"datum.T == '{_temperature_name(temperature, temperature, mark)}'",
                              alt.value("#c0392b"), alt.value(None)),
         yOffset=alt.YOffset("T:N", sort=names),
         tooltip=["token", "T", alt.Tooltip("probability:Q", format=".3f")]

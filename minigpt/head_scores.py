@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from minigpt.errors import InputError
 from minigpt.hooks import capture
 from minigpt.model import GPT, eval_mode
 
@@ -88,6 +89,10 @@ def head_scores(model: GPT, val_tokens: torch.Tensor, batch: int = 8, seed: int 
     docstring), from one pass over `batch` val windows and one over repeated random tokens, each
     `length` tokens long (default: the model's context; GPT-2's 1024 would keep gigabytes of
     attention weights on a CPU)."""
+    if length is not None and length < 4:
+        raise InputError(f"scoring windows must be at least 4 tokens long, got {length}")
+    if len(val_tokens) < 9:
+        raise InputError(f"scoring needs a text of at least 9 tokens, got {len(val_tokens)}")
     T = min(model.config.context_length, length or model.config.context_length)
     device = model.token_emb.weight.device
     windows = val_windows(val_tokens, min(T, len(val_tokens) - 1), LOSS_WINDOWS).to(device)

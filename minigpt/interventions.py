@@ -150,13 +150,25 @@ def _positions_patch(clean: torch.Tensor, position: int | None, head: int | None
     return hook
 
 
+def _pair(model: GPT, clean_ids, corrupted_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean and corrupted prompts as (1, T) batches, checked: the same length, not equal."""
+    clean, corrupted = _as_batch(model, clean_ids)[:1], _as_batch(model, corrupted_ids)[:1]
+    if clean.shape != corrupted.shape:
+        raise InputError(f"the clean and corrupted prompts must have the same number of tokens, "
+                         f"got {clean.size(1)} and {corrupted.size(1)}: change a word for a word")
+    if torch.equal(clean, corrupted):
+        raise InputError("the clean and corrupted prompts are the same tokens: patching compares "
+                         "two prompts that differ somewhere")
+    return clean, corrupted
+
+
 @torch.no_grad()
 def patching_tokens(model: GPT, clean_ids, corrupted_ids) -> tuple[int, int]:
     """(answer, wrong) for patching a pair: the clean run's prediction, and the corrupted run's
     (its second choice when both runs predict the same token)."""
+    clean, corrupted = _pair(model, clean_ids, corrupted_ids)
     with eval_mode(model):
-        logits = model(torch.cat([_as_batch(model, clean_ids)[:1],
-                                  _as_batch(model, corrupted_ids)[:1]]))[:, -1]
+        logits = model(torch.cat([clean, corrupted]))[:, -1]
     answer = int(logits[0].argmax())
     ranked = logits[1].topk(2).indices.tolist()
     return answer, ranked[1] if ranked[0] == answer else ranked[0]
@@ -167,10 +179,7 @@ def patch(model: GPT, clean_ids, corrupted_ids, answer: int, wrong: int) -> Patc
     """Activation patching: run the clean and the corrupted prompt (same length), then rerun the
     corrupted one with one clean activation written in, at each (layer, position) of the
     residual stream, each head's output and each (layer, position) of the feed-forward output."""
-    clean, corrupted = _as_batch(model, clean_ids)[:1], _as_batch(model, corrupted_ids)[:1]
-    if clean.shape != corrupted.shape:
-        raise InputError(f"the clean and corrupted prompts must have the same number of tokens, "
-                         f"got {clean.size(1)} and {corrupted.size(1)}")
+    clean, corrupted = _pair(model, clean_ids, corrupted_ids)
     cfg, T = model.config, clean.size(1)
     with eval_mode(model):
         with capture(model) as seen:

@@ -18,11 +18,7 @@ so charts draw with no network, in Jupyter, VS Code, Colab and a saved notebook 
 vl-convert Altair's default stays (its HTML loads the JavaScript from a CDN) and the import says so.
 """
 
-import functools
 import html
-import json
-import uuid
-import warnings
 from pathlib import Path
 
 import altair as alt
@@ -42,18 +38,21 @@ from minigpt.inspection import (
     top_activations,
 )
 from minigpt.interventions import ablate, logit_attribution, patch, patching_tokens
+from minigpt.notebook import use_offline_renderer
 from minigpt.positions import sinusoidal_table
 
 POSITIONS_SHOWN, DIMENSIONS_SHOWN = 64, 128  # more rows or columns than these add cells, not insight
 WIDTH = 760  # pixels of a grid chart in a notebook (the app stretches charts to its page)
 PAGE = 1000  # pixels of a notebook's output area, about: heads wrap to fit it
+ATTENTION_CELLS = 128  # tokens a head's heatmap shows one by one; longer prompts are pooled
 
 
 def inspect(model, tokenizer, prompt) -> PromptInspection:
     """One forward pass that every prompt view can read: pass its result as the prompt."""
     if isinstance(prompt, PromptInspection):
         return prompt
-    return inspect_prompt(model, tokenizer, prompt)
+    return inspect_prompt(model, tokenizer, prompt if isinstance(prompt, str)
+                          else _ids(model, tokenizer, prompt))
 
 
 # --- Attention --------------------------------------------------------------------------------
@@ -66,21 +65,18 @@ def model_view(model, tokenizer, prompt) -> alt.Chart:
 
 def attention(model, tokenizer, prompt, layer: int = 1) -> alt.Chart:
     """One layer's heads (layer from 1) as heatmaps, queries down, keys across, with one shared
-    colour scale; the cells the causal mask hides are grey."""
+    colour scale; the cells the causal mask hides are grey. Past ATTENTION_CELLS tokens,
+    consecutive tokens are pooled into groups (as the model view does), so a head stays legible."""
     seen = inspect(model, tokenizer, prompt)
     _check_layer(model, layer)
-    side = _side(len(seen.tokens))
-    heads = [charts.attention_chart(w, seen.tokens, legend=False).properties(
-        title=f"layer {layer}, head {h}", width=side)
-        for h, w in enumerate(seen.attentions[layer - 1])]
+    weights, labels = charts.pooled(seen.attentions[layer - 1],
+                                    charts.token_labels(seen.tokens, width=14), ATTENTION_CELLS)
+    side = max(200, charts.heatmap_cell(len(labels)) * len(labels))
+    heads = [charts.attention_chart(w, seen.tokens, legend=False, labels=labels).properties(
+        title=f"layer {layer}, head {h}", width=side) for h, w in enumerate(weights)]
     across = max(1, PAGE // (side + 140))  # a head's labels and titles take about 140 pixels
     return alt.vconcat(charts.weight_legend_chart(),
                        *(alt.hconcat(*heads[i:i + across]) for i in range(0, len(heads), across)))
-
-
-def _side(tokens: int) -> int:
-    """The pixels of a head's square heatmap, as charts.attention_chart sizes its height."""
-    return max(200, max(4, min(22, 480 // tokens)) * tokens)
 
 
 class HTML:
@@ -98,6 +94,8 @@ def head_view(model, tokenizer, prompt, layer: int = 1, head: int = 0, token: in
     it in one head; the tokens the causal mask hides from it are grey with a dashed border."""
     seen = inspect(model, tokenizer, prompt)
     _check_layer(model, layer)
+    _check_whole("head", head, 0, model.config.num_heads - 1)
+    _check_whole("token", token, -len(seen.tokens), len(seen.tokens) - 1)
     return HTML(head_view_html(seen, layer, head, range(len(seen.tokens))[token]))
 
 
@@ -195,6 +193,8 @@ def embedding(model, tokenizer, token: str | int, count: int = 12) -> alt.Chart:
     its id)."""
     if isinstance(token, str):
         token = _one_token(tokenizer, token)
+    _check_whole("token", token, 0, model.config.vocab_size - 1)
+    _check_whole("count", count, 1, model.config.vocab_size - 1)
     near, similarity = nearest_tokens(model.token_emb.weight, token, count)
     return charts.similarity_bars([tokenizer.decode([i]) for i in near], similarity).properties(
         width=WIDTH // 2, title=f"nearest to {tokenizer.decode([token])!r}")
@@ -203,18 +203,21 @@ def embedding(model, tokenizer, token: str | int, count: int = 12) -> alt.Chart:
 # --- Sampling ----------------------------------------------------------------------------------
 
 def temperature(model, tokenizer, prompt, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float = 1.0) -> alt.Chart:
-    """The 10 likeliest next tokens under softmax(logits / T) at this T, beside T = 0.5, 1, 2."""
+                top_p: float = 1.0, mark: str = "chosen") -> alt.Chart:
+    """The 10 likeliest next tokens under softmax(logits / T) at this T, marked "(mark)", beside
+    T = 0.5, 1, 2."""
+    if not 0 <= temperature < float("inf"):
+        raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
     seen = inspect(model, tokenizer, prompt)
     return charts.temperature_chart(seen.next_token_probs, tokenizer, temperature, top_k,
-                                    top_p).properties(width=WIDTH // 2)
+                                    top_p, mark).properties(width=WIDTH // 2)
 
 
-def probabilities(model, tokenizer, prompt: str, continuation: str) -> alt.Chart:
+def probabilities(model, tokenizer, prompt, continuation: str) -> alt.Chart:
     """The probability the model gave each token of a continuation of the prompt (generated or
-    written), from the context it was chosen in."""
-    prompt_ids = tokenizer.encode(prompt) if prompt else []
-    new_ids = tokenizer.encode(prompt + continuation)[len(prompt_ids):]
+    written), from the context it was chosen in. The app shows this under generated text."""
+    prompt_ids = _ids(model, tokenizer, prompt) if len(prompt) else []
+    new_ids = tokenizer.encode(tokenizer.decode(prompt_ids) + continuation)[len(prompt_ids):]
     if not prompt_ids or not new_ids:
         raise ValueError("pass a prompt and a continuation of at least one token each")
     probs = token_probabilities(model, prompt_ids + new_ids, len(prompt_ids))
@@ -228,14 +231,22 @@ def knockout(model, tokenizer, prompt, heads, method: str = "zero",
              reference: torch.Tensor | None = None, top: int = 8) -> alt.Chart:
     """The next-token distribution with and without the heads [(layer, head), ...] (layer from 1)
     set to zero, or (method "mean") to their mean over reference token windows."""
-    ids = _ids(model, tokenizer, prompt)
-    result = ablate(model, ids, heads=heads, method=method, reference=reference)
+    if len(heads) == 2 and all(isinstance(part, int) for part in heads):
+        heads = [tuple(heads)]  # one (layer, head) pair
+    result = ablate(model, _ids(model, tokenizer, prompt), heads=heads, method=method,
+                    reference=reference)
+    return knockout_chart(result, tokenizer, top).properties(width=WIDTH // 2)
+
+
+def knockout_chart(result, tokenizer, top: int = 8) -> alt.Chart:
+    """An ablation's next-token bars: the likeliest top tokens of either run, as trained and
+    with the parts knocked out."""
     before, after = result.next_token_probs, result.ablated_next_token_probs
+    top = max(1, min(top, before.numel()))
     chosen = list(dict.fromkeys(before.topk(top).indices.tolist()
                                 + after.topk(top).indices.tolist()))
     return circuit_charts.next_token_bars([tokenizer.decode([i]) for i in chosen],
-                                          before[chosen].tolist(), after[chosen].tolist()
-                                          ).properties(width=WIDTH // 2)
+                                          before[chosen].tolist(), after[chosen].tolist())
 
 
 def patching(model, tokenizer, clean, corrupted, answer: str | None = None,
@@ -249,8 +260,11 @@ def patching(model, tokenizer, clean, corrupted, answer: str | None = None,
     answer_id, wrong_id = (chosen[i] if text is None else _one_token(tokenizer, text)
                            for i, text in enumerate((answer, wrong)))
     result = patch(model, clean_ids, corrupted_ids, answer_id, wrong_id)
-    return alt.vconcat(*patching_charts(result, tokenizer, clean_ids, corrupted_ids)
-                       ).resolve_scale(color="independent")
+    title = (f"logit({tokenizer.decode([answer_id])!r}) - logit({tokenizer.decode([wrong_id])!r}) "
+             f"after the last token: {result.clean_diff:.2f} clean, {result.corrupted_diff:.2f} "
+             "corrupted; each cell: the share of that gap one clean activation brings back")
+    return alt.vconcat(*patching_charts(result, tokenizer, clean_ids, corrupted_ids),
+                       title=title).resolve_scale(color="independent")
 
 
 def patching_charts(result, tokenizer, clean: list[int], corrupted: list[int]) -> list[alt.Chart]:
@@ -289,7 +303,8 @@ def head_scores(model, tokenizer, text, length: int = 256) -> alt.Chart:
     """Every head's previous-token, first-token, duplicate-token and induction scores, measured
     on a text (or token ids) and on a random sequence repeated once."""
     ids = torch.as_tensor(tokenizer.encode(text) if isinstance(text, str) else text)
-    return circuit_charts.head_scores_chart(score_heads(model, ids, length=length).as_dict())
+    return circuit_charts.head_scores_chart(score_heads(model, ids.long(), length=length)
+                                            .as_dict())
 
 
 # --- Watch it learn ----------------------------------------------------------------------------
@@ -297,30 +312,43 @@ def head_scores(model, tokenizer, text, length: int = 256) -> alt.Chart:
 def learning(run_dir, tokenizer, step: int | None = None) -> alt.Chart:
     """The run's probe prompt as the model saw it at one evaluation (default: the last): every
     head's attention and the logit lens, then the head scores over training."""
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"run directory {run_dir} not found")
     kept = load_snapshots(Path(run_dir))
     if not kept or not kept["steps"]:
         raise ValueError(f"{run_dir} kept no snapshots of its training (trained with "
                          "train.probe false, or stopped before its first evaluation)")
-    steps = kept["steps"]
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise ValueError(f"no snapshot at step {step}; the run has {steps}")
-    snapshot = kept["snapshots"][steps.index(step)]
-    drawn = [charts.layers_chart(snapshot["attention"], kept["tokens"]).properties(
-        title=f"attention at step {step}")]
+    step = kept["steps"][-1] if step is None else step
+    if step not in kept["steps"]:
+        raise ValueError(f"no snapshot at step {step}; the run has {kept['steps']}")
+    drawn = learning_charts(kept, step, tokenizer)
+    curves = drawn.pop("scores over training", None)
+    titled = [chart.properties(title=f"{name} at step {step}") for name, chart in drawn.items()]
+    return alt.vconcat(*titled, *([curves] if curves is not None else [])
+                       ).resolve_scale(color="independent")
+
+
+def learning_charts(kept: dict, step: int, tokenizer) -> dict[str, alt.Chart]:
+    """Watch it learn's charts at one step of load_snapshots(run_dir): "attention", "logit
+    lens" (runs that kept it), "head scores" and "scores over training" (runs that scored
+    heads). The app lays them out with its slider; learning() stacks them."""
+    snapshot = kept["snapshots"][kept["steps"].index(step)]
+    drawn = {"attention": charts.layers_chart(snapshot["attention"], kept["tokens"])}
     if "lens_ids" in snapshot:
         tops = [[[tokenizer.decode([i]) for i in row] for row in layer]
                 for layer in snapshot["lens_ids"].tolist()]
-        drawn.append(_wide(charts.lens_grid_chart(kept["tokens"], tops,
-                                                  snapshot["lens_probs"].float()),
-                           len(kept["tokens"])).properties(title=f"logit lens at step {step}"))
-    scored = [(s, snap["head_scores"]) for s, snap in zip(steps, kept["snapshots"])
+        drawn["logit lens"] = _wide(charts.lens_grid_chart(kept["tokens"], tops,
+                                                           snapshot["lens_probs"].float()),
+                                    len(kept["tokens"]))
+    scored = [(s, snap["head_scores"]) for s, snap in zip(kept["steps"], kept["snapshots"])
               if "head_scores" in snap]
+    if step in dict(scored):
+        drawn["head scores"] = circuit_charts.head_scores_chart(dict(scored)[step])
     if scored:
-        drawn.append(circuit_charts.score_curves_chart(
+        drawn["scores over training"] = circuit_charts.score_curves_chart(
             [s for s, _ in scored], [float(h["induction"].max()) for _, h in scored],
-            [float(h["in_context_learning"]) for _, h in scored], step))
-    return alt.vconcat(*drawn).resolve_scale(color="independent")
+            [float(h["in_context_learning"]) for _, h in scored], step)
+    return drawn
 
 
 # --- Helpers -----------------------------------------------------------------------------------
@@ -331,9 +359,14 @@ def _wide(chart: alt.Chart, columns: int) -> alt.Chart:
 
 
 def _check_layer(model, layer: int) -> None:
-    if not 1 <= layer <= model.config.num_layers:
+    if not isinstance(layer, int) or not 1 <= layer <= model.config.num_layers:
         raise ValueError(f"layer must be 1 to {model.config.num_layers} (counted from the "
-                         f"input), not {layer}")
+                         f"input), not {layer!r}")
+
+
+def _check_whole(name: str, value, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
 
 
 def _one_token(tokenizer, text: str) -> int:
@@ -346,52 +379,12 @@ def _one_token(tokenizer, text: str) -> int:
 def _ids(model, tokenizer, prompt) -> list[int]:
     if isinstance(prompt, PromptInspection):
         return prompt.ids
-    if isinstance(prompt, list):
-        return prompt
-    return encode_prompt(tokenizer, prompt, model.config.context_length)
+    if isinstance(prompt, str):
+        return encode_prompt(tokenizer, prompt, model.config.context_length)
+    ids = torch.as_tensor(prompt).flatten().tolist()  # a tensor, list or tuple of token ids
+    if not all(isinstance(i, int) and 0 <= i < model.config.vocab_size for i in ids):
+        raise ValueError(f"token ids must be whole numbers from 0 to {model.config.vocab_size - 1}")
+    return ids
 
 
-OFFLINE_HTML = """<div id="{div}"></div>
-<script type="text/javascript">
-if (!window.vegaEmbed) {{ (function () {{ {bundle}
-}})(); }}
-vegaEmbed(document.getElementById("{div}"), {spec}, {options}).catch(console.error);
-</script>"""
-
-
-@functools.cache
-def _vega_bundle() -> str:
-    from altair.utils._importers import import_vl_convert, vl_version_for_vl_convert
-    return import_vl_convert().javascript_bundle(vl_version=vl_version_for_vl_convert())
-
-
-def offline_renderer(spec: dict, **metadata) -> dict:
-    """A chart as HTML with Vega's JavaScript inside (vl-convert's bundle, about 0.9 MB a chart),
-    so it draws with no network. Altair's own "inline" template is a whole page that declares the
-    bundle's names globally: in Jupyter and VS Code, where a notebook's outputs share one page, the
-    second chart's script then fails. Here the bundle runs inside a function, once a page."""
-    div = f"minigpt-chart-{uuid.uuid4().hex}"
-    options = json.dumps(metadata.get("embed_options") or {"mode": "vega-lite"})
-    return {"text/html": OFFLINE_HTML.format(div=div, bundle=_vega_bundle(),
-                                             spec=json.dumps(spec), options=options),
-            "text/plain": "<a chart: displayed where HTML is>"}
-
-
-def _use_offline_renderer() -> None:
-    """Draw charts offline unless the user chose a renderer, and lift the cap on a chart's rows
-    (a 128-token head is 16,384 cells, over Altair's default cap of 5,000)."""
-    if alt.data_transformers.active == "default":
-        alt.data_transformers.enable("default", max_rows=None)
-    if alt.renderers.active != "default":
-        return
-    try:
-        import vl_convert  # noqa: F401
-    except ImportError:
-        warnings.warn("minigpt.show: charts load Vega's JavaScript from a CDN; pip install "
-                      "'minigpt[notebook]' (vl-convert-python) to draw them offline", stacklevel=3)
-        return
-    alt.renderers.register("minigpt-offline", offline_renderer)
-    alt.renderers.enable("minigpt-offline")
-
-
-_use_offline_renderer()
+use_offline_renderer()

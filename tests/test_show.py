@@ -98,7 +98,7 @@ def test_positions_and_the_embedding(word_model):
 def test_sampling_views(word_model):
     model, tok = word_model
     temps = rows(show.temperature(model, tok, "the cat", temperature=0.7, top_k=3))
-    assert {r["T"] for r in temps} == {"0.5", "0.7 (sidebar)", "1", "2"}
+    assert {r["T"] for r in temps} == {"0.5", "0.7 (chosen)", "1", "2"}
     assert sum(r["probability"] > 0 for r in temps if r["T"] == "2") == 3  # top-k 3 cuts the rest
     probs = rows(show.probabilities(model, tok, "the cat", " sat on the mat"))
     assert [r["token"] for r in probs] == ["sat", "on", "the", "mat"]
@@ -130,3 +130,42 @@ def test_neurons_and_watch_it_learn(tmp_path):
     bare = train(run_config(tmp_path / "bare"), progress=False)
     with pytest.raises(ValueError, match="kept no snapshots"):
         show.learning(bare.run_dir, tok)
+
+
+def test_a_prompt_past_128_tokens_is_pooled_so_a_head_stays_small(word_model):
+    model, tok = word_model
+    ids = torch.randint(0, tok.vocab_size, (300,)).tolist()
+    big = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=300, embed_dim=32,
+                          num_heads=2, num_layers=1)).eval()
+    spec = show.attention(big, tok, ids).to_dict()
+    head = spec["vconcat"][1]["hconcat"][0]
+    assert head["width"] <= 520
+    assert len({r["query"] for d in spec["datasets"].values() for r in d if "query" in r}) <= 128
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, t: show.head_view(m, t, "the cat", head=5), r"head must be a whole number from 0 to 1"),
+    (lambda m, t: show.head_view(m, t, "the cat", token=9), r"token must be a whole number"),
+    (lambda m, t: show.attention(m, t, "the cat", layer="1"), r"layer must be 1 to 2"),
+    (lambda m, t: show.temperature(m, t, "the cat", temperature=-1), "temperature must be 0"),
+    (lambda m, t: show.embedding(m, t, 10**6), r"token must be a whole number from 0"),
+    (lambda m, t: show.embedding(m, t, "cat", count=0), r"count must be a whole number from 1"),
+    (lambda m, t: show.patching(m, t, "the cat sat", "the dog sat on"), "same number of tokens"),
+    (lambda m, t: show.patching(m, t, "the cat sat", "the cat sat"), "are the same tokens"),
+    (lambda m, t: show.head_scores(m, t, ""), "a text of at least 9 tokens"),
+    (lambda m, t: show.head_scores(m, t, TEXT[:2000], length=0), "at least 4 tokens long"),
+    (lambda m, t: show.learning("/no/such/run", t), "run directory /no/such/run not found"),
+    (lambda m, t: show.inspect(m, t, [1, 2, 10**6]), "token ids must be whole numbers"),
+])
+def test_bad_arguments_are_one_line_errors(word_model, call, message):
+    model, tok = word_model
+    with pytest.raises(ValueError, match=message):
+        call(model, tok)
+
+
+def test_ids_work_wherever_text_does(word_model):
+    model, tok = word_model
+    ids = tok.encode("the cat sat on the mat")
+    assert show.inspect(model, tok, torch.tensor(ids)).tokens == show.inspect(model, tok, ids).tokens
+    assert rows(show.probabilities(model, tok, ids, " and the dog"))[0]["token"] == "and"
+    assert rows(show.knockout(model, tok, ids, heads=(1, 0)))  # one (layer, head) pair

@@ -97,17 +97,13 @@ def knockout_view(model, tokenizer, ids: list[int], val: torch.Tensor, source: s
                                                 "mean": "mean over the val text"}[m])
     reference = val_windows(val, min(cfg.context_length, 64, len(val) - 1), 16)[:, :-1]
     result = ablate(model, ids, heads=heads, method=method, reference=reference)
-    before, after = result.next_token_probs, result.ablated_next_token_probs
-    top = list(dict.fromkeys(before.topk(TOP).indices.tolist() + after.topk(TOP).indices.tolist()))
-    tokens = [tokenizer.decode([i]) for i in top]
     if len(ids) > 1:
         st.metric("loss on the prompt (nats per token)", f"{result.ablated_loss:.3f}",
                   delta=f"{result.loss_change:+.3f} from {result.loss:.3f}" if heads else None,
                   delta_color="inverse")
     else:
         st.caption("The loss on the prompt needs a prompt of two tokens or more.")
-    st.altair_chart(circuit_charts.next_token_bars(tokens, before[top].tolist(), after[top].tolist()),
-                    width="stretch")
+    st.altair_chart(show.knockout_chart(result, tokenizer, TOP), width="stretch")
     st.caption("What am I looking at: the likeliest next tokens as the model gives them (first "
                "bar) and with the ticked heads' outputs set to "
                + ("zero" if method == "zero" else f"their average over {source}")
@@ -223,7 +219,8 @@ def attribution_view(model, tokenizer, ids: list[int]) -> None:
     st.markdown("**Direct logit attribution**: which parts of the model wrote the predicted "
                 "token's logit.")
     with torch.no_grad():
-        top = model(torch.tensor([ids]))[0, -1].topk(5).indices.tolist()
+        top = model(torch.tensor([ids], device=model.token_emb.weight.device))[0, -1].topk(5)
+    top = top.indices.tolist()
     token = st.selectbox("token (the model's likeliest first)", top, key=f"dla_token:{ids}",
                          format_func=lambda i: repr(tokenizer.decode([i])))
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from minigpt import charts, circuit_charts, show
+from minigpt import charts, show
 from minigpt.app.hypothesis import remember, val_tokens
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate_text
@@ -265,8 +265,8 @@ def temperature_view(seen, tokenizer, controls: dict) -> None:
                "text inspected" + (f"; tokens that {cuts} cut get probability 0" if cuts else "")
                + ". On a prompt the model is sure about, every temperature keeps the top token "
                "far ahead: try a prompt that could go on in several ways.")
-    st.altair_chart(show.temperature(None, tokenizer, seen, temperature, top_k, top_p),
-                    width="stretch")
+    st.altair_chart(show.temperature(None, tokenizer, seen, temperature, top_k, top_p,
+                                     mark="sidebar"), width="stretch")
 
 
 def no_snapshots_note(run_dir: Path) -> str:
@@ -301,35 +301,20 @@ def learning_view(run_dir: Path, tokenizer) -> None:
         st.session_state["step_run"] = str(run_dir)
         st.session_state.pop("step", None)
     step = st.select_slider("training step", options=steps, value=steps[-1], key="step")
-    snapshot = kept["snapshots"][steps.index(step)]
+    drawn = show.learning_charts(kept, step, tokenizer)
     st.caption(f"attention at step {step}")
-    st.altair_chart(charts.layers_chart(snapshot["attention"], kept["tokens"]), width="content")
-    if "lens_ids" in snapshot:
+    st.altair_chart(drawn["attention"], width="content")
+    if "logit lens" in drawn:
         st.caption(f"logit lens at step {step}: " + LENS_ROW_0_NOTE)
-        tops = [[[tokenizer.decode([i]) for i in row] for row in layer]
-                for layer in snapshot["lens_ids"].tolist()]
-        st.altair_chart(charts.lens_grid_chart(kept["tokens"], tops,  # as wide as its text needs
-                                               snapshot["lens_probs"].float()), width="stretch")
-    learning_scores(kept, step)
-
-
-def learning_scores(kept: dict, step: int) -> None:
-    """The head-score grid at the chosen step, and the top induction and in-context-learning
-    scores over every evaluation that has them."""
-    scored = [(s, snap["head_scores"]) for s, snap in zip(kept["steps"], kept["snapshots"])
-              if "head_scores" in snap]
-    if not scored:
-        return
-    here = dict(scored).get(step)
-    if here is not None:
+        st.altair_chart(drawn["logit lens"], width="stretch")  # as wide as its text needs
+    if "head scores" in drawn:
         st.caption(f"head scores at step {step} (mean attention weights on the val text and on "
                    "a random sequence repeated once; the Test a hypothesis tab explains each)")
-        st.altair_chart(circuit_charts.head_scores_chart(here), width="content")
-    st.caption("What am I looking at: the best induction score of any head, and the "
-               "in-context-learning score (loss late in the context minus loss early; below 0 "
-               "when the model uses what came before), at every evaluation. An induction head "
-               "forming shows as a jump in the first together with a drop in the second; the "
-               "yellow rule is the step shown above.")
-    st.altair_chart(circuit_charts.score_curves_chart(
-        [s for s, _ in scored], [float(h["induction"].max()) for _, h in scored],
-        [float(h["in_context_learning"]) for _, h in scored], step), width="content")
+        st.altair_chart(drawn["head scores"], width="content")
+    if "scores over training" in drawn:
+        st.caption("What am I looking at: the best induction score of any head, and the "
+                   "in-context-learning score (loss late in the context minus loss early; below "
+                   "0 when the model uses what came before), at every evaluation. An induction "
+                   "head forming shows as a jump in the first together with a drop in the "
+                   "second; the yellow rule is the step shown above.")
+        st.altair_chart(drawn["scores over training"], width="content")
