@@ -1,9 +1,11 @@
 """The training loop: schedule, optimizer groups, accumulation, resume, logs, checkpoints, faults."""
 
+import json
 import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,6 +22,7 @@ import minigpt.evaluation as evaluation
 import minigpt.step as step_module
 from minigpt.checkpoint import load, load_checkpoint
 from minigpt.config import TrainConfig
+from minigpt.corpus import load_corpus
 from minigpt.data import get_batch, prepare_data
 from minigpt.errors import CheckpointError, TrainingError
 from minigpt.generation import generate_text
@@ -449,3 +452,42 @@ def test_own_text_with_a_prompt_it_cannot_encode_and_a_tiny_vocabulary_trains(tm
                   progress=False)
     assert words.prompt == "ab"
     assert load_snapshots(words.run_dir)["snapshots"][-1]["lens_ids"].shape[-1] == 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # two torchrun "nodes" on this machine, 15 s
+def test_two_torchrun_nodes_on_shared_shards_follow_the_single_process_loss_curve(tmp_path):
+    """torchrun --nnodes 2 (one process a node, gloo, rendezvous on 127.0.0.1), both ranks
+    reading the same memory-mapped shards, 4 sequences each: the loss curve and weights of one
+    process drawing 8 sequences a step, to float tolerance."""
+    text = tmp_path / "corpus.txt"
+    text.write_text(load_corpus()[:60_000])
+    cache = tmp_path / "cache"
+    worker = ROOT / "tests" / "node_worker.py"
+    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "single"), str(text),
+                             "8", str(cache)], capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+         "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", str(worker),
+         str(tmp_path / "nodes"), str(text), "4", str(cache)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-2000:]
+    one, two = (json.loads((tmp_path / d / "losses.json").read_text()) for d in ("single", "nodes"))
+    assert len(one["train"]) == len(two["train"]) == 6
+    assert one["train"] == pytest.approx(two["train"], rel=1e-5)
+    assert one["val"].keys() == two["val"].keys()
+    assert list(one["val"].values()) == pytest.approx(list(two["val"].values()), rel=1e-5)
+    weights = [torch.load(tmp_path / d / "weights.pt", weights_only=True) for d in ("single", "nodes")]
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-4, atol=1e-5)
+    assert len([p for p in (cache / "shards").iterdir() if p.is_dir()]) == 1  # one set, shared
