@@ -8,13 +8,14 @@ shards in a fresh process (`train.py --prepare-only`'s work) and reports MB/s an
 beside them, nanoGPT's way on the same text with the same GPT-2 sized vocabulary (tiktoken's
 encode_ordinary over the whole text read at once, then a uint16 array written for np.memmap).
 Then it trains the same small model 5 steps on 1 MB and on the whole text, with shards prepared,
-in fresh processes: the start-up time and peak memory of each. The GPT-2 sized BPE is synthetic
-(50,000 merges of byte pairs and <|endoftext|>, as `bench gpt2` builds it), so nothing is
-downloaded; its cost is that of a real 50,257-id vocabulary.
+in fresh processes, in turn three times: the median whole-process time and peak memory of each.
+The GPT-2 sized BPE is synthetic (50,000 merges of byte pairs and <|endoftext|>, as `bench gpt2`
+builds it), so nothing is downloaded; its cost is that of a real 50,257-id vocabulary.
 """
 
 import json
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,15 @@ def _train(text: str, cache: str, out: str) -> dict:
     return {"seconds": time.perf_counter() - started, **row}
 
 
+def _median(rows: list[dict]) -> dict:
+    """The median of each figure over rounds (run in turn: small, big, small, big, ...)."""
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        return failed[0]
+    return {key: statistics.median(r[key] for r in rows) for key in rows[0]} | {
+        "rounds_s": [round(r["seconds"], 2) for r in rows]}
+
+
 def bench_data(text: str | None, megabytes: float, tokenizers: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         if text is None:
@@ -132,8 +142,9 @@ def bench_data(text: str | None, megabytes: float, tokenizers: list[str]) -> dic
         _fresh("_prepare", small, "char", cache)
         if "char" not in tokenizers:
             _fresh("_prepare", text, "char", cache)
-        report["train"] = [{"data": "1 MB", **_train(small, cache, runs)},
-                           {"data": f"{size / 2**20:,.0f} MB", **_train(text, cache, runs)}]
+        rounds = [[_train(small, cache, runs), _train(text, cache, runs)] for _ in range(3)]
+        report["train"] = [{"data": name, **_median([r[i] for r in rounds])}
+                           for i, name in enumerate(["1 MB", f"{size / 2**20:,.0f} MB"])]
     return report
 
 
@@ -147,12 +158,13 @@ def print_data_report(report: dict) -> None:
         print(f"{r['tokenizer']:24} {r['seconds']:8.1f} {r['mb_per_s']:7.1f} "
               f"{r['peak_rss_mb']:8.0f} {r['tokens']:14,}  {r['how']}")
     print(f"\n{'train 5 steps on':24} {'seconds':>8} {'peak MB':>8}  (whole process, shards "
-          "prepared)")
+          "prepared; medians of 3 rounds)")
     for r in report["train"]:
         if "error" in r:
             print(f"{r['data']:24} failed: {r['error']}")
             continue
-        print(f"{r['data']:24} {r['seconds']:8.1f} {r['peak_rss_mb']:8.0f}")
+        print(f"{r['data']:24} {r['seconds']:8.1f} {r['peak_rss_mb']:8.0f}  rounds: "
+              + ", ".join(f"{s:.1f}" for s in r["rounds_s"]))
 
 
 if __name__ == "__main__":  # internal: one measurement in a fresh process

@@ -136,6 +136,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "auto: bf16 on CUDA if supported, else fp16 on CUDA, fp32 elsewhere", "auto")
     compile: bool = _help("torch.compile the model (faster on GPU; costs start-up time)", False)
+    fsdp: bool = _help("under torchrun, shard the weights, gradients and AdamW state across ranks "
+                       "with FSDP2's fully_shard, for a model too big for one device (needs "
+                       "train.optimizer adamw, train.probe false, train.compile false)", False)
     threads: int = _help("CPU threads for torch (0: torch's default)", 0)
     init_from: str = _help("start from these weights (fine-tuning): a minigpt run or .pt file, a "
                            "Hugging Face GPT-2 directory, or a hub name such as gpt2; the model "
@@ -173,6 +176,12 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         _check_choice("train.optimizer", self.optimizer, ("adamw", "muon"))
+        if self.fsdp and (self.optimizer != "adamw" or self.probe or self.compile):
+            raise ConfigError(
+                "train.fsdp needs train.optimizer adamw (Muon orthogonalises whole matrices, "
+                "which FSDP splits between ranks), train.probe false (the probe runs on rank 0 "
+                "alone, and a sharded model needs every rank for a forward pass) and "
+                "train.compile false; set them, or turn train.fsdp off")
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, "

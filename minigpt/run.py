@@ -129,16 +129,18 @@ class Run:
     def save(self, name: str) -> None:
         """Write the checkpoint `name` in the run directory (rank 0 only). Weights that are no
         longer finite raise Diverged instead, on every rank, so no save overwrites a good one."""
-        if not torch.stack([p.isfinite().all() for p in self.trainer.model.parameters()]).all():
-            raise Diverged("the weights became NaN or infinite")
+        local = [getattr(p, "to_local", lambda p=p: p)() for p in self.trainer.model.parameters()]
+        if self.runtime.any_rank(not all(bool(p.isfinite().all()) for p in local)):
+            raise Diverged("the weights became NaN or infinite")  # FSDP: this rank's shards
+        state = self.state_dict()  # under FSDP every rank gathers, rank 0 gets it whole
         if not self.runtime.master:
             return
         with self.stop.protected():  # a second Ctrl-C does not cut a save short
-            save_checkpoint(self.dir / name, self.state_dict())
+            save_checkpoint(self.dir / name, state)
 
     def state_dict(self) -> dict:
         return {
-            "model": self.trainer.model.state_dict(), "model_config": asdict(self.cfg.model),
+            "model_config": asdict(self.cfg.model),
             "tokenizer": self.data.tokenizer.to_dict(), "config": self.cfg.to_dict(),
             **self.trainer.state_dict(), "step": self.step, "best_val_loss": self.best_val,
             "rng": {**self.runtime.rng_state(), "batches": self.batches.get_state()}}
@@ -168,7 +170,6 @@ class Run:
             raise ValueError(f"step {step!r}")
         if isinstance(best, bool) or not isinstance(best, (int, float)):
             raise TypeError(f"best_val_loss {best!r}")
-        self.trainer.model.load_state_dict(state["model"])
         self.trainer.load_state_dict(state)
         self.step, self.best_val = state["step"], state["best_val_loss"]
         self.batches.set_state(state["rng"]["batches"])

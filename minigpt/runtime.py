@@ -142,6 +142,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     distributed: bool = False  # started by torchrun: gradients are all-reduced by DDP
+    fsdp: bool = False  # under torchrun with train.fsdp: FSDP2 shards the model instead of DDP
 
     @classmethod
     def from_config(cls, tc) -> "Runtime":
@@ -154,7 +155,7 @@ class Runtime:
         if tc.threads:  # asked for explicitly by the config
             torch.set_num_threads(tc.threads)
         return cls(device, resolve_precision(tc.precision, device), rank, world_size,
-                   ranks is not None)
+                   ranks is not None, ranks is not None and tc.fsdp)
 
     @property
     def master(self) -> bool:
@@ -179,9 +180,17 @@ class Runtime:
             dist.destroy_process_group()
 
     def wrap(self, model: nn.Module, compile: bool = False) -> nn.Module:
-        """The module to train: torch.compile'd if asked, inside DDP under torchrun."""
+        """The module to train: torch.compile'd if asked, inside DDP under torchrun; with FSDP,
+        every block and then the rest (embeddings, final norm, head) sharded in place, so each
+        rank holds 1 / world_size of every weight between uses (call before making optimizers)."""
         if compile:
             model = torch.compile(model)
+        if self.fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for block in model.blocks:
+                fully_shard(block)
+            return fully_shard(model)
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)
@@ -190,9 +199,46 @@ class Runtime:
     def sync_gradients(self, model: nn.Module, sync: bool):
         """Context for one backward pass: under DDP, all-reduce gradients only when sync is set
         (the last micro-batch of a step); elsewhere nothing."""
+        if self.fsdp:
+            model.set_requires_gradient_sync(sync)
+            return contextlib.nullcontext()
         if self.distributed and not sync:
             return model.no_sync()
         return contextlib.nullcontext()
+
+    def full_state(self, model: nn.Module, optimizers: list) -> tuple[dict, list[dict]]:
+        """The model's and optimizers' state dicts, whole: under FSDP every rank must call this
+        (the shards are gathered to rank 0, on the CPU; the other ranks get empty dicts)."""
+        if not self.fsdp:
+            return model.state_dict(), [o.state_dict() for o in optimizers]
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(model, options=whole),
+                [get_optimizer_state_dict(model, o, options=whole) for o in optimizers])
+
+    def load_full_state(self, model: nn.Module, optimizers: list, weights: dict,
+                        optimizer_states: list[dict]) -> None:
+        """full_state's inverse: every rank passes the whole state it read from the checkpoint."""
+        if not self.fsdp:
+            model.load_state_dict(weights)
+            for optimizer, state in zip(optimizers, optimizer_states):
+                optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        whole = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, weights, options=whole)
+        for optimizer, state in zip(optimizers, optimizer_states):
+            set_optimizer_state_dict(model, optimizer, state, options=whole)
 
     def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of a scalar over all ranks (itself outside DDP): every rank then sees the same

@@ -90,19 +90,20 @@ class Trainer:
         return loss_value, grad_norm.item()
 
     def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o in self.optimizers],
-                "scaler": self.scaler.state_dict()}
+        """The weights, optimizers and scaler, whole. Under FSDP a collective: every rank calls
+        it, and rank 0's is the complete one."""
+        weights, optimizers = self.runtime.full_state(self.model, self.optimizers)
+        return {"model": weights, "optimizers": optimizers, "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Optimizer and scaler state from a checkpoint. The peak rates stay those of the current
-        config, since train.lr may change on resume."""
+        """Weights, optimizer and scaler state from a checkpoint (every rank reads it whole). The
+        peak rates stay those of the current config, since train.lr may change on resume."""
         saved = state["optimizers"] if "optimizers" in state else [state["optimizer"]]  # v1: one
         peaks = [[g["initial_lr"] for g in o.param_groups] for o in self.optimizers]
         try:
             if len(saved) != len(self.optimizers):
                 raise ValueError("another number of optimizers")
-            for optimizer, optimizer_state in zip(self.optimizers, saved):
-                optimizer.load_state_dict(optimizer_state)
+            self.runtime.load_full_state(self.model, self.optimizers, state["model"], saved)
         except (ValueError, KeyError) as err:
             raise CheckpointError(
                 f"the checkpoint's optimizer state does not fit train.optimizer = "

@@ -491,3 +491,39 @@ def test_two_torchrun_nodes_on_shared_shards_follow_the_single_process_loss_curv
     for name in weights[0]:
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-4, atol=1e-5)
     assert len([p for p in (cache / "shards").iterdir() if p.is_dir()]) == 1  # one set, shared
+
+
+@pytest.mark.slow  # two torchrun processes and a plain one, 20 s
+def test_fsdp_over_two_ranks_trains_as_one_process_and_its_checkpoints_resume_and_load(tmp_path):
+    """train.fsdp shards every weight, gradient and AdamW moment between 2 gloo ranks: the loss
+    curve is one process's with the same global batch; last.pt holds whole weights, which a plain
+    process loads; a resumed FSDP run goes on from it."""
+    text = tmp_path / "corpus.txt"
+    text.write_text(load_corpus()[:60_000])
+    cache, worker = tmp_path / "cache", ROOT / "tests" / "node_worker.py"
+    fsdp = ["train.fsdp=true", "train.probe=false"]
+    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "single"), str(text),
+                             "8", str(cache)], capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def torchrun(out: str, *extra: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               "--master_port=0", "--rdzv_backend=c10d",
+                               "--rdzv_endpoint=localhost:0", str(worker), str(tmp_path / out),
+                               str(text), "4", str(cache), *fsdp, *extra],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun("sharded")
+    one, two = (json.loads((tmp_path / d / "losses.json").read_text())
+                for d in ("single", "sharded"))
+    assert one["train"] == pytest.approx(two["train"], rel=1e-5)
+    assert list(one["val"].values()) == pytest.approx(list(two["val"].values()), rel=1e-5)
+    run_dir = tmp_path / "sharded" / "runs" / "test"
+    model, _ = load(run_dir / "last.pt")  # whole weights, in a process without torchrun
+    single_weights = torch.load(tmp_path / "single" / "weights.pt", weights_only=True)
+    for name, value in model.state_dict().items():
+        assert_close(value, single_weights[name], rtol=1e-4, atol=1e-5)
+    torchrun("resumed", f"resume={run_dir}", "train.max_steps=8")
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 8
