@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from minigpt.bench_gpt2 import gpt2_sized_tokenizer
 from minigpt.corpus import load_corpus
 from minigpt.runtime import peak_rss_mb
 
@@ -43,24 +44,17 @@ def synthetic_text(path: Path, megabytes: float, seed: int = 0) -> None:
             written += len(block.encode())
 
 
-def gpt2_sized_bpe():
-    from minigpt.tokenizer import BPETokenizer
-
-    merges = [(a, b) for a in range(256) for b in range(256)][:50_000]
-    tokens = [bytes([b]) for b in range(256)] + [bytes(pair) for pair in merges]
-    return BPETokenizer(merges, "gpt2", [*tokens, b"<|endoftext|>"], {"<|endoftext|>": 50_256})
-
-
 def prepare_one(text: str, tokenizer: str, cache: str) -> dict:
     """In this (fresh) process: prepare the shards; seconds, peak memory, tokens, how encoded."""
     from minigpt.config import DataConfig
     from minigpt.data import data_sources
-    from minigpt.shards import encoder, prepare
+    from minigpt.encoders import encoder
+    from minigpt.shards import prepare
 
     started = time.perf_counter()
     cfg = DataConfig(path=text, tokenizer="bpe" if tokenizer == "gpt2" else tokenizer,
                      cache_dir=cache)
-    given = gpt2_sized_bpe() if tokenizer == "gpt2" else None
+    given = gpt2_sized_tokenizer() if tokenizer == "gpt2" else None
     shards = prepare(cfg, data_sources(cfg)[0], given, Path(cache))
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(),
             "tokens": len(shards.tokens), "how": encoder(shards.tokenizer)[1]}
@@ -70,10 +64,10 @@ def nanogpt_way(text: str, out: str) -> dict:
     """nanoGPT's prepare.py on the same text: read it whole, tiktoken's encode_ordinary, uint16."""
     import numpy as np
 
-    from minigpt.shards import _tiktoken
+    from minigpt.encoders import _tiktoken
 
     started = time.perf_counter()
-    encoding = _tiktoken(gpt2_sized_bpe())
+    encoding = _tiktoken(gpt2_sized_tokenizer())
     with open(text, encoding="utf-8") as f:
         ids = encoding.encode_ordinary(f.read())
     np.array(ids, dtype=np.uint16).tofile(out)

@@ -23,6 +23,14 @@ GPT2_SMALL = ModelConfig(vocab_size=50257, context_length=1024, embed_dim=768, n
                          num_layers=12, activation="gelu_tanh")  # GPT-2's 124M model
 
 
+def gpt2_sized_tokenizer() -> BPETokenizer:
+    """A tokenizer of GPT-2's sizes: 50,000 merges, every one a pair of bytes, and
+    <|endoftext|> as id 50,256 (the real one needs a download)."""
+    merges = [(a, b) for a in range(256) for b in range(256)][:50_000]
+    tokens = [bytes([b]) for b in range(256)] + [bytes(pair) for pair in merges]
+    return BPETokenizer(merges, "gpt2", [*tokens, b"<|endoftext|>"], {"<|endoftext|>": 50_256})
+
+
 def bench_gpt2(device: torch.device, finetune: str = "finetune_shakespeare") -> dict:
     """What the three GPT-2 uses cost with the 124M model: its directory on disk and the time to
     load it, a prompt looked inside, sampling speed, and one fine-tuning step as the finetune
@@ -30,10 +38,7 @@ def bench_gpt2(device: torch.device, finetune: str = "finetune_shakespeare") -> 
     merges, every one a pair of bytes, and <|endoftext|>), so nothing is downloaded; the costs are
     those of the real model."""
     torch.manual_seed(0)
-    merges = [(a, b) for a in range(256) for b in range(256)][:50_000]
-    tokens = [bytes([b]) for b in range(256)] + [bytes(pair) for pair in merges]
-    tokenizer = BPETokenizer(merges, "gpt2", [*tokens, b"<|endoftext|>"],
-                             {"<|endoftext|>": 50_256})
+    tokenizer = gpt2_sized_tokenizer()
     source = GPT(GPT2_SMALL)
     row = {"parameters": source.num_params()}
     with tempfile.TemporaryDirectory() as scratch:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt import shards
+from minigpt import encoders, shards
 from minigpt.config import DataConfig
 from minigpt.corpus import load_corpus, with_repeats
 from minigpt.errors import DataError
@@ -106,13 +106,8 @@ def prepare_data(cfg: DataConfig, context_length: int, tokenizer: Tokenizer | No
     progress is set and the text is large), split into train and val. With tokenizer (a resumed
     or fine-tuned run's own), the text is encoded with it instead of a tokenizer trained on it.
     interrupted() is asked between blocks of text: once true, preparing stops (Interrupted)."""
-    sources, source = data_sources(cfg)
-    try:
-        cache = cache_dir(cfg)
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:  # an unwritable cache only costs time: the tokens are made in memory
-        cache = None
-    prepared = shards.prepare(cfg, sources, tokenizer, cache, progress, interrupted)
+    sources, source = data_sources(cfg)  # an unwritable cache only costs time: shards.prepare
+    prepared = shards.prepare(cfg, sources, tokenizer, cache_dir(cfg), progress, interrupted)
     train, val = prepared.split(cfg.val_fraction)
     for split, part in (("validation", val), ("training", train)):
         if len(part) <= context_length:
@@ -124,9 +119,9 @@ def prepare_data(cfg: DataConfig, context_length: int, tokenizer: Tokenizer | No
 
 
 def token_dtype(vocab_size: int) -> torch.dtype:
-    """The torch dtype of prepared tokens (minigpt.shards.token_dtype): uint8, uint16 or int32;
+    """The torch dtype of prepared tokens (minigpt.encoders.token_dtype): uint8, uint16 or int32;
     batches are widened to int64 when drawn."""
-    return getattr(torch, shards.token_dtype(vocab_size).name)
+    return getattr(torch, encoders.token_dtype(vocab_size).name)
 
 
 def get_batch(tokens: torch.Tensor, batch_size: int, context_length: int,

@@ -88,7 +88,8 @@ class Run:
         data = prepare_data(cfg.data, cfg.model.context_length, tokenizer, progress=runtime.master,
                             interrupted=lambda: stop is not None and stop.reason is not None)
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
-        check_fits(cfg.model, cfg.train, runtime.device)
+        check_fits(cfg.model, cfg.train, runtime.device,
+                   runtime.world_size if runtime.fsdp else 1)
         probe, prompt = probe_ids(data, cfg) if cfg.train.probe else ([], "")
         if runtime.master:
             clear_unstarted(directory)
@@ -130,7 +131,7 @@ class Run:
         """Write the checkpoint `name` in the run directory (rank 0 only). Weights that are no
         longer finite raise Diverged instead, on every rank, so no save overwrites a good one."""
         local = [getattr(p, "to_local", lambda p=p: p)() for p in self.trainer.model.parameters()]
-        if self.runtime.any_rank(not all(bool(p.isfinite().all()) for p in local)):
+        if self.runtime.any_rank(not bool(torch.stack([p.isfinite().all() for p in local]).all())):
             raise Diverged("the weights became NaN or infinite")  # FSDP: this rank's shards
         state = self.state_dict()  # under FSDP every rank gathers, rank 0 gets it whole
         if not self.runtime.master:
@@ -264,12 +265,13 @@ def clear_unstarted(run_dir: Path) -> None:
             raise TrainingError(f"cannot clean up {path}: {err.strerror or err}") from None
 
 
-def check_fits(cfg: ModelConfig, tc: TrainConfig, device: torch.device) -> None:
+def check_fits(cfg: ModelConfig, tc: TrainConfig, device: torch.device, shards: int = 1) -> None:
     """Refuse, before allocating anything, a run that cannot fit the device: the weights,
-    gradients and AdamW moments (4 fp32 copies), plus a micro-batch's activations, estimated
-    roughly (about 20 C floats per token and layer kept for the backward pass, and the logits)."""
+    gradients and AdamW moments (4 fp32 copies, split between `shards` ranks under FSDP), plus a
+    micro-batch's activations, estimated roughly (about 20 C floats per token and layer kept for
+    the backward pass, and the logits)."""
     params = GPT.count_params(cfg)
-    weights, total = 16 * params, device_memory(device)
+    weights, total = 16 * params // shards, device_memory(device)
     if total is None:  # the OS does not say: let the allocator be the judge
         return
     if weights > total:

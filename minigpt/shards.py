@@ -24,11 +24,14 @@ embedded corpus: its text), so finding prepared shards reads no text; a changed 
 One process prepares a key at a time (a lock file beside it); the others wait and then share them.
 """
 
+import errno
 import hashlib
+import itertools
 import json
 import mmap
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -42,24 +45,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from minigpt.encoders import encoder, end_of_text, token_dtype
 from minigpt.errors import DataError, DiskFullError, Interrupted
 from minigpt.files import disk_full, is_disk_full
 from minigpt.lock import _lock, _unlock
 from minigpt.sources import BLOCK, Source, cut_where_words_end, documents
 from minigpt.tokenizer import (
-    BPETokenizer,
     CharTokenizer,
     Tokenizer,
-    UnknownCharactersError,
-    WordTokenizer,
     tokenizer_from_dict,
     train_tokenizer,
 )
 
 FORMAT = 1  # of the folder's layout; a new one prepares anew
-FOLIO = 2 << 20  # the largest page-cache folio the kernel maps around a read (Shards.release)
+# The largest page-cache folio the kernel maps around a read (a PMD: 2 MB with 4 kB pages, 512 MB
+# with 64 kB pages), what Shards.release unmaps around each window.
+FOLIO = mmap.PAGESIZE ** 2 // 8
 SHOW_PROGRESS = 16 << 20  # bytes of text from which preparing shows a progress bar
-GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
 
 @dataclass
@@ -80,90 +82,28 @@ class Shards:
             return
         size, offset = self.mapped.itemsize, tokens.storage_offset()
         end_of_file = len(self.mapped) * size
-        for start in starts.tolist():
-            first = (offset + start) * size // FOLIO * FOLIO
-            last = min(-(-(offset + start + length) * size // FOLIO) * FOLIO, end_of_file)
-            self.mapped._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+        folios = {f for start in starts.tolist()
+                  for f in range((offset + start) * size // FOLIO,
+                                 (offset + start + length) * size // FOLIO + 1)}
+        for folio in sorted(folios):
+            first = folio * FOLIO
+            self.mapped._mmap.madvise(mmap.MADV_DONTNEED, first,
+                                      min(first + FOLIO, end_of_file) - first)
 
     def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(train, val): the last val_fraction of the tokens, moved to the nearest document end
-        so that no document is cut (one document: its last tokens, as minigpt always split)."""
+        so that no document is cut, unless that end would leave val under half or over twice
+        its share (documents too few or too uneven); one document: its last tokens, as minigpt
+        always split."""
         n = len(self.tokens)
-        cut = n - int(n * val_fraction)
-        inner = self.ends[:-1]  # the ends that leave some val
+        target = int(n * val_fraction)
+        inner = self.ends[(self.ends > 0) & (self.ends < n)]  # ends that leave train and val
+        cut = n - target
         if len(inner):
-            i = int(np.searchsorted(inner, cut))
-            near = [int(inner[j]) for j in (i - 1, i) if 0 <= j < len(inner) and inner[j] > 0]
-            cut = min(near, key=lambda end: abs(end - cut)) if near else cut
+            nearest = int(inner[np.abs(inner - cut).argmin()])
+            if target / 2 <= n - nearest <= 2 * target:
+                cut = nearest
         return self.tokens[:cut], self.tokens[cut:]
-
-
-# ----------------------------------------------------------------------------- encoders
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest integer type holding ids below vocab_size: a character corpus as uint8 takes
-    an eighth of int64; GPT-2's 50,257 ids fit uint16."""
-    for dtype in (np.uint8, np.uint16, np.int32):
-        if vocab_size - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.int64)
-
-
-def _char_encoder(tokenizer: CharTokenizer):
-    """Characters to ids through a lookup table indexed by code point: numpy, no loop per character."""
-    table = np.full(max(map(ord, tokenizer.chars)) + 1, -1, dtype=np.int64)
-    table[[ord(c) for c in tokenizer.chars]] = np.arange(tokenizer.vocab_size)
-
-    def encode(texts: list[str]) -> list[np.ndarray]:
-        out = []
-        for text in texts:
-            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            ids = table[np.minimum(codes, len(table) - 1)]
-            if (ids < 0).any() or (codes >= len(table)).any():
-                raise UnknownCharactersError(tokenizer.unknown_chars(text))
-            out.append(ids)
-        return out
-
-    return encode
-
-
-def _tiktoken(tokenizer: BPETokenizer):
-    """tiktoken's Encoding with this tokenizer's vocabulary, or None (no tiktoken installed, a
-    split other than GPT-2's, or token byte strings that repeat). Its ids equal the reference's:
-    tests/test_shards.py checks them on mixed scripts and emoji."""
-    try:
-        import tiktoken
-    except ImportError:
-        return None
-    special = dict(tokenizer.special)
-    ranks = {t: i for i, t in enumerate(tokenizer.token_bytes) if i not in special.values()}
-    if tokenizer.split != "gpt2" or len(ranks) != tokenizer.vocab_size - len(special):
-        return None
-    return tiktoken.Encoding(name="minigpt", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens=special)
-
-
-def encoder(tokenizer: Tokenizer) -> tuple[Callable[[list[str]], list[np.ndarray]], str]:
-    """(encode a list of texts, how): the fastest encoder giving the tokenizer's own ids."""
-    if isinstance(tokenizer, CharTokenizer):
-        return _char_encoder(tokenizer), "lookup table"
-    if isinstance(tokenizer, WordTokenizer):
-        index, unk = tokenizer.index, tokenizer.unk_id
-        return (lambda texts: [np.fromiter((index.get(w, unk) for w in tokenizer.split(t)),
-                                           dtype=np.int64) for t in texts]), "word index"
-    fast = _tiktoken(tokenizer)
-    if fast is not None:
-        threads = os.cpu_count() or 1
-        return (lambda texts: [np.asarray(ids, dtype=np.int64) for ids in
-                               fast.encode_ordinary_batch(texts, num_threads=threads)],
-                f"tiktoken, {threads} threads")
-    how = ("minigpt's reference BPE (pip install 'minigpt[fast]' for tiktoken)"
-           if tokenizer.split == "gpt2" else "minigpt's reference BPE")
-    return (lambda texts: [np.asarray(tokenizer.encode(t), dtype=np.int64) for t in texts]), how
-
-
-def end_of_text(tokenizer: Tokenizer) -> int | None:
-    return getattr(tokenizer, "special", {}).get("<|endoftext|>")
 
 
 # ----------------------------------------------------------------------------- preparing
@@ -217,32 +157,36 @@ def _encode_all(cfg, sources: list[Source], tokenizer: Tokenizer, total: int, pr
     encode, _ = encoder(tokenizer)
     eot, dtype = end_of_text(tokenizer), token_dtype(tokenizer.vocab_size)
     hasher, ends, count, any_text = hashlib.sha256(), array("q"), 0, False
-    pending: list[str] = []
+    pending: list[str] = []  # blocks of text, many documents' at a time: one batch to encode
+    closing: list[bool] = []  # whether each block ends its document ("" marks the end)
     pending_size = 0
 
     def flush() -> None:
         nonlocal count, pending_size
-        for ids in encode(pending):
+        for ids, last in zip(encode(pending), closing):
             write(ids.astype(dtype))
             count += len(ids)
+            if last:
+                if eot is not None:
+                    write(np.array([eot], dtype=dtype))
+                    count += 1
+                ends.append(count)
         pending.clear()
+        closing.clear()
         pending_size = 0
 
     with _bar(total, "tokenizing", progress) as bar:
         for doc in documents(sources, cfg.text_field, bar, hasher):
             blocks = doc if isinstance(tokenizer, CharTokenizer) else cut_where_words_end(doc)
-            for block in blocks:
+            for block in itertools.chain(blocks, [""]):  # "": the document's end
                 _check(interrupted)
-                any_text = any_text or not block.isspace()
+                any_text = any_text or (bool(block) and not block.isspace())
                 pending.append(block)
-                pending_size += len(block)
+                closing.append(not block)
+                pending_size += len(block) + 64  # a short document costs a call as well
                 if pending_size >= BLOCK:
                     flush()
-            flush()  # the document's last tokens, before its end is written down
-            if eot is not None:
-                write(np.array([eot], dtype=dtype))
-                count += 1
-            ends.append(count)
+        flush()
     if not any_text or count == 0:
         what = f"data file {sources[0].path}" if len(sources) == 1 and sources[0].path else "the data"
         raise DataError(f"{what} is empty (or only spaces); it needs some text to train on")
@@ -250,44 +194,58 @@ def _encode_all(cfg, sources: list[Source], tokenizer: Tokenizer, total: int, pr
 
 
 def _key(cfg, sources: list[Source], tokenizer: Tokenizer | None) -> str:
-    settings = ({"tokenizer": tokenizer.to_dict()} if tokenizer is not None else
-                {"tokenizer": cfg.tokenizer, "bpe_vocab_size": cfg.bpe_vocab_size,
-                 "sample": cfg.tokenizer_sample})
+    """The shards' folder name: the tokenizer (or the settings that train one) and each source's
+    real path, size, modification and change times and inode (the embedded corpus: its text's
+    hash). An edited file changes them, so stale shards are not reused; reading no text."""
+    if tokenizer is not None:
+        settings = {"tokenizer": tokenizer.to_dict()}
+    else:
+        settings = {"tokenizer": cfg.tokenizer, "sample": cfg.tokenizer_sample
+                    if cfg.tokenizer != "char" else None,
+                    "bpe_vocab_size": cfg.bpe_vocab_size if cfg.tokenizer == "bpe" else None}
     seen = []
     for s in sources:
         if s.path is None:
             seen.append(hashlib.sha256(s.text.encode()).hexdigest())
         else:
-            stat = s.path.stat()
-            seen.append([str(s.path.resolve()), stat.st_size, stat.st_mtime_ns, s.jsonl])
-    blob = json.dumps([FORMAT, settings, cfg.text_field, seen], sort_keys=True)
+            stat = s.stat()
+            seen.append([str(s.path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+                         stat.st_ino, cfg.text_field if s.jsonl else None])
+    blob = json.dumps([FORMAT, settings, seen], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+class _Damaged(Exception):
+    """A shards folder whose files do not add up: prepared again."""
+
+
 def _open(folder: Path) -> Shards | None:
-    """Prepared shards in folder, or None when they are missing or do not add up."""
+    """Prepared shards in folder; None when there are none; _Damaged when they do not add up.
+    Other OSErrors (no permission, too many open files) pass: they are not damage."""
+    if not (folder / "index.json").is_file():
+        return None
     try:
         index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
         dtype = np.dtype(index["dtype"])
         tokens_file, ends_file = folder / "tokens.bin", folder / "ends.bin"
         if (index.get("format") != FORMAT or tokens_file.stat().st_size != index["tokens"]
                 * dtype.itemsize or ends_file.stat().st_size != index["documents"] * 8):
-            return None
+            raise _Damaged
         tokenizer = tokenizer_from_dict(index["tokenizer"])
         # copy-on-write: writable for torch, never written back; pages are shared with every
         # process mapping the same file, and read from disk only when a batch touches them
         mapped = np.memmap(tokens_file, dtype=dtype, mode="c")
         ends = np.fromfile(ends_file, dtype=np.int64)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        raise _Damaged from None
     return Shards(tokenizer, torch.from_numpy(mapped), ends, index, mapped)
 
 
 class _KeyLock:
     """One process prepares a key at a time: the others wait here, then use its shards."""
 
-    def __init__(self, path: Path):
-        self.path, self.fd = path, None
+    def __init__(self, path: Path, interrupted: Callable[[], bool]):
+        self.path, self.fd, self.interrupted = path, None, interrupted
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -297,6 +255,7 @@ class _KeyLock:
                 print(f"waiting for another process preparing the same data ({self.path})",
                       file=sys.stderr)
                 said = True
+            _check(self.interrupted)
             time.sleep(0.2)
         return self
 
@@ -309,61 +268,88 @@ def prepare(cfg, sources: list[Source], tokenizer: Tokenizer | None = None,
             cache: Path | None = None, progress: bool = False,
             interrupted: Callable[[], bool] = lambda: False) -> Shards:
     """The prepared shards of these sources (with cfg's tokenizer settings, or this tokenizer):
-    found in cache, else made there. When cache is None, or cannot take them (unwritable, full),
-    the tokens are made in memory, with a warning if the disk was full."""
+    found in cache, else made there. When cache is None, or cannot take them (unwritable, full,
+    without file locks), the tokens are made in memory, with a warning saying why."""
     total = sum(s.size for s in sources)
-    folder = None
-    if cache is not None:
-        folder = cache / "shards" / _key(cfg, sources, tokenizer)
-        found = _open(folder)
-        if found is not None:
-            return found
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            lock = _KeyLock(folder.parent / f"{folder.name}.lock")
-        except OSError as err:
-            if is_disk_full(err):
-                warnings.warn(f"{disk_full(folder)}; the tokens are kept in memory this time",
-                              stacklevel=3)
-            folder = None
-    if folder is None:
+    if cache is None:
         return _in_memory(cfg, sources, tokenizer, total, progress, interrupted)
-    with lock:
-        found = _open(folder)  # prepared while this process waited
+    root = cache / "shards"
+    folder = root / _key(cfg, sources, tokenizer)
+    try:
+        found = _find(cfg, sources, tokenizer, root, folder)
         if found is not None:
             return found
-        for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by a killed preparation
-            shutil.rmtree(stale, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)  # damaged: prepared again
-        tokenizer = tokenizer or _train_tokenizer(cfg, sources, total, progress, interrupted)
+        root.mkdir(parents=True, exist_ok=True)
+        with _KeyLock(root / f"{folder.name}.lock", interrupted):
+            try:
+                found = _open(folder)  # prepared while this process waited
+            except _Damaged:
+                shutil.rmtree(folder, ignore_errors=True)  # a process mapping it keeps its map
+            if found is not None:
+                return found
+            _remove_leftovers(folder)
+            tokenizer = tokenizer or _train_tokenizer(cfg, sources, total, progress, interrupted)
+            return _write(cfg, sources, tokenizer, total, progress, folder, interrupted)
+    except (OSError, DiskFullError) as err:
+        why = str(err) if isinstance(err, DiskFullError) else (
+            f"cannot prepare token shards in {root}: {err.strerror or err}")
+        warnings.warn(f"{why}; the tokens are kept in memory this time (set --data.cache_dir to "
+                      "a writable folder with room to keep them)", stacklevel=3)
+        return _in_memory(cfg, sources, tokenizer, total, progress, interrupted)
+
+
+def _find(cfg, sources, tokenizer, root: Path, folder: Path) -> Shards | None:
+    """Shards already prepared: this key's, or for a run's own tokenizer (resuming, evaluating)
+    the ones its first start prepared under the tokenizer settings, when they hold its tokenizer."""
+    keys = [folder] + ([root / _key(cfg, sources, None)] if tokenizer is not None else [])
+    for candidate in keys:
         try:
-            _write(cfg, sources, tokenizer, total, progress, folder, interrupted)
-        except DiskFullError as err:
-            warnings.warn(f"{err}; the tokens are kept in memory this time", stacklevel=3)
-            return _in_memory(cfg, sources, tokenizer, total, progress, interrupted)
-        shards = _open(folder)
-    if shards is None:
-        raise DataError(f"the prepared data in {folder} cannot be read back; remove that folder")
-    return shards
+            found = _open(candidate)
+        except _Damaged:
+            continue
+        if found is not None and (tokenizer is None
+                                  or found.tokenizer.to_dict() == tokenizer.to_dict()):
+            return found
+    return None
 
 
-def _write(cfg, sources, tokenizer, total, progress, folder: Path, interrupted) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+def _remove_leftovers(folder: Path) -> None:
+    """.tmp folders of this key that a killed preparation on this host left (with the key's lock
+    held, no live one is here); another host's are left alone, as its lock may not reach here."""
+    host, start = socket.gethostname(), len(f".{folder.name}.")
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # .KEY.HOST-PID.RANDOM.tmp
+        if stale.name[start:].rsplit(".", 2)[0].rsplit("-", 1)[0] == host:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _write(cfg, sources, tokenizer, total, progress, folder: Path, interrupted) -> Shards:
+    prefix = f".{folder.name}.{socket.gethostname()}-{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=prefix, suffix=".tmp"))
     current = tmp / "tokens.bin"
     try:
         with open(current, "wb") as f:
             count, ends, digest = _encode_all(cfg, sources, tokenizer, total, progress,
                                               lambda ids: f.write(ids.tobytes()), interrupted)
-        current = tmp / "ends.bin"
-        current.write_bytes(ends.tobytes())
+            f.flush()
+            os.fsync(f.fileno())  # whole on disk before the rename makes it visible
         index = {"format": FORMAT, "dtype": token_dtype(tokenizer.vocab_size).str,
                  "tokens": count, "documents": len(ends), "text_sha256": digest,
                  "bytes": total, "sources": [str(s.path) if s.path else "(in memory)"
                                              for s in sources[:100]],
                  "tokenizer": tokenizer.to_dict()}
-        current = tmp / "index.json"
-        current.write_text(json.dumps(index), encoding="utf-8")
-        os.replace(tmp, folder)
+        for current, blob in ((tmp / "ends.bin", ends.tobytes()),
+                              (tmp / "index.json", json.dumps(index).encode())):
+            with open(current, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            os.replace(tmp, folder)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: its shards
+        return _open(folder)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(err):

@@ -13,6 +13,7 @@ files, a NUL byte, bad UTF-8, a line that is not JSON or lacks the field) is a o
 import codecs
 import glob
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from minigpt.files import path_problem
 BLOCK = 4 << 20  # bytes of text read at a time
 TEXT_SUFFIXES, JSONL_SUFFIXES = (".txt", ".text", ".md"), (".jsonl", ".ndjson")
 # Where text can be cut into blocks without changing its tokens, for word and GPT-2 style BPE
-# splits alike: between a letter and a space before a letter (the space starts the next word), or
-# after a newline between two other characters. Python 3.11's re has no \p{L}: ASCII letters.
-_CUT = re.compile(r"[A-Za-z](?= [A-Za-z])|\S\n(?=\S)")
+# splits alike (fuzzed against whole-text splits): after a non-space character followed by a space
+# and another non-space (the space starts the next piece), or after a newline that follows a
+# non-space and comes before a non-space or one more newline.
+_CUT = re.compile(r"\S(?= \S)|\S\n(?=\n?\S)")
+CARRY_LIMIT = 4 * BLOCK  # characters with nowhere to cut, held at most: then cut anyway
 
 
 @dataclass
@@ -39,7 +42,13 @@ class Source:
 
     @property
     def size(self) -> int:
-        return self.path.stat().st_size if self.path is not None else len(self.text.encode())
+        return self.stat().st_size if self.path is not None else len(self.text.encode())
+
+    def stat(self) -> os.stat_result:
+        try:
+            return self.path.stat()
+        except OSError as err:
+            raise DataError(f"data file {self.path} cannot be read: {err.strerror or err}") from None
 
 
 
@@ -49,7 +58,7 @@ def find_sources(path: str) -> list[Source]:
     if problem:
         raise DataError(f"data path {path!r} cannot name a file: {problem}")
     if glob.has_magic(path):
-        files = sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
+        files = _glob(path)
         if not files:
             raise DataError(f"no file matches data path {path}; check --data.path")
     elif Path(path).is_dir():
@@ -70,6 +79,21 @@ def find_sources(path: str) -> list[Source]:
     return [Source(p, jsonl=p.suffix.lower() in JSONL_SUFFIXES) for p in files]
 
 
+def _glob(pattern: str) -> list[Path]:
+    """The files a glob matches, each once (by its real path), in path order, hidden ones skipped
+    as a shell skips them. pathlib's ** does not follow symbolic links into folders, so a link
+    loop cannot make it run forever."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:first]) if first else Path(".")
+    found: dict[Path, Path] = {}
+    for match in root.glob(str(Path(*parts[first:]))):
+        hidden = any(part.startswith(".") for part in match.relative_to(root).parts)
+        if match.is_file() and not hidden:
+            found.setdefault(match.resolve(), match)
+    return sorted(found.values())
+
+
 def read_text_file(path: Path, bar, hasher) -> Iterator[str]:
     """A UTF-8 file's text in blocks, "\\r\\n" read as "\\n"; a DataError for anything else."""
     decoder, offset, carry = codecs.getincrementaldecoder("utf-8")(), 0, ""
@@ -80,11 +104,13 @@ def read_text_file(path: Path, bar, hasher) -> Iterator[str]:
                 if b"\0" in block:
                     raise DataError(f"data file {path} holds NUL bytes, so it is not text (a "
                                     "binary file?); pass a UTF-8 text file")
+                pending = len(decoder.getstate()[0])  # bytes of a character cut by the last block
                 try:
                     text = carry + decoder.decode(block, final=not block)
                 except UnicodeDecodeError as err:
                     raise DataError(f"data file {path} is not valid UTF-8 text (byte "
-                                    f"{offset + err.start}); convert it to UTF-8 first") from None
+                                    f"{offset - pending + err.start}); convert it to UTF-8 "
+                                    "first") from None
                 hasher.update(block)
                 bar.update(len(block))
                 offset += len(block)
@@ -121,6 +147,12 @@ def _read_jsonl(path: Path, text_field: str, bar, hasher) -> Iterator[str]:
                 if not isinstance(text, str):
                     raise DataError(f"{path} line {number}: field {text_field!r} is "
                                     f"{type(text).__name__}, not text")
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise DataError(f"{path} line {number}: field {text_field!r} holds a lone "
+                                    "surrogate escape (\\ud800-\\udfff), which is no character; "
+                                    "fix that line") from None
                 yield text.replace("\r\n", "\n")
     except OSError as err:
         raise DataError(f"data file {path} cannot be read: {err.strerror or err}") from None
@@ -148,6 +180,8 @@ def cut_where_words_end(blocks: Iterator[str]) -> Iterator[str]:
         tail = text[-65536:]
         last = next(reversed(list(_CUT.finditer(tail))), None)
         cut = len(text) - len(tail) + last.end() if last else 0
+        if not cut and len(text) > CARRY_LIMIT:  # 16 M characters without a space or newline:
+            cut = len(text)  # bounded memory over one token boundary that may differ
         if cut:
             yield text[:cut]
         carry = text[cut:]

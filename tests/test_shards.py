@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import minigpt.encoders as encoders
 import minigpt.shards as shards
 import minigpt.sources as sources
 from minigpt.config import DataConfig
@@ -58,14 +59,14 @@ def test_fast_encoders_give_the_reference_ids(gpt2_style):
     tokenizers = [CharTokenizer.train(TEXT + "Tabs"), WordTokenizer.train(TEXT),
                   BPETokenizer.train(TEXT, 330), gpt2_style]
     for tok in tokenizers:
-        encode, how = shards.encoder(tok)
+        encode, how = encoders.encoder(tok)
         for text in (TEXT, MIXED, "  leading spaces\nand\tTabs  ", "😀", ""):
             assert encode([text])[0].tolist() == tok.encode(text), (tok.kind, how, text[:40])
-    _, how = shards.encoder(tokenizers[2])
-    if shards._tiktoken(tokenizers[2]) is not None:
+    _, how = encoders.encoder(tokenizers[2])
+    if encoders._tiktoken(tokenizers[2]) is not None:
         assert how.startswith("tiktoken")
     with pytest.raises(UnknownCharactersError):
-        shards.encoder(CharTokenizer("abc"))[0](["abd"])
+        encoders.encoder(CharTokenizer("abc"))[0](["abd"])
 
 
 def test_blocks_cut_where_words_end_keep_every_token(tmp_path, monkeypatch, gpt2_style):
@@ -104,9 +105,11 @@ def test_a_directory_of_text_and_json_lines_is_one_document_a_file_or_line(tmp_p
     eot = gpt2_style.special["<|endoftext|>"]
     tokens = prepared.tokens.tolist()
     assert [i + 1 for i, t in enumerate(tokens) if t == eot] == prepared.ends.tolist()
-    for fraction in (0.05, 0.1, 0.3, 0.5):  # the split falls on a document's end
+    for fraction in (0.3, 0.5):  # a document's end within twice the share: the split is there
         train, val = prepared.split(fraction)
         assert len(train) in prepared.ends.tolist() and len(val) > 0
+    train, val = prepared.split(0.05)  # the last document is over twice 5%: cut inside it
+    assert len(val) == int(len(tokens) * 0.05)
     glob = shards.prepare(config(tmp_path), sources.find_sources(str(tmp_path / "data" / "*.txt")),
                           gpt2_style, tmp_path / "cache")
     assert len(glob.ends) == 1
@@ -254,3 +257,66 @@ def test_batches_unmap_what_they_read_so_memory_stays_flat(tmp_path):
     for _ in range(25):
         get_batch(data.train, 12, 64, generator)
     assert rss_file_mb() - before > 8  # what the release saves
+
+
+def test_the_val_split_stays_near_its_share_when_documents_are_uneven(tmp_path):
+    """An 11-token document before a 44,000-token one: no document end leaves val near 10%, so
+    the split cuts inside the last document; an empty last document leaves val its tokens."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.txt").write_text("short text.")
+    (folder / "b.txt").write_text("the cat sat on the mat. " * 1834)
+    (folder / "c.txt").write_text("")
+    data = prepare_data(config(tmp_path, path=str(folder), tokenizer="char"), 16)
+    total = len(data.train) + len(data.val)
+    assert abs(len(data.val) - total * 0.1) <= 1
+
+
+def test_text_without_english_words_is_still_cut_into_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "BLOCK", 4096)
+    monkeypatch.setattr(shards, "BLOCK", 4096)
+    text = ("Съешь же ещё этих мягких французских булок, да выпей чаю.\n\n東京タワーは333m。"
+            "\n") * 400
+    blocks = list(sources.cut_where_words_end(iter([text[i:i + 4096]
+                                                    for i in range(0, len(text), 4096)])))
+    assert len(blocks) > 5 and max(map(len, blocks)) < 3 * 4096
+    path = tmp_path / "ru.txt"
+    path.write_text(text)
+    for kind in ("word", "bpe"):
+        data = prepare_data(config(tmp_path, path=str(path), tokenizer=kind, bpe_vocab_size=300), 16)
+        assert torch.cat([data.train, data.val]).tolist() == data.tokenizer.encode(text), kind
+
+
+def test_a_glob_through_a_link_loop_reads_each_file_once(tmp_path):
+    (tmp_path / "h" / "sub").mkdir(parents=True)
+    (tmp_path / "h" / "a.txt").write_text("x")
+    (tmp_path / "h" / "sub" / "b.txt").write_text("y")
+    (tmp_path / "h" / "self").symlink_to(tmp_path / "h")
+    (tmp_path / "h" / "sub" / "up").symlink_to(tmp_path / "h")
+    found = sources.find_sources(str(tmp_path / "h" / "**" / "*.txt"))
+    assert [s.path.name for s in found] == ["a.txt", "b.txt"]
+
+
+def test_a_json_line_with_a_lone_surrogate_is_one_line(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"text": "fine"}\n{"text": "bad \\ud83d here"}\n')
+    with pytest.raises(DataError, match=r"line 2: field 'text' holds a lone surrogate"):
+        prepare_data(config(tmp_path, path=str(tmp_path / "c.jsonl"), tokenizer="char"), 2)
+
+
+def test_a_resumed_run_uses_the_shards_its_first_start_prepared(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text(load_corpus())
+    cfg = config(tmp_path, path=str(path), tokenizer="bpe", bpe_vocab_size=300)
+    first = prepare_data(cfg, 16)
+    monkeypatch.setattr(shards, "documents", lambda *a: pytest.fail("prepared again"))
+    again = prepare_data(cfg, 16, tokenizer=first.tokenizer)  # as --resume passes the run's own
+    assert torch.equal(again.val, first.val) and len(folders(tmp_path)) == 1
+
+
+def test_an_unusable_cache_is_a_warning_and_the_tokens_are_in_memory(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    cfg = DataConfig(cache_dir=str(tmp_path / "file" / "cache"), tokenizer="char")
+    with pytest.warns(UserWarning, match="cannot prepare token shards in .*: Not a directory; "
+                                         "the tokens are kept in memory this time"):
+        data = prepare_data(cfg, 16)
+    assert len(data.train) > 0
