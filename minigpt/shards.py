@@ -1,9 +1,10 @@
 """Prepared token shards: text of any size, tokenized once in bounded memory into a token file
 that training reads through a memory map, never all into RAM.
 
-    shards = prepare(cfg.data, progress=True)    # cached: a second start reads no text
-    shards.tokens                                # (N,) tensor over the mapped file
-    train, val = shards.split(0.1)               # the val split never cuts a document
+    sources, _ = data_sources(cfg.data)              # minigpt.data: what to read
+    shards = prepare(cfg.data, sources, cache=Path("cache"), progress=True)  # found, or made
+    shards.tokens                                    # (N,) tensor over the mapped file
+    train, val = shards.split(0.1)                   # at a document's end where it can
 
 What is read: the embedded corpus (or Tiny Shakespeare), a text file, a directory (its .txt, .md
 and .jsonl files, in path order) or a glob of files. A plain text file is one document; a .jsonl
@@ -19,7 +20,7 @@ leaves only a .tmp folder, which the next preparation removes, and no half-writt
     ends.bin     int64: where each document ends in tokens.bin
     index.json   dtype, tokens, documents, the tokenizer, the sources, the text's SHA-256
 
-The key is made from the tokenizer settings and each source's path, size and modification time (the
+The key is made from the tokenizer settings and each source's path, size, times and inode (the
 embedded corpus: its text), so finding prepared shards reads no text; a changed file gets new ones.
 One process prepares a key at a time (a lock file beside it); the others wait and then share them.
 """
