@@ -228,12 +228,15 @@ def print_report(report: dict) -> None:
                   f"{r['warmup_s']:8.1f} {r['peak_memory_mb']:10.0f} {r['page_faults_per_step']:11.0f}")
     if report.get("speedrun"):
         r = report["speedrun"]
-        reached = (f"reached at step {r['reached_at_step']}, {r['time_to_target_s']:.1f} s after "
-                   f"start" if r["reached_at_step"] is not None
-                   else f"not reached in {r['steps']} steps")
+        reached = (f"reached at step {r['reached_at_step']}: "
+                   f"{r['time_to_target_from_process_start_s']:.1f} s from the process's start, "
+                   f"{r['time_to_target_s']:.1f} s from train()'s, "
+                   f"{r['time_to_target_from_first_step_s']:.1f} s from the first step"
+                   if r["reached_at_step"] is not None else f"not reached in {r['steps']} steps")
         print(f"\nspeedrun {r['config']}: val <= {r['target']} {reached}; best val "
               f"{r['best_val_loss']:.4f}, {r['wall_s']:.1f} s in all (compile "
-              f"{'on' if r['compile'] else 'off'})")
+              f"{'on' if r['compile'] else 'off'}); start-up before the first step "
+              f"{r['start_up_s']:.1f} s")
         mfu = [f"{r['mfu_measured_peak']:.1%} of the measured matmul peak"]
         if r["mfu_datasheet"] is not None:
             mfu.insert(0, f"MFU {r['mfu_datasheet']:.1%} of the bf16 datasheet peak")

@@ -49,6 +49,7 @@ class TrainResult:
     step_seconds: list[float] = field(default_factory=list)  # each step's time, evals excluded
     stopped_by: str | None = None  # the signal name when interrupted
     target_step: int | None = None  # the step whose val loss reached train.target_val_loss
+    first_step_s: float | None = None  # s since train() began when this process's first step began
     model: GPT | None = None  # the trained model, as it is at the end
     prompt: str = ""  # train.sample_prompt if the tokenizer could encode it, else ""
 
@@ -147,6 +148,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 lr = lr_at(run.step, tc)
                 run.trainer.set_lr(lr)
                 step_start = time.perf_counter()
+                if result.first_step_s is None:  # set-up, data and the first probe are done
+                    result.first_step_s = step_start - started
                 loss, grad_norm = run.trainer.step(run.next_batch)  # 2. the step
                 run.step += 1
                 record_step(run, result, board, bar, loss, lr, grad_norm,

@@ -121,11 +121,16 @@ def test_speedrun_reports_time_to_target_and_mfu(tmp_path, capsys, small_peak):
     run = report["speedrun"]
     assert run["reached_at_step"] == 3 and run["steps"] == 3  # any first eval is <= 100
     assert 0 < run["time_to_target_s"] <= run["wall_s"]
+    assert 0 < run["time_to_target_from_first_step_s"] < run["time_to_target_s"]
+    # from the process's start: the imports come before train(), so it is the longest of the three
+    assert run["time_to_target_s"] < run["time_to_target_from_process_start_s"] < 600
+    assert run["start_up_s"] > run["time_to_target_s"] - run["time_to_target_from_first_step_s"]
     assert run["mfu_datasheet"] is None  # no datasheet peak for a CPU
     assert 0 < run["mfu_measured_peak"] < 1.5 and run["tokens_per_sec"] > 0
     assert report["peak"]["dtype"] == "float32"
     printed = capsys.readouterr().out
-    assert "val <= 100.0 reached at step 3" in printed and "of the measured matmul peak" in printed
+    assert "val <= 100.0 reached at step 3: " in printed and "of the measured matmul peak" in printed
+    assert "s from the process's start" in printed and "start-up before the first step" in printed
 
 
 def test_speedrun_that_misses_its_target_says_so(tmp_path, capsys, small_peak):
