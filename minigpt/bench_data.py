@@ -27,9 +27,9 @@ from minigpt.corpus import load_corpus
 from minigpt.runtime import peak_rss_mb
 
 TOKENIZERS = ("char", "word", "bpe", "gpt2")
-MODEL = ["--model.context_length", "64", "--model.embed_dim", "128", "--model.num_layers", "4",
-         "--train.batch_size", "12", "--train.max_steps", "5", "--train.eval_interval", "5",
-         "--train.eval_batches", "4"]
+MODEL = {"model.context_length": "64", "model.embed_dim": "128", "model.num_layers": "4",
+         "train.batch_size": "12", "train.max_steps": "5", "train.eval_interval": "5",
+         "train.eval_batches": "4"}  # the CPU recipe's shape, 5 steps
 
 
 def synthetic_text(path: Path, megabytes: float, seed: int = 0) -> None:
@@ -88,8 +88,7 @@ def train_one(text: str, cache: str, out: str) -> dict:
     from minigpt.config import load_config
     from minigpt.training import train
 
-    keys = dict(zip(MODEL[::2], MODEL[1::2]))
-    cfg = load_config(None, {**{k[2:]: v for k, v in keys.items()}, "data.path": text,
+    cfg = load_config(None, {**MODEL, "data.path": text,
                              "data.tokenizer": "char", "data.cache_dir": cache,
                              "train.out_dir": out, "train.probe": "false"})
     train(cfg, progress=False)

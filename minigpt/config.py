@@ -136,9 +136,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "auto: bf16 on CUDA if supported, else fp16 on CUDA, fp32 elsewhere", "auto")
     compile: bool = _help("torch.compile the model (faster on GPU; costs start-up time)", False)
-    fsdp: bool = _help("under torchrun, shard the weights, gradients and AdamW state across ranks "
-                       "with FSDP2's fully_shard, for a model too big for one device (needs "
-                       "train.optimizer adamw, train.probe false, train.compile false)", False)
+    fsdp: bool = _help("under torchrun, shard weights, gradients and AdamW state across ranks "
+                       "(FSDP2's fully_shard): a model too big for one device", False)
     threads: int = _help("CPU threads for torch (0: torch's default)", 0)
     init_from: str = _help("start from these weights (fine-tuning): a minigpt run or .pt file, a "
                            "Hugging Face GPT-2 directory, or a hub name such as gpt2; the model "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from minigpt import encoders, shards
 from minigpt.config import DataConfig
@@ -75,15 +76,10 @@ def read_text(path: str | Path) -> str:
     sources = find_sources(str(path))
     if len(sources) != 1 or sources[0].jsonl or Path(path).is_dir():
         raise DataError(f"data path {path} is not one text file; pass a UTF-8 text file")
-    text = "".join(read_text_file(sources[0].path, _NoBar(), hashlib.sha256()))
+    text = "".join(read_text_file(sources[0].path, tqdm(disable=True), hashlib.sha256()))
     if not text.strip():
         raise DataError(f"data file {path} is empty; it needs some text to train on")
     return text
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
 
 
 def data_sources(cfg: DataConfig) -> tuple[list[Source], str]:

@@ -68,9 +68,8 @@ def encoder(tokenizer: Tokenizer) -> tuple[Callable[[list[str]], list[np.ndarray
     if isinstance(tokenizer, CharTokenizer):
         return _char_encoder(tokenizer), "lookup table"
     if isinstance(tokenizer, WordTokenizer):
-        index, unk = tokenizer.index, tokenizer.unk_id
-        return (lambda texts: [np.fromiter((index.get(w, unk) for w in tokenizer.split(t)),
-                                           dtype=np.int64) for t in texts]), "word index"
+        return (lambda texts: [np.asarray(tokenizer.encode(t), dtype=np.int64) for t in texts]), \
+            "word index"
     fast = _tiktoken(tokenizer)
     if fast is not None:
         threads = os.cpu_count() or 1

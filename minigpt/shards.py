@@ -137,16 +137,14 @@ def _train_tokenizer(cfg, sources: list[Source], total: int, progress: bool,
             if not chars:
                 raise DataError("the data holds no text; it needs some text to train on")
             return CharTokenizer(chars)
+        blocks = itertools.chain.from_iterable(  # the documents' text, "\n" between them
+            itertools.chain(["\n"] if i else [], doc) for i, doc in enumerate(docs))
         sample, size = [], 0
-        for doc in docs:
-            for block in doc:
-                sample.append(block)
-                size += len(block)
-                if size >= cfg.tokenizer_sample:
-                    break
+        for block in blocks:
+            sample.append(block)
+            size += len(block)
             if size >= cfg.tokenizer_sample:
                 break
-            sample.append("\n")
         return train_tokenizer(cfg.tokenizer, "".join(sample)[:max(cfg.tokenizer_sample, 1)],
                                cfg.bpe_vocab_size)
 
