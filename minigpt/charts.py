@@ -17,7 +17,7 @@ import altair as alt
 import pandas as pd
 import torch
 
-from minigpt.heatmap import PALETTE, colours
+from minigpt.heatmap import MASK_GREY, PALETTE, colours, is_masked
 from minigpt.sampling import top_k_filter, top_p_filter
 
 MODEL_VIEW_CELLS = 48  # the most rows a thumbnail shows: more cells than pixels add nothing
@@ -31,7 +31,6 @@ def token_labels(tokens: list[str], start: int = 0, width: int | None = None) ->
 
 
 MASKED = "masked: a later token"  # what a cell above the diagonal of a causal head says
-MASK_GREY = "#c8c8c8"
 
 
 def _weight_colour(legend: bool = True):
@@ -40,11 +39,6 @@ def _weight_colour(legend: bool = True):
     return alt.condition(f"datum.shown == '{MASKED}'", alt.value(MASK_GREY), alt.Color(
         "weight:Q", scale=alt.Scale(domain=[0, 1], range=list(PALETTE)),
         legend=alt.Legend(title="weight") if legend else None))
-
-
-def is_masked(weights: torch.Tensor) -> bool:
-    """Whether these (..., T, T) weights are a causal head's: nothing above the diagonal."""
-    return bool((weights.float().triu(1) == 0).all()) and weights.size(-1) > 1
 
 
 def _shown(weight: float, query: int, key: int, causal: bool) -> str:

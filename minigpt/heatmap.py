@@ -57,6 +57,14 @@ def heatmap(matrix: torch.Tensor, cell: int = 8, vmin: float | None = None,
     return image.convert("RGB").resize((cols * cell, rows * cell), Image.Resampling.NEAREST)
 
 
+MASK_GREY = "#c8c8c8"  # cells the causal mask hides: not seen at all, unlike a zero weight
+
+
+def is_masked(weights: torch.Tensor) -> bool:
+    """Whether these (..., T, T) weights are a causal head's: nothing above the diagonal."""
+    return bool((weights.float().triu(1) == 0).all()) and weights.size(-1) > 1
+
+
 def _label(token: str) -> str:
     return repr(token)[1:-1][:10]  # newlines and spaces visible, long tokens cut
 
@@ -72,7 +80,8 @@ def attention_image(weights: torch.Tensor, tokens: list[str] | None = None,
                     cell: int | None = None, title: str = "") -> Image.Image:
     """One layer's attention weights (H, T, T) in [0, 1]: the heads side by side, each titled,
     queries top to bottom and keys left to right, with the tokens along both axes when given.
-    Where cells are narrower than the text, every n-th token is labelled."""
+    Where cells are narrower than the text, every n-th token is labelled. The cells a causal mask
+    hides (above the diagonal) are grey, not the colour of a zero weight."""
     num_heads, T, _ = weights.shape
     cell = cell or max(4, min(24, 240 // T))
     font = _font()
@@ -83,9 +92,13 @@ def attention_image(weights: torch.Tensor, tokens: list[str] | None = None,
     top = TITLE + margin
     canvas = Image.new("RGB", (margin + num_heads * (side + GAP) - GAP, top + side), "white")
     draw = ImageDraw.Draw(canvas)
+    masked = is_masked(weights)
     for head in range(num_heads):
         x = margin + head * (side + GAP)
         canvas.paste(heatmap(weights[head], cell, vmin=0.0, vmax=1.0), (x, top))
+        for query in range(T - 1) if masked else ():
+            draw.rectangle([x + (query + 1) * cell, top + query * cell, x + side - 1,
+                            top + (query + 1) * cell - 1], fill=MASK_GREY)
         draw.text((x + side // 2, 2), f"{title} head {head}".strip(), fill="black", font=font,
                   anchor="ma")
         for i in range(0, len(labels), every):
@@ -96,7 +109,8 @@ def attention_image(weights: torch.Tensor, tokens: list[str] | None = None,
     return canvas
 
 
-ATTENTION_NOTE = "rows: each token (query); columns: the tokens it attends to (keys)"
+ATTENTION_NOTE = ("rows: each token (query); columns: the tokens it attends to (keys); grey: "
+                  "hidden by the causal mask")
 
 
 def add_legend(image: Image.Image, vmin: float, vmax: float, note: str = "") -> Image.Image:

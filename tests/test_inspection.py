@@ -296,3 +296,18 @@ def test_snapshots_of_another_layout_are_ignored_not_shown(tmp_path, content):
     good = {"tokens": ["a", "b", "c"], "steps": [4], "snapshots": [probe_snapshot(model, [1, 2, 3])]}
     torch.save(good, tmp_path / SNAPSHOTS)
     assert load_snapshots(tmp_path)["steps"] == [4]
+
+
+def test_attention_images_draw_the_causal_mask_grey():
+    """What the mask hides is drawn grey, not as the dark colour of a weight of 0."""
+    from minigpt.heatmap import MASK_GREY, attention_image
+
+    grey = tuple(int(MASK_GREY[i:i + 2], 16) for i in (1, 3, 5))
+    causal = torch.softmax(torch.randn(2, 4, 4).masked_fill(torch.ones(4, 4).triu(1).bool(),
+                                                            float("-inf")), dim=-1)
+    image = attention_image(causal, ["a", "b", "c", "d"], cell=10)
+    top, left = image.height - 40, image.width - 40  # head 1's cells: row 0, key 3 is masked
+    assert image.getpixel((left + 35, top + 5)) == grey
+    assert image.getpixel((left + 5, top + 35)) != grey  # row 3, key 0 is a weight
+    open_heads = attention_image(torch.full((2, 4, 4), 0.25), ["a", "b", "c", "d"], cell=10)
+    assert open_heads.getpixel((left + 35, top + 5)) != grey

@@ -21,7 +21,7 @@ from minigpt.tokenizer import WordTokenizer
 
 LAYERS_NOTE = ("Layers are numbered from the input: layer 0 is the embeddings (token and "
                "position), layer N the output of block N.")
-LENS_ROW_0_NOTE = (f"the bottom row, {charts.LENS_ROW_0}, reads the embeddings before any block "
+LENS_ROW_0_NOTE = (f"the top row, {charts.LENS_ROW_0}, reads the embeddings before any block "
                    "has run: there the token itself is the likeliest 'next' token (the head reads "
                    "back the embedding it is tied to), so it says nothing about the prediction. "
                    "Predictions form in the rows above it.")
