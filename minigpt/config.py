@@ -106,10 +106,17 @@ class TrainConfig:
     lr: float = _help("peak learning rate, reached after warmup", 1e-3)
     min_lr: float = _help("learning rate at the end of the cosine decay", 1e-4)
     warmup_steps: int = _help("steps of linear warmup from 0 to lr", 100)
+    lr_schedule: Literal["cosine", "wsd"] = _help(
+        "after warmup: cosine decay to min_lr at max_steps, or wsd (warmup-stable-decay): lr held "
+        "until the last cooldown_fraction of the steps, then a straight line to min_lr", "cosine")
+    cooldown_fraction: float = _help("share of max_steps that wsd spends decaying", 0.4)
     optimizer: Literal["adamw", "muon"] = _help(
         "adamw, or muon for the matrices inside the blocks (AdamW for the rest)", "adamw")
     muon_lr: float = _help("peak learning rate of the muon matrices (train.lr is for the rest)",
                            0.02)
+    muon_momentum: float = _help("Nesterov momentum of the muon matrices", 0.95)
+    muon_momentum_warmup: int = _help("steps over which muon's momentum rises linearly from "
+                                      "0.85 to muon_momentum (0: constant)", 0)
     muon_weight_decay: float = _help("decoupled weight decay of the muon matrices: each step "
                                      "scales them by 1 - (current muon lr) * this", 0.0)
     weight_decay: float = _help("AdamW weight decay, on weight matrices only", 0.1)
@@ -153,7 +160,8 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         for name in ["warmup_steps", "weight_decay", "muon_weight_decay", "grad_clip",
-                     "sample_tokens", "threads", "min_lr", "target_val_loss", "eval_batches"]:
+                     "sample_tokens", "threads", "min_lr", "target_val_loss", "eval_batches",
+                     "muon_momentum_warmup"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ["lr", "muon_lr"]:
@@ -171,7 +179,11 @@ class TrainConfig:
                     f"{getattr(self, decay)} = {product:g}: each step multiplies the weights by "
                     f"1 - {rate} * {decay}, which would zero them or flip their sign; lower one "
                     f"of the two (weight decays are usually 0.01 to 0.1)")
-        for name in ["beta1", "beta2"]:
+        if not 0 < self.cooldown_fraction <= 1:
+            raise ConfigError(f"train.cooldown_fraction must be in (0, 1], got "
+                              f"{self.cooldown_fraction}")
+        _check_choice("train.lr_schedule", self.lr_schedule, ("cosine", "wsd"))
+        for name in ["beta1", "beta2", "muon_momentum"]:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         _check_choice("train.optimizer", self.optimizer, ("adamw", "muon"))

@@ -63,7 +63,7 @@ class PromptInspection:
 def logit_lens(model: GPT, hidden: torch.Tensor) -> torch.Tensor:
     """Read next-token logits straight from an intermediate hidden state (..., C) -> (..., V),
     through the final norm and head (https://www.lesswrong.com/posts/AcKRB8wDpdaN6v6ru)."""
-    return model.head(model.final_norm(hidden))
+    return model.unembed(model.final_norm(hidden))
 
 
 def run_with_hooks(model: GPT, ids: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the cache is decoding's (minigpt.generation); attention onl
     from minigpt.generation import KVCache
 
 NORM_PLACEMENTS = ("pre", "post")
-ACTIVATIONS = ("gelu", "gelu_tanh")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu2")
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,21 @@ class ModelConfig:
     tie_weights: bool = field(
         default=True, metadata={"help": "share the token embedding with the output head"})
     bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers"})
-    activation: Literal["gelu", "gelu_tanh"] = field(
-        default="gelu", metadata={"help": "feed-forward nonlinearity: exact GELU, or GPT-2's tanh "
-                                          "approximation"})
+    activation: Literal["gelu", "gelu_tanh", "relu2"] = field(
+        default="gelu", metadata={"help": "feed-forward nonlinearity: exact GELU, GPT-2's tanh "
+                                          "approximation, or relu2 (ReLU squared, "
+                                          "https://arxiv.org/abs/2109.08668)"})
+    # Speedrun options (configs/shakespeare_char_*.toml; docs/records.md has what each bought).
+    qk_norm: bool = field(
+        default=False, metadata={"help": "RMS-normalise each head's queries and keys before their "
+                                         "dot product (QK-norm): attention scores stay bounded, "
+                                         "so higher learning rates stay stable"})
+    logit_softcap: float = field(
+        default=0.0, metadata={"help": "squash the logits smoothly into (-cap, cap) with "
+                                       "cap * tanh(logits / cap) (0: off)"})
+    zero_init_proj: bool = field(
+        default=False, metadata={"help": "start the projections that write into the residual "
+                                         "stream at zero, so every block begins as the identity"})
     # Ablation switches: each removes one part, to show what it is for (README, "Take it apart").
     # A single head of the same width is num_heads = 1.
     residual: bool = field(
@@ -98,6 +110,10 @@ class ModelConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation must be one of {ACTIVATIONS}, "
                              f"got {self.activation!r}")
+        if isinstance(self.logit_softcap, bool) or not (
+                isinstance(self.logit_softcap, (int, float)) and 0 <= self.logit_softcap < math.inf):
+            raise ConfigError(f"model.logit_softcap must be a number >= 0 (0: off), "
+                              f"got {self.logit_softcap!r}")
         if self.pos_encoding == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head_dim, got {self.head_dim} "
                              f"(embed_dim / num_heads)")
@@ -178,6 +194,7 @@ class CausalSelfAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.dropout = cfg.dropout
         self.causal = cfg.causal
+        self.qk_norm = cfg.qk_norm
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.bias)  # W_q, W_k, W_v
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)  # W_out
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -190,6 +207,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
                    for t in (q, k, v))  # (B, H, T, D) each: heads become a batch dimension
+        if self.qk_norm:  # every query and key becomes a vector of RMS 1
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rotation is not None:  # rope: positions enter here, as a rotation of q and k
             q, k = apply_rotary(q, *rotation), apply_rotary(k, *rotation)
         if cache is not None:
@@ -210,20 +229,24 @@ class CausalSelfAttention(nn.Module):
 # ----------------------------------------------------------------------------- feed-forward
 
 class FeedForward(nn.Module):
-    """Per-position MLP: expand to ffn_mult * C, GELU, project back to C. Hook point:
-    hook_neurons (B, T, ffn_mult * C), the activations after GELU."""
+    """Per-position MLP: expand to ffn_mult * C, GELU (or ReLU squared), project back to C. Hook
+    point: hook_neurons (B, T, ffn_mult * C), the activations after the nonlinearity."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.embed_dim, cfg.ffn_mult * cfg.embed_dim, bias=cfg.bias)
         self.proj = nn.Linear(cfg.ffn_mult * cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.activation = cfg.activation
         self.hook_neurons = HookPoint()
 
     def forward(self, x):
-        neurons = self.hook_neurons(F.gelu(self.fc(x), approximate=self.approximate))
-        return self.dropout(self.proj(neurons))
+        x = self.fc(x)
+        if self.activation == "relu2":
+            x = F.relu(x).square()
+        else:
+            x = F.gelu(x, approximate="tanh" if self.activation == "gelu_tanh" else "none")
+        return self.dropout(self.proj(self.hook_neurons(x)))
 
 
 # ----------------------------------------------------------------------------- block
@@ -304,7 +327,9 @@ class GPT(nn.Module):
         # language_models_are_unsupervised_multitask_learners.pdf, section 2.3).
         for block in self.blocks:
             for sublayer in (block.attn, block.ffn):
-                if sublayer is not None:
+                if sublayer is not None and cfg.zero_init_proj:
+                    nn.init.zeros_(sublayer.proj.weight)
+                elif sublayer is not None:
                     nn.init.normal_(sublayer.proj.weight, std=0.02 / math.sqrt(2 * cfg.num_layers))
 
     @staticmethod
@@ -360,7 +385,14 @@ class GPT(nn.Module):
             x = block(x, rotation, cache, layer)
         if cache is not None:
             cache.advance(T)
-        return self.head(self.hook_final_norm(self.final_norm(x)))  # (B, T, V)
+        return self.unembed(self.hook_final_norm(self.final_norm(x)))  # (B, T, V)
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """The head: a normalised stream (..., C) -> logits (..., V), soft-capped when
+        cfg.logit_softcap is set."""
+        logits = self.head(x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
     def _start(self, T: int, cache: "KVCache | None") -> int:
         """The position of the first of T new tokens; a full cache of a relative (rope) model

@@ -6,16 +6,71 @@ AdamW decays weight matrices only: not biases and LayerNorm gains (which set sca
 features) and not the token/position embeddings (rows of rare tokens would shrink towards zero
 between their updates) unless train.decay_embeddings. Muon (https://kellerjordan.github.io/posts/muon/)
 takes the Nesterov momentum of each matrix's gradient and replaces it by the nearest
-semi-orthogonal matrix, so every direction of the update moves at the same rate; it is defined for
+semi-orthogonal matrix, so every direction of the update moves at the same rate (`Muon` below is
+torch's, computing that matrix in float32 on CPU); it is defined for
 matrices only, so embeddings, head, biases and norms stay with AdamW; its weight decay is
 train.muon_weight_decay (off by default). Every group keeps its peak rate as "initial_lr"; the
 training loop scales all groups by one schedule.
 """
 
+import math
+
 import torch
 from torch import nn
 
 from minigpt.config import TrainConfig
+
+
+def orthogonalise(matrix: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
+                  eps: float) -> torch.Tensor:
+    """Approximately the nearest semi-orthogonal matrix to `matrix` (U V^T of its SVD), in float32:
+    Newton-Schulz's quintic iteration X <- a X + (b G + c G^2) X with G = X X^T, from X scaled to
+    a spectral norm of at most 1; the coefficients push small singular values up fast, leaving
+    each between about 0.5 and 1.5 (https://kellerjordan.github.io/posts/muon/)."""
+    a, b, c = coefficients
+    wide = matrix.size(0) <= matrix.size(1)
+    x = matrix.float() if wide else matrix.float().T  # G is then the smaller of the two squares
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x if wide else x.T).to(matrix.dtype)
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon, with its Newton-Schulz iteration in float32 on CPU.
+
+    torch's runs it in bfloat16, which a CPU without native bfloat16 matmuls (no AVX512-BF16 or
+    AMX: AMD Zen 3, most laptops) emulates slowly: on a 2-core Zen 3 its step took 427 ms of the
+    speedrun config's 494 ms step, and 6 ms in float32 (docs/records.md). Everything else (the
+    Nesterov momentum, its buffers in the optimizer state, the rate scaling, the decoupled weight
+    decay) is torch's, so checkpoints move freely between the two; on GPUs torch's step runs.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if any(p.device.type != "cpu" for group in self.param_groups for p in group["params"]):
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            momentum, lr = group["momentum"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buffer.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"],
+                                       group["eps"])
+                rows, cols = p.shape
+                scale = (math.sqrt(max(1, rows / cols)) if group["adjust_lr_fn"] in (None, "original")
+                         else 0.2 * math.sqrt(max(rows, cols)))  # "match_rms_adamw"
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * scale)
+        return loss
 
 
 def split_parameters(model: nn.Module, cfg: TrainConfig) -> dict[str, list[nn.Parameter]]:
@@ -48,9 +103,8 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opti
     if params["muon"]:
         # "original" scales each matrix's step by sqrt(max(1, rows / cols)), so tall matrices
         # move at the same RMS rate as square ones.
-        optimizers.insert(0, torch.optim.Muon(params["muon"], lr=cfg.muon_lr,
-                                              weight_decay=cfg.muon_weight_decay,
-                                              adjust_lr_fn="original"))
+        optimizers.insert(0, Muon(params["muon"], lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                                  weight_decay=cfg.muon_weight_decay, adjust_lr_fn="original"))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]

@@ -22,12 +22,26 @@ from minigpt.runtime import Runtime
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to cfg.min_lr at max_steps."""
+    """Linear warmup to cfg.lr over warmup_steps, then down to cfg.min_lr at max_steps: a cosine,
+    or (lr_schedule "wsd") lr held until the last cooldown_fraction of the steps, then a line."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "wsd":
+        cooldown = max(1, round(cfg.cooldown_fraction * cfg.max_steps))
+        remaining = min(1.0, (cfg.max_steps - step) / cooldown)  # 1 until the cooldown starts
+        return cfg.min_lr + max(0.0, remaining) * (cfg.lr - cfg.min_lr)
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(progress, 1.0)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def muon_momentum_at(step: int, cfg: TrainConfig) -> float:
+    """Muon's momentum: from 0.85 up to cfg.muon_momentum over muon_momentum_warmup steps (a
+    young model's gradients change fast, so the early average should forget sooner)."""
+    if step >= cfg.muon_momentum_warmup:
+        return cfg.muon_momentum
+    start = min(0.85, cfg.muon_momentum)
+    return start + (cfg.muon_momentum - start) * step / cfg.muon_momentum_warmup
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -56,11 +70,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(runtime.device.type,
                                            enabled=runtime.dtype == torch.float16)
 
-    def set_lr(self, lr: float) -> None:
-        """Scale every group's peak rate by lr / train.lr: one schedule for all of them."""
+    def schedule(self, step: int) -> float:
+        """Set the rates (and Muon's momentum) of the step after `step` optimizer steps; returns
+        the lr. Every group's peak rate is scaled by lr / train.lr: one schedule for all."""
+        lr, momentum = lr_at(step, self.cfg), muon_momentum_at(step, self.cfg)
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * lr / self.cfg.lr
+                if isinstance(optimizer, torch.optim.Muon):
+                    group["momentum"] = momentum
+        return lr
 
     def step(self, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
         """Accumulate gradients over grad_accum micro-batches from next_batch(), clip them and

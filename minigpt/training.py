@@ -10,7 +10,7 @@
    run directory; all that can fail is checked before anything is written (resuming and
    fine-tuning: minigpt/resume.py);
 2. the step (`Trainer.step`, minigpt/step.py): grad_accum micro-batches forward and backward,
-   clip, optimizer step, at the learning rate of `lr_at`;
+   clip, optimizer step, at the learning rate (and momentum) of `Trainer.schedule`;
 3. every eval_interval steps (`evaluate`, minigpt/evaluation.py): the loss on both splits,
    best.pt, the probe's sample and attention images; every checkpoint_interval steps: last.pt;
 4. finish: last.pt when stopped early (Ctrl-C, SIGTERM: minigpt/stopping.py; stop_at, the
@@ -33,7 +33,7 @@ from minigpt.errors import DiskFullError, TrainingError
 from minigpt.evaluation import evaluate, log_probe
 from minigpt.model import GPT
 from minigpt.run import Run
-from minigpt.step import Diverged, NonFiniteLoss, lr_at
+from minigpt.step import Diverged, NonFiniteLoss
 from minigpt.stopping import StopRequest
 from minigpt.tracking import TensorBoardLog
 
@@ -145,8 +145,7 @@ def train(cfg: Config, resume: str | Path | None = None, stop_at: int | None = N
                 log_probe(run, board)
             while (run.step < min(tc.max_steps, stop_at or tc.max_steps)
                    and not run.runtime.any_rank(stop.reason is not None)):
-                lr = lr_at(run.step, tc)
-                run.trainer.set_lr(lr)
+                lr = run.trainer.schedule(run.step)
                 step_start = time.perf_counter()
                 if result.first_step_s is None:  # set-up, data and the first probe are done
                     result.first_step_s = step_start - started

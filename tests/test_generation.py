@@ -29,10 +29,14 @@ def greedy_reference(model: GPT, idx: torch.Tensor, steps: int, window: int):
     return idx, logits_seen
 
 
-@pytest.mark.parametrize("pos_encoding,norm_placement", VARIANTS)
-def test_cached_decoding_equals_full_recompute(pos_encoding, norm_placement):
+SPEEDRUN_OPTIONS = dict(qk_norm=True, logit_softcap=3.0, activation="relu2", tie_weights=False)
+
+
+@pytest.mark.parametrize("pos_encoding,norm_placement,options", [
+    *((*variant, {}) for variant in VARIANTS), ("rope", "pre", SPEEDRUN_OPTIONS)])
+def test_cached_decoding_equals_full_recompute(pos_encoding, norm_placement, options):
     model = GPT(tiny_config(pos_encoding=pos_encoding, norm_placement=norm_placement,
-                            context_length=32)).eval()
+                            context_length=32, **options)).eval()
     prompt = torch.randint(0, 23, (2, 5))
     expected, expected_logits = greedy_reference(model, prompt, 27, 32)  # fills the context
     cache = KVCache.for_model(model, 2)

@@ -10,6 +10,7 @@ from torch.testing import assert_close
 
 from minigpt import GPT, ModelConfig
 from minigpt.hooks import capture
+from minigpt.inspection import logit_lens
 from minigpt.model import explicit_attention
 from minigpt.positions import PositionalEncoding, RotaryEmbedding, apply_rotary, sinusoidal_table
 
@@ -162,6 +163,7 @@ def test_param_count_counts_untied_head_and_learned_positions():
     {}, {"bias": False}, {"tie_weights": False}, {"pos_encoding": "rope"},
     {"pos_encoding": "sinusoidal", "norm_placement": "post", "ffn_mult": 2},
     {"bias": False, "tie_weights": False, "pos_encoding": "learned", "num_layers": 3},
+    {"qk_norm": True, "activation": "relu2", "logit_softcap": 30.0, "zero_init_proj": True},
 ])
 def test_count_params_matches_the_built_model(options):
     cfg = tiny_config(**options)
@@ -207,6 +209,9 @@ def test_absolute_positions_refuse_sequences_longer_than_context():
     (dict(norm_placement="middle"), "norm_placement must be one of"),
     (dict(embed_dim=12, num_heads=4, pos_encoding="rope"), "even head_dim"),
     (dict(context_length=2.5), "context_length must be a positive integer"),
+    (dict(activation="relu3"), "activation must be one of"),
+    (dict(logit_softcap=-1.0), "logit_softcap must be a number >= 0"),
+    (dict(logit_softcap=math.inf), "logit_softcap must be a number >= 0"),
 ])
 def test_config_validation(options, message):
     with pytest.raises(ValueError, match=message):
@@ -251,3 +256,64 @@ def test_feed_forward_is_expand_gelu_project(activation, approximate):
         assert not torch.allclose(ffn(x), exact, atol=1e-7)
         assert_close(ffn(x), exact, atol=1e-3, rtol=1e-3)
     assert_close(ffn(x[:, 2:3]), ffn(x)[:, 2:3])  # each position on its own
+
+
+def test_relu2_feed_forward_squares_the_positive_part():
+    ffn = GPT(tiny_config(activation="relu2")).blocks[0].ffn
+    x = torch.randn(2, 5, 32)
+    hidden = ffn.fc(x)
+    assert_close(ffn(x), ffn.proj(torch.where(hidden > 0, hidden * hidden, 0.0)))
+    with capture(ffn, ["hook_neurons"]) as seen:
+        ffn(x)
+    assert (seen["hook_neurons"] >= 0).all() and (seen["hook_neurons"] == 0).any()
+
+
+def scale_queries_and_keys(model: GPT, factor: float) -> None:
+    """Multiply every layer's W_q and W_k (and their biases) by factor, leaving W_v alone."""
+    with torch.no_grad():
+        for block in model.blocks:
+            C = block.attn.proj.in_features
+            block.attn.qkv.weight[:2 * C] *= factor
+            block.attn.qkv.bias[:2 * C] *= factor
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(pos_encoding):
+    ids = torch.randint(0, 23, (2, 12))
+    for qk_norm in (False, True):
+        model = GPT(tiny_config(qk_norm=qk_norm, pos_encoding=pos_encoding)).eval()
+        before = model(ids)
+        scale_queries_and_keys(model, 7.0)
+        after = model(ids)
+        assert torch.allclose(before, after, atol=1e-5) == qk_norm
+    with capture(model, ["blocks.0.attn.hook_pattern"]) as seen:  # the pattern hook's path too
+        assert_close(model(ids), after, atol=1e-5, rtol=1e-5)
+    assert_close(seen["blocks.0.attn.hook_pattern"].sum(-1), torch.ones(2, 4, 12))
+
+
+def test_logit_softcap_squashes_the_logits_and_the_lens_reads_them_the_same_way():
+    torch.manual_seed(0)
+    capped = GPT(tiny_config(logit_softcap=2.0)).eval()
+    plain = GPT(tiny_config()).eval()
+    plain.load_state_dict(capped.state_dict())
+    with torch.no_grad():
+        capped.head.weight.mul_(200)  # tied: large logits, so the cap bites
+    ids = torch.randint(0, 23, (1, 10))
+    logits = capped(ids)
+    assert 1.9 < logits.abs().max() <= 2.0
+    with torch.no_grad():
+        plain.head.weight.mul_(200)
+        assert_close(logits, 2.0 * torch.tanh(plain(ids) / 2.0))
+    with capture(capped, ["blocks.1.hook_resid_out"]) as seen:
+        capped(ids)
+    assert_close(logit_lens(capped, seen["blocks.1.hook_resid_out"]), logits)
+
+
+def test_zero_init_projections_make_every_block_start_as_the_identity():
+    model = GPT(tiny_config(zero_init_proj=True)).eval()
+    names = [f"blocks.{i}.hook_resid_{where}" for i in range(2) for where in ("in", "out")]
+    with capture(model, names) as seen:
+        model(torch.randint(0, 23, (2, 9)))
+    for i in range(2):
+        assert torch.equal(seen[f"blocks.{i}.hook_resid_out"], seen[f"blocks.{i}.hook_resid_in"])
+    assert model.blocks[0].attn.qkv.weight.abs().sum() > 0  # only the writing projections

@@ -1,4 +1,5 @@
-"""minigpt.optim: torch.optim.AdamW (fused) and torch.optim.Muon over the right parameters."""
+"""minigpt.optim: torch.optim.AdamW (fused) and torch.optim.Muon (orthogonalising in float32 on
+CPU) over the right parameters."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch.testing import assert_close
 
 from minigpt import GPT
 from minigpt.config import TrainConfig
-from minigpt.optim import make_optimizers
+from minigpt.optim import Muon, make_optimizers, orthogonalise
 
 
 def names_of(model, params):
@@ -75,3 +76,39 @@ def test_each_optimizer_fits_a_batch(optimizer):
             o.step()
             o.zero_grad()
     assert loss.item() < 0.3
+
+
+@pytest.mark.parametrize("shape", [(32, 96), (96, 32), (48, 48)])
+def test_orthogonalise_flattens_the_singular_values(shape):
+    torch.manual_seed(0)
+    matrix = torch.randn(*shape) @ torch.diag(torch.logspace(-1, 1, shape[1]))  # ill-conditioned
+    out = orthogonalise(matrix, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+    assert out.shape == matrix.shape and out.dtype == matrix.dtype
+    singular = torch.linalg.svdvals(out)
+    assert torch.linalg.cond(matrix) > 10
+    assert singular.min() > 0.2 and singular.max() < 1.25 and torch.linalg.cond(out) < 6
+    u, _, vh = torch.linalg.svd(matrix, full_matrices=False)  # and the directions are U V^T's
+    assert F.cosine_similarity(out.flatten(), (u @ vh).flatten(), dim=0) > 0.95
+
+
+def test_minigpts_muon_steps_as_torchs_does_in_float32_and_shares_its_state():
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 192), torch.randn(256, 64)]
+    ours_params = [torch.nn.Parameter(w.clone()) for w in weights]
+    theirs_params = [torch.nn.Parameter(w.clone()) for w in weights]
+    options = dict(lr=0.05, momentum=0.9, weight_decay=0.1, adjust_lr_fn="original")
+    ours, theirs = Muon(ours_params, **options), torch.optim.Muon(theirs_params, **options)
+    for _ in range(3):
+        grads = [torch.randn_like(w) for w in weights]
+        for params, optimizer in ((ours_params, ours), (theirs_params, theirs)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for mine, torchs, start in zip(ours_params, theirs_params, weights):
+        moved = (torchs - start).norm()
+        assert (mine - torchs).norm() < 0.02 * moved  # torch's bfloat16 differs by a little
+        assert moved > 0.01 * start.norm()
+    assert ours.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
+    theirs.load_state_dict(ours.state_dict())  # a checkpoint of one resumes in the other
+    assert_close(theirs.state[theirs_params[0]]["momentum_buffer"],
+                 ours.state[ours_params[0]]["momentum_buffer"])

@@ -30,7 +30,7 @@ from minigpt.inspection import load_snapshots
 from minigpt.model import GPT, ModelConfig
 from minigpt.resume import resume_config
 from minigpt.runtime import Runtime
-from minigpt.step import lr_at
+from minigpt.step import Trainer, lr_at, muon_momentum_at
 from minigpt.tracking import hparams
 from minigpt.training import train
 
@@ -46,6 +46,31 @@ def test_lr_schedule_endpoints():
     assert lr_at(110, cfg) == pytest.approx(1e-4)  # ends at min_lr
     assert lr_at(500, cfg) == pytest.approx(1e-4)  # and stays there
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 120))
+
+
+def test_wsd_schedule_holds_the_peak_then_falls_in_a_line():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110, lr_schedule="wsd",
+                      cooldown_fraction=0.5)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)  # the same warmup
+    assert [lr_at(s, cfg) for s in (10, 30, 55)] == pytest.approx([1e-3] * 3)  # stable
+    assert lr_at(82, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4, rel=0.02)  # halfway down
+    assert lr_at(110, cfg) == pytest.approx(1e-4) and lr_at(500, cfg) == pytest.approx(1e-4)
+    assert all(lr_at(s, cfg) > lr_at(s + 1, cfg) for s in range(55, 110))
+
+
+def test_muon_momentum_warms_up_and_the_trainer_sets_it(tmp_path):
+    cfg = run_config(tmp_path, **{"train.optimizer": "muon", "train.muon_momentum_warmup": 4,
+                                  "train.muon_momentum": 0.9, "train.max_steps": 6})
+    assert [muon_momentum_at(s, cfg.train) for s in range(6)] == pytest.approx(
+        [0.85, 0.8625, 0.875, 0.8875, 0.9, 0.9])
+    trainer = Trainer(GPT(ModelConfig(vocab_size=11, embed_dim=16, num_layers=1)), cfg.train,
+                      Runtime.from_config(cfg.train))
+    muon, adamw = trainer.optimizers
+    for step, momentum in ((0, 0.85), (2, 0.875), (5, 0.9)):
+        lr = trainer.schedule(step)
+        assert [g["momentum"] for g in muon.param_groups] == pytest.approx([momentum])
+        assert muon.param_groups[0]["lr"] == pytest.approx(lr * cfg.train.muon_lr / cfg.train.lr)
+        assert "momentum" not in adamw.param_groups[0]
 
 
 def test_smoke_run_writes_checkpoints_and_tensorboard_events(tmp_path):
@@ -178,10 +203,17 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert_close(torch.tensor(accum.losses), torch.tensor(big.losses), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("grad_accum,optimizer", [(1, "adamw"), (2, "adamw"), (1, "muon")])
-def test_resume_continues_exactly(tmp_path, grad_accum, optimizer):
+SPEEDRUN = {"train.lr_schedule": "wsd", "train.muon_momentum_warmup": 8, "model.qk_norm": True,
+            "model.activation": "relu2", "model.logit_softcap": 15.0, "model.zero_init_proj": True,
+            "model.tie_weights": False}
+
+
+@pytest.mark.parametrize("grad_accum,optimizer,extra", [
+    (1, "adamw", {}), (2, "adamw", {}), (1, "muon", {}), (1, "muon", SPEEDRUN)])
+def test_resume_continues_exactly(tmp_path, grad_accum, optimizer, extra):
     options = {"train.max_steps": 12, "train.grad_accum": grad_accum, "model.dropout": 0.1,
-               "train.optimizer": optimizer, "train.probe": True}  # its sampling keeps the RNG
+               "train.optimizer": optimizer, "train.probe": True,  # its sampling keeps the RNG
+               **extra}
     straight = train(run_config(tmp_path, **options, **{"train.run_name": "straight"}),
                      progress=False)
     first = train(run_config(tmp_path, **options, **{"train.run_name": "paused"}), stop_at=6,
