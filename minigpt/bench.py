@@ -7,6 +7,8 @@
     python -m minigpt.bench speedrun --config configs/shakespeare_char.toml --target 1.48
     python -m minigpt.bench gpt2                   # what GPT-2 124M costs: disk, load, sample, tune
     python -m minigpt.bench data --mb 2048         # preparing and training on a 2 GB text
+    python -m minigpt.bench record --nanogpt ../nanoGPT --config shakespeare_char_speedrun \
+        --target 1.90                              # against nanoGPT, in turns (docs/records.md)
 
 Training is measured per variant in a fresh subprocess (so peak memory is that variant's own).
 Every variant but `floor` times `minigpt.step.Trainer.step`, the very step train() runs, on a
@@ -49,6 +51,7 @@ from minigpt.files import atomic_write, path_problem
 from minigpt.generation import generate
 from minigpt.model import GPT, ModelConfig
 from minigpt.runtime import Runtime, minor_faults, peak_rss_mb, resolve_device, tune_process
+from minigpt.records import print_record, record
 from minigpt.speedrun import matmul_peak, speedrun, sync_device
 from minigpt.step import Trainer
 
@@ -242,6 +245,8 @@ def print_report(report: dict) -> None:
             mfu.insert(0, f"MFU {r['mfu_datasheet']:.1%} of the bf16 datasheet peak")
         print(f"training: {r['tokens_per_sec']:,.0f} tokens/s (median step), "
               f"{r['tflops']:.2f} TFLOP/s; " + ", ".join(mfu))
+    if report.get("record"):
+        print_record(report["record"])
     if report.get("gpt2"):
         r = report["gpt2"]
         print(f"\nGPT-2 124M ({r['parameters']:,} parameters): {r['disk_mb']:,.0f} MB on disk, "
@@ -266,13 +271,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line, checked: one line and exit 2 for values that mean nothing."""
     parser = ArgumentParser(prog="python -m minigpt.bench", description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=["all", "peak", "train", "generate", "speedrun", "gpt2", "data"],
+                        choices=["all", "peak", "train", "generate", "speedrun", "gpt2", "data",
+                                 "record"],
                         help="peak: the device's matmul GFLOP/s; train: the training step's "
                              "speed per variant; generate: tokens/s with and without the KV "
                              "cache; speedrun: time for --config to reach --target; gpt2: what "
                              "GPT-2 124M costs here; data: preparing token shards and training "
-                             "on a big text (minigpt.bench_data); all: peak, train and "
-                             "generate (default)")
+                             "on a big text (minigpt.bench_data); record: nanoGPT's CPU recipe "
+                             "and `train.py --config` to --target, whole processes in turns "
+                             "(minigpt.records); all: peak, train and generate (default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                         help="train: the model sizes to time (default: both)")
@@ -290,9 +297,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="generate: tokens per sample (default: 1000)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8],
                         help="generate: samples decoded at once (default: 1 8)")
-    parser.add_argument("--config", help="speedrun: the TOML config to train")
+    parser.add_argument("--config", help="speedrun, record: the TOML config to train")
     parser.add_argument("--target", type=float, default=1.48,
-                        help="speedrun: the val loss to reach")
+                        help="speedrun, record: the val loss to reach")
+    parser.add_argument("--nanogpt", help="record: a checkout of karpathy/nanoGPT with its "
+                                          "data/shakespeare_char prepared")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="speedrun: config overrides, e.g. train.max_steps=3000")
     parser.add_argument("--text", help="data: a text file (default: synthetic text of --mb MB)")
@@ -311,8 +320,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--text {args.text[:80]!r} is not a file")
     if not 0 < args.mb <= 1e6:
         parser.error("--mb must be a size in MB, more than 0")
-    if args.what == "speedrun" and not 0 < args.target < float("inf"):
+    if args.what in ("speedrun", "record") and not 0 < args.target < float("inf"):
         parser.error("--target must be a val loss > 0")
+    if args.what == "record" and not (args.nanogpt and args.config):
+        parser.error("record needs --nanogpt DIR and --config CONFIG")
     bad = [item for item in args.set if "=" not in item]
     if bad:
         parser.error(f"--set takes KEY=VALUE, got {bad[0]!r}")
@@ -346,6 +357,8 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
         report["gpt2"] = bench_gpt2(device)
     if args.what == "data":
         report["data"] = bench_data(args.text, args.mb, args.tokenizers)
+    if args.what == "record":
+        report["record"] = record(args.nanogpt, args.config, args.target, args.rounds)
     return report
 
 

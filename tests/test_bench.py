@@ -170,6 +170,26 @@ def test_bad_speedrun_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     assert not (tmp_path / "b.json").exists()
 
 
+def test_bad_record_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
+    checkout = tmp_path / "nanoGPT"
+    checkout.mkdir()
+    for name in ("train.py", "model.py"):
+        (checkout / name).write_text("")
+    for args, code, message in [
+        (["--config", "shakespeare_char_speedrun"], 2, "record needs --nanogpt DIR and --config"),
+        (["--nanogpt", str(checkout)], 2, "record needs --nanogpt DIR and --config"),
+        (["--nanogpt", str(tmp_path), "--config", "x"], 1, "is not a nanoGPT checkout"),
+        (["--nanogpt", str(checkout), "--config", "x"], 1,
+         "nanoGPT's data is not prepared; run: cd"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda args=args: bench.main(["record", "--json", str(tmp_path / "b.json"),
+                                                  *args]))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == code and message in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_the_gpt2_benchmark_reports_each_use(monkeypatch, tmp_path):
     """The same code as for the 124M model, at a width that takes seconds."""
     monkeypatch.setattr(bench_gpt2, "GPT2_SMALL", replace(bench_gpt2.GPT2_SMALL, context_length=64,

@@ -1,0 +1,158 @@
+"""Records against nanoGPT: its README's CPU recipe and a minigpt config, whole processes taking
+turns on one machine, each judged by the exact loss of its whole val split. docs/records.md has
+the rules and the records; `python -m minigpt.bench record` runs this:
+
+    python -m minigpt.bench record --nanogpt ../nanoGPT --config shakespeare_char_speedrun \\
+        --target 1.90 --rounds 3
+
+A round is nanoGPT's recipe, then `train.py --config C --train.target_val_loss T`, each a fresh
+process timed from its start to its exit (as /usr/bin/time does: the interpreter, imports, data,
+evaluations and checkpoints all count), with its peak RSS. nanoGPT's checkpoint is scored by the
+same procedure as minigpt's (`minigpt.evaluation.split_loss`): the mean next-character loss over
+its whole val split in non-overlapping windows of its context, every position once.
+"""
+
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minigpt.errors import InputError
+
+# nanoGPT's README, "I only have a macbook": its CPU recipe, unmodified.
+NANOGPT_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+                  "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12",
+                  "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+                  "--lr_decay_iters=2000", "--dropout=0.0"]
+TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
+
+
+def timed(command: list[str], cwd: Path, log: Path) -> dict:
+    """Run command to its end; its wall seconds and peak RSS (MB), its output in log."""
+    with open(log, "wb") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+        raise InputError(f"{' '.join(command[:3])} ... failed (exit {code}): "
+                         f"{tail[0] if tail else 'no output'}; its output is in {log}")
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # Linux: KB
+
+
+@torch.no_grad()
+def nanogpt_val_loss(nanogpt: Path) -> float:
+    """The exact val loss of the checkpoint nanoGPT's recipe wrote (out-shakespeare-char/ckpt.pt),
+    with nanoGPT's own model code, over its whole data/shakespeare_char/val.bin."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", nanogpt / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # nanoGPT's own file, written by its own train.py a moment ago (it pickles its config)
+    checkpoint = torch.load(nanogpt / "out-shakespeare-char" / "ckpt.pt", map_location="cpu",
+                            weights_only=False)
+    model = module.GPT(module.GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v
+                           for k, v in checkpoint["model"].items()})
+    model.eval()
+    ids = array("H")
+    ids.frombytes((nanogpt / "data" / "shakespeare_char" / "val.bin").read_bytes())
+    tokens = torch.tensor(ids, dtype=torch.long)
+    T, n = model.config.block_size, len(tokens) - 1
+    full = n // T * T  # the windows of T tokens, as rows; then the shorter rest
+    rows_x, rows_y = tokens[:full].view(-1, T), tokens[1:full + 1].view(-1, T)
+    batches = [(rows_x[i:i + 64], rows_y[i:i + 64]) for i in range(0, len(rows_x), 64)]
+    if full < n:
+        batches.append((tokens[None, full:n], tokens[None, full + 1:n + 1]))
+    total = 0.0
+    for x, y in batches:
+        logits, _ = model(x, y)  # given targets, nanoGPT returns every position's logits
+        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+    return total / n
+
+
+def minigpt_val_loss(out: str) -> float:
+    """The val loss the run printed for the evaluation it stopped at (exact when the config's
+    train.eval_batches is 0, as the speedrun configs' are)."""
+    lines = [line for line in out.splitlines() if line.startswith("step ") and ", val " in line]
+    if not lines:
+        raise InputError(f"the run printed no evaluation: {out.strip().splitlines()[-1:]}")
+    return float(lines[-1].split(", val ")[1].split()[0])
+
+
+def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:
+    """rounds of nanoGPT's recipe and then minigpt's config, in turn; each side's walls, peak RSS
+    and val losses, and the ratio of the medians."""
+    nanogpt = Path(nanogpt).resolve()
+    if not (nanogpt / "train.py").is_file() or not (nanogpt / "model.py").is_file():
+        raise InputError(f"--nanogpt {nanogpt} is not a nanoGPT checkout (no train.py and "
+                         f"model.py); git clone https://github.com/karpathy/nanoGPT")
+    if not (nanogpt / "data" / "shakespeare_char" / "train.bin").is_file():
+        raise InputError(f"nanoGPT's data is not prepared; run: cd {nanogpt} && python "
+                         f"data/shakespeare_char/prepare.py")
+    if not TRAIN_PY.is_file():
+        raise InputError(f"record runs minigpt's train.py, and {TRAIN_PY} is missing; run it "
+                         f"from a checkout of minigpt")
+    rows = {"nanogpt": [], "minigpt": []}
+    with tempfile.TemporaryDirectory(prefix="minigpt-record-") as scratch:
+        for i in range(rounds):
+            log = Path(scratch) / f"nanogpt-{i}.log"
+            theirs = timed([sys.executable, "train.py", *NANOGPT_RECIPE], nanogpt, log)
+            rows["nanogpt"].append({**theirs, "val": nanogpt_val_loss(nanogpt)})
+            print(f"round {i + 1}: nanoGPT {theirs['wall_s']:.1f} s, val "
+                  f"{rows['nanogpt'][-1]['val']:.4f}", flush=True)
+            log = Path(scratch) / f"minigpt-{i}.log"
+            ours = timed([sys.executable, str(TRAIN_PY), "--config", config, "--quiet",
+                          "--train.target_val_loss", str(target), "--train.out_dir", scratch,
+                          "--train.run_name", f"record-{i}"], TRAIN_PY.parent, log)
+            rows["minigpt"].append({**ours, "val": minigpt_val_loss(log.read_text())})
+            print(f"round {i + 1}: minigpt {ours['wall_s']:.1f} s, val "
+                  f"{rows['minigpt'][-1]['val']:.4f}", flush=True)
+    medians = {side: statistics.median(r["wall_s"] for r in runs) for side, runs in rows.items()}
+    return {"config": config, "target": target, "rounds": rows, "median_wall_s": medians,
+            "ratio": medians["minigpt"] / medians["nanogpt"],
+            "reached": all(r["val"] <= target for r in rows["minigpt"]),
+            "nanogpt_commit": _commit(nanogpt), "minigpt_commit": _commit(TRAIN_PY.parent),
+            "cpu": _cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _commit(folder: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        flags = "AVX-512" if "avx512f" in Path("/proc/cpuinfo").read_text() else "no AVX-512"
+        return f"{names[0]} x {len(names)} ({flags})"
+    except (OSError, IndexError):
+        import platform
+        return platform.processor() or platform.machine()
+
+
+def print_record(r: dict) -> None:
+    for side in ("nanogpt", "minigpt"):
+        runs = r["rounds"][side]
+        walls = ", ".join(f"{x['wall_s']:.1f}" for x in runs)
+        vals = ", ".join(f"{x['val']:.4f}" for x in runs)
+        print(f"{side}: median {r['median_wall_s'][side]:.1f} s ({walls}); val {vals}; "
+              f"peak RSS {max(x['peak_rss_mb'] for x in runs):.0f} MB")
+    verdict = "reached in every round" if r["reached"] else "NOT reached in every round"
+    print(f"{r['config']} to val <= {r['target']}: {verdict}, in {r['ratio']:.2f} of nanoGPT's "
+          f"median wall")
+    print(f"machine: {r['cpu']}, torch {r['torch']}, {r['threads']} threads; minigpt "
+          f"{r['minigpt_commit']}, nanoGPT {r['nanogpt_commit']}")
