@@ -50,8 +50,8 @@ from minigpt.errors import InputError
 from minigpt.files import atomic_write, path_problem
 from minigpt.generation import generate
 from minigpt.model import GPT, ModelConfig
-from minigpt.runtime import Runtime, minor_faults, peak_rss_mb, resolve_device, tune_process
 from minigpt.records import print_record, record
+from minigpt.runtime import Runtime, minor_faults, peak_rss_mb, resolve_device, tune_process
 from minigpt.speedrun import matmul_peak, speedrun, sync_device
 from minigpt.step import Trainer
 
@@ -310,6 +310,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         choices=DATA_TOKENIZERS, help="data: the tokenizers to prepare with")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """parser.error (one line, exit 2) for values that mean nothing."""
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps must be at least 1")
     if not 0 < args.max_seconds < float("inf"):
@@ -331,7 +337,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                           else "its folder does not exist")
     if problem:  # found now, not after minutes of measuring
         parser.error(f"--json {args.json[:80]!r} cannot be written: {problem}")
-    return args
 
 
 def run_benchmarks(args: argparse.Namespace) -> dict:

@@ -2,9 +2,10 @@
 
     token ids -> token embedding (+ position) -> Block x num_layers -> [final norm] -> head -> logits
 
-Read top to bottom: the config, the hook points, attention, the feed-forward block, the block,
-the GPT. Positions are minigpt/positions.py; decoding (the KV cache, sampling, stop sequences) is
-minigpt/generation.py; reading and editing the hook points is minigpt/hooks.py.
+Read top to bottom: the hook points, attention, the feed-forward block, the block, the GPT. Its
+config (ModelConfig, the shape and options) is minigpt/model_config.py; positions are
+minigpt/positions.py; decoding (the KV cache, sampling, stop sequences) is minigpt/generation.py;
+reading and editing the hook points is minigpt/hooks.py.
 
 Shape letters used in the comments below:
     B batch size, T sequence length (time), S keys attended to (T, or more with a KV cache),
@@ -14,128 +15,17 @@ Shape letters used in the comments below:
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt.errors import ConfigError
-from minigpt.positions import (
-    POS_ENCODINGS,
-    LearnedPositionalEncoding,
-    apply_rotary,
-    positional_encoding,
-)
+from minigpt.model_config import ModelConfig
+from minigpt.positions import LearnedPositionalEncoding, apply_rotary, positional_encoding
 
 if TYPE_CHECKING:  # the cache is decoding's (minigpt.generation); attention only fills it
     from minigpt.generation import KVCache
-
-NORM_PLACEMENTS = ("pre", "post")
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu2")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Shape and options of a GPT. Validated on construction (ConfigError, a ValueError)."""
-
-    vocab_size: int | None = field(
-        default=None, metadata={"help": "number of token ids (set from the tokenizer)"})
-    context_length: int = field(
-        default=128, metadata={"help": "longest sequence the model attends over"})
-    embed_dim: int = field(default=128, metadata={"help": "width of the residual stream (C)"})
-    num_heads: int = field(default=4, metadata={"help": "attention heads per layer (H)"})
-    num_layers: int = field(default=4, metadata={"help": "number of transformer blocks"})
-    ffn_mult: int = field(
-        default=4, metadata={"help": "feed-forward hidden width as a multiple of embed_dim"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout probability, in [0, 1)"})
-    pos_encoding: Literal["sinusoidal", "learned", "rope", "none"] = field(
-        default="learned", metadata={"help": "how positions enter the model (none: an ablation)"})
-    norm_placement: Literal["pre", "post"] = field(
-        default="pre", metadata={"help": "LayerNorm before each sublayer (GPT-2) or after"})
-    tie_weights: bool = field(
-        default=True, metadata={"help": "share the token embedding with the output head"})
-    bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers"})
-    activation: Literal["gelu", "gelu_tanh", "relu2"] = field(
-        default="gelu", metadata={"help": "feed-forward nonlinearity: exact GELU, GPT-2's tanh "
-                                          "approximation, or relu2 (ReLU squared, "
-                                          "https://arxiv.org/abs/2109.08668)"})
-    # Speedrun options (configs/shakespeare_char_*.toml; docs/records.md has what each bought).
-    qk_norm: bool = field(
-        default=False, metadata={"help": "RMS-normalise each head's queries and keys before their "
-                                         "dot product (QK-norm): attention scores stay bounded, "
-                                         "so higher learning rates stay stable"})
-    logit_softcap: float = field(
-        default=0.0, metadata={"help": "squash the logits smoothly into (-cap, cap) with "
-                                       "cap * tanh(logits / cap) (0: off)"})
-    zero_init_proj: bool = field(
-        default=False, metadata={"help": "start the projections that write into the residual "
-                                         "stream at zero, so every block begins as the identity"})
-    # Ablation switches: each removes one part, to show what it is for (README, "Take it apart").
-    # A single head of the same width is num_heads = 1.
-    residual: bool = field(
-        default=True, metadata={"help": "add each sublayer's output to its input (false: the "
-                                        "output replaces it; an ablation)"})
-    layer_norm: bool = field(
-        default=True, metadata={"help": "LayerNorms in the blocks and before the head (false: "
-                                        "none; an ablation)"})
-    ffn: bool = field(
-        default=True, metadata={"help": "a feed-forward sublayer in every block (false: attention "
-                                        "only; an ablation)"})
-    causal: bool = field(
-        default=True, metadata={"help": "hide later tokens from attention (false lets training "
-                                        "cheat by reading the answer; an ablation)"})
-
-    def __post_init__(self):
-        sizes = ["context_length", "embed_dim", "num_heads", "num_layers", "ffn_mult"]
-        if self.vocab_size is not None:
-            sizes.insert(0, "vocab_size")
-        for name in sizes:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(
-                f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads "
-                f"({self.num_heads}); try num_heads in {_divisors(self.embed_dim)}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ConfigError(f"model.pos_encoding must be one of {POS_ENCODINGS}, "
-                             f"got {self.pos_encoding!r}")
-        if self.norm_placement not in NORM_PLACEMENTS:
-            raise ConfigError(f"model.norm_placement must be one of {NORM_PLACEMENTS}, "
-                             f"got {self.norm_placement!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation must be one of {ACTIVATIONS}, "
-                             f"got {self.activation!r}")
-        if isinstance(self.logit_softcap, bool) or not (
-                isinstance(self.logit_softcap, (int, float)) and 0 <= self.logit_softcap < math.inf):
-            raise ConfigError(f"model.logit_softcap must be a number >= 0 (0: off), "
-                              f"got {self.logit_softcap!r}")
-        if self.pos_encoding == "rope" and self.head_dim % 2:
-            raise ConfigError(f"rope needs an even head_dim, got {self.head_dim} "
-                             f"(embed_dim / num_heads)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        """Build from plain data (a checkpoint, a JSON file), rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown model option(s) {unknown}; valid: {sorted(known)}")
-        return cls(**values)
-
-
-def _divisors(n: int, limit: int = 64) -> list[int]:
-    """The divisors of n up to limit (at most a few steps, however large n is)."""
-    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
-
 
 # ----------------------------------------------------------------------------- hook points
 

@@ -32,7 +32,7 @@ NANOGPT_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile
                   "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12",
                   "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
                   "--lr_decay_iters=2000", "--dropout=0.0"]
-TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
+TRAIN_PY = Path("train.py")  # minigpt's, in the checkout this runs from
 
 
 def timed(command: list[str], cwd: Path, log: Path) -> dict:
@@ -100,8 +100,8 @@ def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:
         raise InputError(f"nanoGPT's data is not prepared; run: cd {nanogpt} && python "
                          f"data/shakespeare_char/prepare.py")
     if not TRAIN_PY.is_file():
-        raise InputError(f"record runs minigpt's train.py, and {TRAIN_PY} is missing; run it "
-                         f"from a checkout of minigpt")
+        raise InputError("record runs minigpt's train.py, and this folder has none; run it from "
+                         "the root of a minigpt checkout")
     rows = {"nanogpt": [], "minigpt": []}
     with tempfile.TemporaryDirectory(prefix="minigpt-record-") as scratch:
         for i in range(rounds):
@@ -113,7 +113,7 @@ def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:
             log = Path(scratch) / f"minigpt-{i}.log"
             ours = timed([sys.executable, str(TRAIN_PY), "--config", config, "--quiet",
                           "--train.target_val_loss", str(target), "--train.out_dir", scratch,
-                          "--train.run_name", f"record-{i}"], TRAIN_PY.parent, log)
+                          "--train.run_name", f"record-{i}"], Path.cwd(), log)
             rows["minigpt"].append({**ours, "val": minigpt_val_loss(log.read_text())})
             print(f"round {i + 1}: minigpt {ours['wall_s']:.1f} s, val "
                   f"{rows['minigpt'][-1]['val']:.4f}", flush=True)
@@ -121,7 +121,7 @@ def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:
     return {"config": config, "target": target, "rounds": rows, "median_wall_s": medians,
             "ratio": medians["minigpt"] / medians["nanogpt"],
             "reached": all(r["val"] <= target for r in rows["minigpt"]),
-            "nanogpt_commit": _commit(nanogpt), "minigpt_commit": _commit(TRAIN_PY.parent),
+            "nanogpt_commit": _commit(nanogpt), "minigpt_commit": _commit(Path.cwd()),
             "cpu": _cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 

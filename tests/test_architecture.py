@@ -65,7 +65,9 @@ def test_library_modules_form_layers_without_cycles():
 
 def test_the_model_imports_nothing_of_decoding_or_training():
     """model.py holds the architecture: sampling, generation and training sit above it."""
-    assert runtime_imports(PACKAGE / "model.py") <= {"minigpt.errors", "minigpt.positions"}
+    assert runtime_imports(PACKAGE / "model.py") <= {"minigpt.errors", "minigpt.positions",
+                                                     "minigpt.model_config"}
+    assert runtime_imports(PACKAGE / "model_config.py") <= {"minigpt.errors", "minigpt.positions"}
     assert runtime_imports(PACKAGE / "positions.py") == set()
 
 
