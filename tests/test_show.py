@@ -117,6 +117,25 @@ def test_hypothesis_views(word_model):
     assert {r["kind"] for r in scores} >= {"induction", "previous-token"}
 
 
+def test_every_view_draws_a_model_with_the_speedrun_options():
+    """The options of configs/shakespeare_char_*.toml change attention, the feed-forward and the
+    head; the views read them through the same hook points."""
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(TEXT)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=64, embed_dim=32,
+                            num_heads=2, num_layers=2, pos_encoding="rope", qk_norm=True,
+                            activation="relu2", logit_softcap=15.0, zero_init_proj=True,
+                            tie_weights=False)).eval()
+    seen = show.inspect(model, tok, "the cat sat")
+    for view in (show.model_view, show.attention, show.logit_lens, show.layer_change,
+                 show.sublayers, show.layer_norms, show.temperature):
+        assert view(model, tok, seen).to_dict()["datasets"], view.__name__
+    assert all(0 <= r["probability"] <= 1 for r in rows(show.temperature(model, tok, seen)))
+    assert rows(show.neurons(model, tok, TEXT[:2000], layer=1, neuron=3))
+    assert rows(show.knockout(model, tok, "the cat sat", heads=[(1, 0)]))
+    assert show.patching(model, tok, "the cat sat", "the dog sat").to_dict()["vconcat"]
+
+
 def test_neurons_and_watch_it_learn(tmp_path):
     result = train(run_config(tmp_path, **{"data.tokenizer": "word", "train.probe": True}),
                    progress=False)
