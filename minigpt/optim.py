@@ -41,8 +41,9 @@ class Muon(torch.optim.Muon):
     """torch.optim.Muon, with its Newton-Schulz iteration in float32 on CPU.
 
     torch's runs it in bfloat16, which a CPU without native bfloat16 matmuls (no AVX512-BF16 or
-    AMX: AMD Zen 3, most laptops) emulates slowly: on a 2-core Zen 3 its step took 427 ms of the
-    speedrun config's 494 ms step, and 6 ms in float32 (docs/records.md). Everything else (the
+    AMX: AMD Zen 3, most laptops) emulates slowly: on a 2-core Zen 3 its step took 427 ms of a
+    494 ms training step (2 x 128, batch 12 x 128), and with this one the whole step took 87 ms
+    (docs/records.md). Everything else (the
     Nesterov momentum, its buffers in the optimizer state, the rate scaling, the decoupled weight
     decay) is torch's, so checkpoints move freely between the two; on GPUs torch's step runs.
     """
