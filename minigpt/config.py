@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from minigpt.errors import ConfigError
-from minigpt.files import path_problem
+from minigpt.files import path_problem, portable_name
 from minigpt.model import ModelConfig
 
 # Upper bounds of the counts: far beyond any real run, and low enough that a typo (an extra
@@ -49,18 +49,6 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL",
-                    *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))}
-
-
-def portable_name(name: str) -> bool:
-    """Whether name can be a directory's name on Linux, macOS and Windows alike: no separators,
-    none of the characters Windows forbids, no trailing dot or space, no reserved device name."""
-    return (name not in (".", "..") and not any(c in '<>:"/\\|?*' or ord(c) < 32 for c in name)
-            and not name.endswith((".", " "))
-            and name.split(".")[0].upper() not in WINDOWS_RESERVED)
 
 
 @dataclass(frozen=True)
@@ -180,8 +168,7 @@ class TrainConfig:
                     f"1 - {rate} * {decay}, which would zero them or flip their sign; lower one "
                     f"of the two (weight decays are usually 0.01 to 0.1)")
         if not 0 < self.cooldown_fraction <= 1:
-            raise ConfigError(f"train.cooldown_fraction must be in (0, 1], got "
-                              f"{self.cooldown_fraction}")
+            raise ConfigError(f"train.cooldown_fraction must be in (0, 1], got {self.cooldown_fraction}")
         _check_choice("train.lr_schedule", self.lr_schedule, ("cosine", "wsd"))
         for name in ["beta1", "beta2", "muon_momentum"]:
             if not 0 <= getattr(self, name) < 1:

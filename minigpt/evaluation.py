@@ -31,22 +31,28 @@ def split_loss(model: GPT, tokens: torch.Tensor, batch_size: int, runtime: Runti
     """The exact loss of a split: mean next-token loss over all of tokens, in order, in
     non-overlapping windows of the model's context (the last one shorter), every position scored
     once. Deterministic; time-to-target runs are judged by it (train.eval_batches = 0)."""
-    T, n = model.config.context_length, len(tokens) - 1
+    total = torch.zeros((), device=runtime.device)
+    with eval_mode(model):
+        for x, y in windows(tokens, model.config.context_length, batch_size):
+            with runtime.autocast():
+                logits = model(x.to(runtime.device))
+            total += F.cross_entropy(logits.flatten(0, 1).float(),
+                                     y.to(runtime.device).flatten(), reduction="sum")
+    return total.item() / (len(tokens) - 1)
+
+
+def windows(tokens: torch.Tensor, T: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """All of tokens as (inputs, targets) batches of non-overlapping windows of T, in order, every
+    next-token prediction once: batch_size rows of T, then the shorter rest as a row of its own."""
+    n = len(tokens) - 1
     inputs, targets = tokens[:n].long(), tokens[1:].long()
-    full = n // T * T  # the windows of T tokens, as rows; then the shorter rest
+    full = n // T * T
     rows_x, rows_y = inputs[:full].view(-1, T), targets[:full].view(-1, T)
     batches = [(rows_x[i:i + batch_size], rows_y[i:i + batch_size])
                for i in range(0, len(rows_x), batch_size)]
     if full < n:
         batches.append((inputs[None, full:], targets[None, full:]))
-    total = torch.zeros((), device=runtime.device)
-    with eval_mode(model):
-        for x, y in batches:
-            with runtime.autocast():
-                logits = model(x.to(runtime.device))
-            total += F.cross_entropy(logits.flatten(0, 1).float(),
-                                     y.to(runtime.device).flatten(), reduction="sum")
-    return total.item() / n
+    return batches
 
 
 @torch.no_grad()

@@ -33,6 +33,18 @@ def path_problem(path: str | Path) -> str | None:
     return None
 
 
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL",
+                    *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))}
+
+
+def portable_name(name: str) -> bool:
+    """Whether name can be a directory's name on Linux, macOS and Windows alike: no separators,
+    none of the characters Windows forbids, no trailing dot or space, no reserved device name."""
+    return (name not in (".", "..") and not any(c in '<>:"/\\|?*' or ord(c) < 32 for c in name)
+            and not name.endswith((".", " "))
+            and name.split(".")[0].upper() not in WINDOWS_RESERVED)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write path through write(file): into a temporary file beside it, synced, then renamed over
     it, so readers (and a crash) see the old file or the new one, never half of one. A full file

@@ -14,6 +14,7 @@ its whole val split in non-overlapping windows of its context, every position on
 
 import importlib.util
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.errors import InputError
+from minigpt.evaluation import windows
 
 # nanoGPT's README, "I only have a macbook": its CPU recipe, unmodified.
 NANOGPT_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
@@ -67,17 +69,11 @@ def nanogpt_val_loss(nanogpt: Path) -> float:
     ids = array("H")
     ids.frombytes((nanogpt / "data" / "shakespeare_char" / "val.bin").read_bytes())
     tokens = torch.tensor(ids, dtype=torch.long)
-    T, n = model.config.block_size, len(tokens) - 1
-    full = n // T * T  # the windows of T tokens, as rows; then the shorter rest
-    rows_x, rows_y = tokens[:full].view(-1, T), tokens[1:full + 1].view(-1, T)
-    batches = [(rows_x[i:i + 64], rows_y[i:i + 64]) for i in range(0, len(rows_x), 64)]
-    if full < n:
-        batches.append((tokens[None, full:n], tokens[None, full + 1:n + 1]))
     total = 0.0
-    for x, y in batches:
+    for x, y in windows(tokens, model.config.block_size, 64):  # as minigpt's split_loss does
         logits, _ = model(x, y)  # given targets, nanoGPT returns every position's logits
         total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-    return total / n
+    return total / (len(tokens) - 1)
 
 
 def minigpt_val_loss(out: str) -> float:
@@ -134,14 +130,15 @@ def _commit(folder: Path) -> str | None:
 
 
 def _cpu_name() -> str:
+    """The CPU's model name and core count, and whether it has AVX-512 (Linux; else its arch)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        flags = "AVX-512" if "avx512f" in Path("/proc/cpuinfo").read_text() else "no AVX-512"
-        return f"{names[0]} x {len(names)} ({flags})"
-    except (OSError, IndexError):
-        import platform
-        return platform.processor() or platform.machine()
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.machine()
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines()
+             if line.startswith("model name")]
+    flags = "AVX-512" if "avx512f" in info else "no AVX-512"
+    return f"{names[0] if names else platform.machine()} x {len(names)} ({flags})"
 
 
 def print_record(r: dict) -> None:
