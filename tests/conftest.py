@@ -1,6 +1,11 @@
 """Shared fixtures: small seeded models of every variant, CPU only."""
 
+import contextlib
 import itertools
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -53,3 +58,30 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group("slow"))
+
+
+def run_together(commands, env: dict, timeout: float = 150, tries: int = 2) -> list[tuple[int, str]]:
+    """Start the processes `commands(attempt)` gives side by side (torchrun nodes or jobs), wait
+    for all of them and return each one's (return code, stderr).
+
+    A try that outlives `timeout` seconds is killed, whole process groups, and made again from
+    `commands(attempt + 1)`, which names a fresh port and output folder: on this VM a gloo group at
+    times fails to connect for minutes (github.com/pytorch/pytorch/issues/167288), in about one
+    CI run of five. The runs take 15-25 s; a hang in minigpt's own code hangs every try and fails.
+    """
+    for attempt in range(tries):
+        started = commands(attempt)
+        processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
+                     for command in started]
+        deadline = time.monotonic() + timeout
+        try:
+            errors = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[1]
+                      for p in processes]
+            return [(p.returncode, err) for p, err in zip(processes, errors)]
+        except subprocess.TimeoutExpired:
+            for process in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+    pytest.fail(f"{tries} tries of {timeout:.0f} s each hung: {started[0]}")

@@ -81,10 +81,10 @@ def test_generate_benchmark_and_report(tmp_path, capsys):
     assert "cache exact" in printed and "cache fast" in printed and "recompute" in printed
 
 
-@pytest.mark.slow  # four fresh processes, 15 s: .ci/run runs it after the default suite
+@pytest.mark.slow  # four fresh processes, 20-30 s: .ci/run runs it after the default suite
 def test_train_variants_run_in_rounds_and_report_medians(capsys, tmp_path):
     out = tmp_path / "bench.json"
-    bench.main(["train", "--models", "cpu_recipe", "--variants", "eager", "tuned", "--steps", "3",
+    bench.main(["train", "--models", "cpu_recipe", "--variants", "eager", "tuned", "--steps", "6",
                 "--rounds", "2", "--device", "cpu", "--json", str(out)])
     rows = json.loads(out.read_text())["train"]
     assert [r["variant"] for r in rows] == ["eager", "tuned"]
@@ -94,10 +94,12 @@ def test_train_variants_run_in_rounds_and_report_medians(capsys, tmp_path):
     printed = capsys.readouterr().out
     assert "median of 2 rounds" in printed and "1.00x" in printed
     # The tuned variant keeps freed memory (glibc), so its steps stop page-faulting their
-    # activations in anew (0-100 faults a step); the eager baseline faults 800-1,900 pages.
+    # activations in anew: 0-50 faults a step against the eager baseline's 800-1,300 on an idle
+    # VM. Memory reclaim on a busy one (DAMON runs here) faults pages back into both: one CI run
+    # counted 102 against 357, so the test asks for a third, not a twentieth.
     if sys.platform.startswith("linux"):
         eager, tuned = (r["page_faults_per_step"] for r in rows)
-        assert tuned <= max(50, eager / 4)
+        assert tuned <= eager / 3
 
 
 @pytest.fixture

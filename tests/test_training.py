@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_config
+from conftest import run_config, run_together
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.testing import assert_close
@@ -505,15 +505,18 @@ def test_two_torchrun_nodes_on_shared_shards_follow_the_single_process_loss_curv
                              "8", str(cache)], capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    port = free_port()
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
-         "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", str(worker),
-         str(tmp_path / "nodes"), str(text), "4", str(cache)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    for node in nodes:
-        _, err = node.communicate(timeout=300)
-        assert node.returncode == 0, err[-2000:]
+
+    def nodes(attempt: int) -> list[list[str]]:
+        if attempt:  # a hung try may leave a half-written run; this one starts afresh
+            shutil.rmtree(tmp_path / "nodes", ignore_errors=True)
+        port = free_port()
+        return [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                 "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                 str(worker), str(tmp_path / "nodes"), str(text), "4", str(cache)]
+                for rank in (0, 1)]
+
+    for code, err in run_together(nodes, env):
+        assert code == 0, err[-2000:]
     one, two = (json.loads((tmp_path / d / "losses.json").read_text()) for d in ("single", "nodes"))
     assert len(one["train"]) == len(two["train"]) == 6
     assert one["train"] == pytest.approx(two["train"], rel=1e-5)
@@ -540,12 +543,15 @@ def test_fsdp_over_two_ranks_trains_as_one_process_and_its_checkpoints_resume_an
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
     def torchrun(out: str, *extra: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                               "--master_port=0", "--rdzv_backend=c10d",
-                               "--rdzv_endpoint=localhost:0", str(worker), str(tmp_path / out),
-                               str(text), "4", str(cache), *fsdp, *extra],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        def job(attempt: int) -> list[list[str]]:
+            if attempt:  # a hung try may leave a half-written run; this one starts afresh
+                shutil.rmtree(tmp_path / out, ignore_errors=True)
+            return [[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                     "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+                     str(worker), str(tmp_path / out), str(text), "4", str(cache), *fsdp, *extra]]
+
+        [(code, err)] = run_together(job, env)
+        assert code == 0, err[-3000:]
 
     torchrun("sharded")
     one, two = (json.loads((tmp_path / d / "losses.json").read_text())
