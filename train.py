@@ -159,4 +159,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from minigpt.cli import run_cli
 
-    run_cli(main)
+    run_cli(main, whole_process=True)

@@ -385,4 +385,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main() or 0)
+    run_cli(lambda: main() or 0, whole_process=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minigpt.cli import run_cli
 from minigpt.config import LIMITS
@@ -135,13 +136,23 @@ def test_help_lists_every_key_with_default():
 
 @pytest.mark.slow  # real processes (python train.py, generate.py) or a whole app run
 def test_real_process_trains_and_prints_the_next_commands(tmp_path):
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as in a pipe
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), *small(tmp_path)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=buffered)
     assert done.returncode == 0, done.stderr
     for needle in ("parameters", "device: cpu", "tokens per step", "run directory:",
                    "python generate.py --checkpoint", "tensorboard --logdir"):
         assert needle in done.stdout + done.stderr, needle
-    assert len(list((tmp_path / "runs").glob("*/last.pt"))) == 1
+    [run_dir] = [p.parent for p in (tmp_path / "runs").glob("*/last.pt")]
+    # The process ends without the interpreter's teardown (run_cli's whole_process): the output
+    # is flushed to its last line, and TensorBoard's log was closed with everything in it.
+    assert done.stdout.splitlines()[-1] == f"inspect:  tensorboard --logdir {run_dir.parent}"
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
+    assert [e.step for e in events.Scalars("loss/val")][-1] == 2
+    assert "result/best_val_loss" in events.Tags()["scalars"]  # the HParams summary, at the close
+    assert events.SummaryMetadata("_hparams_/session_start_info").plugin_data.plugin_name == "hparams"
 
 
 def test_the_closing_line_names_the_step_of_the_best_loss(tmp_path):
