@@ -29,10 +29,12 @@ def run_cli(main: Callable[[], int], whole_process: bool = False) -> None:
     whole_process: main() is all this process does (the `__main__` of train.py, generate.py and
     the `python -m minigpt.*` tools), so it ends at once, with its output flushed, rather than
     through the interpreter's teardown: after `import torch` and the torch._dynamo that every
-    torch.optim optimizer imports, that teardown takes 0.9 s (0.05 s skipped; measured on a 2-core
-    Zen 3 VM, 2026-11-30), 4% of the CPU speedrun. main() has closed what it opened by then (run
-    lock, TensorBoard's writer, process group, progress bar). A bug's traceback still ends the
-    usual way. Tests and notebooks leave it off: they go on after main()."""
+    torch.optim optimizer imports, that teardown takes 1.0 s, and 0.05 s skipped (train.py with
+    the speedrun config, median of 3 alternating runs, 2-core Zen 3 VM, 2026-11-30): 6% of the
+    CPU speedrun. main() has closed what it opened by then (run lock, TensorBoard's writer,
+    progress bar, and after a run its process group; a rank that fails to start leaves its group
+    to the exit, as torchrun expects of a failed worker). A bug's traceback still ends the usual
+    way. Tests and notebooks leave it off: they go on after main()."""
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
     for stream in (sys.stdout, sys.stderr):  # a console that cannot show a character shows "?"
         if hasattr(stream, "reconfigure"):  # (Windows consoles and pipes use a legacy code page)
@@ -55,7 +57,7 @@ def run_cli(main: Callable[[], int], whole_process: bool = False) -> None:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed pipe has nothing to flush
                 stream.flush()
-        os._exit(code)
+        os._exit(code or 0)
     sys.exit(code)
 
 

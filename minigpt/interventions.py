@@ -215,14 +215,15 @@ def logit_attribution(model: GPT, ids, token: int, position: int = -1) -> dict[s
     """Direct logit attribution for a pre-norm model: the logit of `token` at `position` split
     into the embeddings, each head (L1H0 ...) and each attention output bias, each feed-forward
     block (L1 FFN ...) and the final norm's bias, through the final LayerNorm with its scale frozen
-    at the value of this input. The parts sum to the logit."""
+    at the value of this input. The parts sum to the logit; with model.logit_softcap, to the
+    logit before the cap (cap * tanh(logit / cap) bends the sum, so no part has a share of it)."""
     cfg = model.config
     if cfg.norm_placement != "pre" or not cfg.residual:
         raise InputError(POST_NORM if cfg.norm_placement != "pre" else
                          "direct logit attribution needs the residual stream (model.residual)")
     idx = _as_batch(model, ids)[:1]
     with eval_mode(model), capture(model) as seen:
-        logit = float(model(idx)[0, position, token])
+        model(idx)
     parts = {"embeddings": seen["blocks.0.hook_resid_in"][0, position]}
     for i, block in enumerate(model.blocks):
         heads = seen[f"blocks.{i}.attn.hook_heads"][0, position]  # (H, D)
@@ -234,6 +235,7 @@ def logit_attribution(model: GPT, ids, token: int, position: int = -1) -> dict[s
         if block.ffn is not None:
             parts[f"L{i + 1} FFN"] = seen[f"blocks.{i}.hook_ffn_out"][0, position]
     stream = seen[f"blocks.{cfg.num_layers - 1}.hook_resid_out"][0, position]
+    logit = float(model.head(model.final_norm(stream))[token])  # before any soft-cap
     direction = model.head.weight[token]
     norm = model.final_norm
     if isinstance(norm, nn.LayerNorm):

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from minigpt.config import find_config, load_config
 from minigpt.errors import InputError
 from minigpt.evaluation import windows
 
@@ -42,9 +43,15 @@ def timed(command: list[str], cwd: Path, log: Path) -> dict:
     with open(log, "wb") as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:  # interrupted: the run goes too, before its folder is removed
+            process.kill()
+            process.wait()
+            raise
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4
         wall = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
+    code = process.returncode
     if code:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         raise InputError(f"{' '.join(command[:3])} ... failed (exit {code}): "
@@ -53,15 +60,18 @@ def timed(command: list[str], cwd: Path, log: Path) -> dict:
 
 
 @torch.no_grad()
-def nanogpt_val_loss(nanogpt: Path) -> float:
-    """The exact val loss of the checkpoint nanoGPT's recipe wrote (out-shakespeare-char/ckpt.pt),
-    with nanoGPT's own model code, over its whole data/shakespeare_char/val.bin."""
+def nanogpt_val_loss(nanogpt: Path, since: float) -> float:
+    """The exact val loss of the checkpoint nanoGPT's recipe wrote (out-shakespeare-char/ckpt.pt)
+    after time.time() was since, with nanoGPT's own model code, over its whole
+    data/shakespeare_char/val.bin."""
+    path = nanogpt / "out-shakespeare-char" / "ckpt.pt"
+    if not path.is_file() or path.stat().st_mtime < since:
+        raise InputError(f"nanoGPT's recipe ended without writing a new {path}")
     spec = importlib.util.spec_from_file_location("nanogpt_model", nanogpt / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     # nanoGPT's own file, written by its own train.py a moment ago (it pickles its config)
-    checkpoint = torch.load(nanogpt / "out-shakespeare-char" / "ckpt.pt", map_location="cpu",
-                            weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     model = module.GPT(module.GPTConfig(**checkpoint["model_args"]))
     model.load_state_dict({k.removeprefix("_orig_mod."): v
                            for k, v in checkpoint["model"].items()})
@@ -98,12 +108,16 @@ def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:
     if not TRAIN_PY.is_file():
         raise InputError("record runs minigpt's train.py, and this folder has none; run it from "
                          "the root of a minigpt checkout")
+    load_config(find_config(config))  # a bad config stops here, not after nanoGPT's first round
     rows = {"nanogpt": [], "minigpt": []}
     with tempfile.TemporaryDirectory(prefix="minigpt-record-") as scratch:
+        # untimed: both sides start with their data prepared (nanoGPT's prepare.py ran before)
+        timed([sys.executable, str(TRAIN_PY), "--config", config, "--prepare-only", "--quiet"],
+              Path.cwd(), Path(scratch) / "prepare.log")
         for i in range(rounds):
-            log = Path(scratch) / f"nanogpt-{i}.log"
+            log, started = Path(scratch) / f"nanogpt-{i}.log", time.time()
             theirs = timed([sys.executable, "train.py", *NANOGPT_RECIPE], nanogpt, log)
-            rows["nanogpt"].append({**theirs, "val": nanogpt_val_loss(nanogpt)})
+            rows["nanogpt"].append({**theirs, "val": nanogpt_val_loss(nanogpt, started)})
             print(f"round {i + 1}: nanoGPT {theirs['wall_s']:.1f} s, val "
                   f"{rows['nanogpt'][-1]['val']:.4f}", flush=True)
             log = Path(scratch) / f"minigpt-{i}.log"
@@ -123,7 +137,7 @@ def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:
 
 def _commit(folder: Path) -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, text=True,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=folder, text=True,
                               capture_output=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

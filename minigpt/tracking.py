@@ -108,21 +108,24 @@ def event_file(writer, run_dir: Path) -> Path:
 
 HPARAMS = {
     "model": ["vocab_size", "context_length", "embed_dim", "num_heads", "num_layers", "ffn_mult",
-              "dropout", "pos_encoding", "norm_placement", "residual", "layer_norm", "ffn",
-              "causal"],
+              "dropout", "pos_encoding", "norm_placement", "activation", "qk_norm",
+              "logit_softcap", "zero_init_proj", "residual", "layer_norm", "ffn", "causal"],
     "data": ["dataset", "path", "tokenizer"],
-    "train": ["optimizer", "lr", "min_lr", "batch_size", "grad_accum", "max_steps",
+    "train": ["optimizer", "lr", "min_lr", "lr_schedule", "batch_size", "grad_accum", "max_steps",
               "warmup_steps", "weight_decay"],
 }
 
 
 def hparams(config: dict) -> dict:
     """The settings that shape a run's result, for comparing runs in the HParams tab: model sizes,
-    data and tokenizer, optimizer, rates, batch and steps (the Muon settings and BPE size only where
-    they apply); bookkeeping keys (directories, intervals, device) are left out."""
+    data and tokenizer, optimizer, rates and schedule, batch and steps (the Muon settings, the
+    cooldown and BPE size only where they apply); bookkeeping keys (directories, intervals,
+    device) are left out."""
     keys = {section: list(names) for section, names in HPARAMS.items()}
     if config["train"]["optimizer"] == "muon":
-        keys["train"] += ["muon_lr", "muon_weight_decay"]
+        keys["train"] += ["muon_lr", "muon_weight_decay", "muon_momentum", "muon_momentum_warmup"]
+    if config["train"]["lr_schedule"] == "wsd":
+        keys["train"].append("cooldown_fraction")
     if config["data"]["tokenizer"] == "bpe":
         keys["data"].append("bpe_vocab_size")
     return {f"{section}.{key}": config[section][key] for section, names in keys.items()

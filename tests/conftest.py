@@ -1,10 +1,8 @@
 """Shared fixtures: small seeded models of every variant, CPU only."""
 
-import contextlib
 import itertools
-import os
-import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -64,24 +62,42 @@ def run_together(commands, env: dict, timeout: float = 150, tries: int = 2) -> l
     """Start the processes `commands(attempt)` gives side by side (torchrun nodes or jobs), wait
     for all of them and return each one's (return code, stderr).
 
-    A try that outlives `timeout` seconds is killed, whole process groups, and made again from
-    `commands(attempt + 1)`, which names a fresh port and output folder: on this VM a gloo group at
-    times fails to connect for minutes (github.com/pytorch/pytorch/issues/167288), in about one
-    CI run of five. The runs take 15-25 s; a hang in minigpt's own code hangs every try and fails.
+    A try that outlives `timeout` seconds is stopped and made again from `commands(attempt + 1)`,
+    which picks a fresh port and output folder: on this VM a gloo group at times fails to
+    connect for minutes (a CI run on 2026-11-30 waited 300 s; github.com/pytorch/pytorch/issues/
+    167288). The runs take 15-25 s; a hang in minigpt's own code hangs every try and fails.
+    SIGTERM first: torchrun's agent then stops its workers, which run in sessions of their own.
+    stderr goes to files, so that no process blocks on a full pipe while another waits for it.
     """
     for attempt in range(tries):
         started = commands(attempt)
-        processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
-                     for command in started]
+        logs = [tempfile.TemporaryFile("w+") for _ in started]
+        processes = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                      text=True) for command, log in zip(started, logs)]
         deadline = time.monotonic() + timeout
         try:
-            errors = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[1]
-                      for p in processes]
-            return [(p.returncode, err) for p, err in zip(processes, errors)]
-        except subprocess.TimeoutExpired:
             for process in processes:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.communicate()
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _stop(processes)
+            continue
+        return [(process.returncode, _read(log)) for process, log in zip(processes, logs)]
     pytest.fail(f"{tries} tries of {timeout:.0f} s each hung: {started[0]}")
+
+
+def _read(log) -> str:
+    log.seek(0)
+    return log.read()
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL for what is left after 30 s."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

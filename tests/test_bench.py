@@ -1,6 +1,7 @@
 """The benchmark harness runs end to end on tiny settings and reports consistent figures."""
 
 import json
+import shutil
 import sys
 from dataclasses import replace
 
@@ -99,7 +100,7 @@ def test_train_variants_run_in_rounds_and_report_medians(capsys, tmp_path):
     # counted 102 against 357, so the test asks for a third, not a twentieth.
     if sys.platform.startswith("linux"):
         eager, tuned = (r["page_faults_per_step"] for r in rows)
-        assert tuned <= eager / 3
+        assert tuned <= max(50, eager / 3)
 
 
 @pytest.fixture
@@ -177,12 +178,17 @@ def test_bad_record_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     checkout.mkdir()
     for name in ("train.py", "model.py"):
         (checkout / name).write_text("")
+    prepared = shutil.copytree(checkout, tmp_path / "prepared")
+    (prepared / "data" / "shakespeare_char").mkdir(parents=True)
+    (prepared / "data" / "shakespeare_char" / "train.bin").write_bytes(b"")
     for args, code, message in [
         (["--config", "shakespeare_char_speedrun"], 2, "record needs --nanogpt DIR and --config"),
         (["--nanogpt", str(checkout)], 2, "record needs --nanogpt DIR and --config"),
         (["--nanogpt", str(tmp_path), "--config", "x"], 1, "is not a nanoGPT checkout"),
         (["--nanogpt", str(checkout), "--config", "x"], 1,
          "nanoGPT's data is not prepared; run: cd"),
+        (["--nanogpt", str(prepared), "--config", "nosuch"], 1,  # before nanoGPT's 140 s
+         "config file nosuch not found; give a TOML file or one of the shipped configs"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             run_cli(lambda args=args: bench.main(["record", "--json", str(tmp_path / "b.json"),
@@ -220,3 +226,81 @@ def test_the_data_benchmark_prepares_with_each_tokenizer_and_trains_small_and_bi
     assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in report["train"])
     printed = capsys.readouterr().out
     assert "nanoGPT's way" in printed and "train 5 steps on" in printed
+
+
+STUB_MODEL = '''
+from dataclasses import dataclass
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+@dataclass
+class GPTConfig:
+    block_size: int = 16
+    vocab_size: int = 65
+
+class GPT(nn.Module):  # a bigram table, as nanoGPT's model.py is called: logits and loss
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.table = nn.Embedding(config.vocab_size, config.vocab_size)
+
+    def forward(self, idx, targets=None):
+        logits = self.table(idx)
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+'''
+STUB_TRAIN = '''
+import os, sys, torch
+from model import GPT, GPTConfig
+torch.manual_seed(0)
+model = GPT(GPTConfig())
+if "--no-checkpoint" not in open("mode").read():
+    os.makedirs("out-shakespeare-char", exist_ok=True)
+    torch.save({"model_args": {"block_size": 16, "vocab_size": 65},
+                "model": {"_orig_mod." + k: v for k, v in model.state_dict().items()}},
+               "out-shakespeare-char/ckpt.pt")
+'''
+
+
+@pytest.mark.slow  # a stand-in nanoGPT and two real train.py processes: 20 s
+def test_record_runs_both_sides_in_turns_and_scores_nanogpts_checkpoint(tmp_path, capsys):
+    """The whole record: a stand-in for nanoGPT (a bigram table, with nanoGPT's file layout and
+    checkpoint format) against a small minigpt config, two rounds; its checkpoint scored with its
+    own model code over its val.bin; a round that writes no checkpoint is an error, not a stale
+    score."""
+    checkout = tmp_path / "nanoGPT"
+    data = checkout / "data" / "shakespeare_char"
+    data.mkdir(parents=True)
+    (checkout / "model.py").write_text(STUB_MODEL)
+    (checkout / "train.py").write_text(STUB_TRAIN)
+    (checkout / "mode").write_text("")
+    val = torch.randint(0, 65, (1000,), dtype=torch.int16)
+    (data / "train.bin").write_bytes(b"")
+    (data / "val.bin").write_bytes(val.numpy().tobytes())
+    config = tmp_path / "small.toml"
+    config.write_text(f'[model]\ncontext_length = 16\nembed_dim = 16\nnum_heads = 2\n'
+                      f'num_layers = 1\n[data]\ncache_dir = "{tmp_path / "cache"}"\n'
+                      f'[train]\nmax_steps = 4\neval_interval = 2\neval_batches = 0\n'
+                      f'probe = false\nsample_tokens = 0\n')
+    out = tmp_path / "b.json"
+    bench.main(["record", "--nanogpt", str(checkout), "--config", str(config), "--target", "50",
+                "--rounds", "2", "--json", str(out)])
+    report = json.loads(out.read_text())["record"]
+    # the stand-in's untrained table scores log(65)-ish on its val.bin; as its own code says:
+    table = torch.load(checkout / "out-shakespeare-char" / "ckpt.pt")["model"]["_orig_mod.table.weight"]
+    expected = torch.nn.functional.cross_entropy(table[val[:-1].long()], val[1:].long()).item()
+    for side in ("nanogpt", "minigpt"):
+        assert len(report["rounds"][side]) == 2
+        assert all(r["wall_s"] > 0 and r["peak_rss_mb"] > 0 for r in report["rounds"][side])
+    assert [r["val"] for r in report["rounds"]["nanogpt"]] == pytest.approx([expected] * 2)
+    assert all(r["val"] < 50 for r in report["rounds"]["minigpt"]) and report["reached"]
+    assert report["ratio"] == pytest.approx(report["median_wall_s"]["minigpt"]
+                                            / report["median_wall_s"]["nanogpt"])
+    printed = capsys.readouterr().out
+    assert "round 2: minigpt" in printed and "nanoGPT" in printed
+    (checkout / "mode").write_text("--no-checkpoint")  # the old ckpt.pt is still there
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: bench.main(["record", "--nanogpt", str(checkout), "--config", str(config),
+                                    "--target", "50", "--rounds", "1", "--json", str(out)]))
+    assert exit_info.value.code == 1
+    assert "recipe ended without writing a new" in capsys.readouterr().err

@@ -11,6 +11,8 @@ pytest.importorskip("altair", reason="the views need the app or notebook extra")
 from minigpt import GPT, ModelConfig, show  # noqa: E402
 from minigpt.charts import MASKED  # noqa: E402
 from minigpt.corpus import load_corpus  # noqa: E402
+from minigpt.hooks import capture  # noqa: E402
+from minigpt.interventions import logit_attribution  # noqa: E402
 from minigpt.tokenizer import CharTokenizer, WordTokenizer  # noqa: E402
 from minigpt.training import train  # noqa: E402
 
@@ -126,6 +128,11 @@ def test_every_view_draws_a_model_with_the_speedrun_options():
                             num_heads=2, num_layers=2, pos_encoding="rope", qk_norm=True,
                             activation="relu2", logit_softcap=15.0, zero_init_proj=True,
                             tie_weights=False)).eval()
+    with torch.no_grad():  # as after training: projections that write, logits the cap bends
+        for name, p in model.named_parameters():
+            if name.endswith("proj.weight"):
+                p.normal_(0, 0.2)
+        model.head.weight.mul_(60)
     seen = show.inspect(model, tok, "the cat sat")
     for view in (show.model_view, show.attention, show.logit_lens, show.layer_change,
                  show.sublayers, show.layer_norms, show.temperature):
@@ -134,6 +141,15 @@ def test_every_view_draws_a_model_with_the_speedrun_options():
     assert rows(show.neurons(model, tok, TEXT[:2000], layer=1, neuron=3))
     assert rows(show.knockout(model, tok, "the cat sat", heads=[(1, 0)]))
     assert show.patching(model, tok, "the cat sat", "the dog sat").to_dict()["vconcat"]
+    ids = tok.encode("the cat sat")
+    with torch.no_grad(), capture(model) as seen:
+        capped = model(torch.tensor([ids]))[0, -1]
+        uncapped = model.head(model.final_norm(seen["blocks.1.hook_resid_out"][0, -1]))
+    token = int(uncapped.argmax())
+    assert uncapped[token] > 10 and capped[token] < uncapped[token] - 1  # the cap bends it
+    parts = logit_attribution(model, ids, token)
+    assert sum(parts.values()) == pytest.approx(float(uncapped[token]), rel=1e-4)
+    assert rows(show.attribution(model, tok, "the cat sat"))
 
 
 def test_neurons_and_watch_it_learn(tmp_path):

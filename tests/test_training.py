@@ -148,6 +148,11 @@ def test_hparams_name_the_muon_settings_only_where_muon_trains(tmp_path):
                                            "train.muon_weight_decay": "0.03"}).to_dict())
     assert "train.muon_lr" not in adamw and "train.muon_weight_decay" not in adamw
     assert muon["train.muon_weight_decay"] == 0.03 and muon["train.muon_lr"] > 0
+    assert "train.muon_momentum_warmup" in muon and "train.cooldown_fraction" not in muon
+    wsd = hparams(run_config(tmp_path, **{"train.lr_schedule": "wsd", "model.qk_norm": "true",
+                                          "model.activation": "relu2"}).to_dict())
+    assert wsd["train.cooldown_fraction"] == 0.4 and wsd["train.lr_schedule"] == "wsd"
+    assert wsd["model.qk_norm"] is True and wsd["model.activation"] == "relu2"
 
 
 def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(tmp_path):
@@ -506,23 +511,24 @@ def test_two_torchrun_nodes_on_shared_shards_follow_the_single_process_loss_curv
     assert single.returncode == 0, single.stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
+    tries = []  # the output folder of each try
+
     def nodes(attempt: int) -> list[list[str]]:
-        if attempt:  # a hung try may leave a half-written run; this one starts afresh
-            shutil.rmtree(tmp_path / "nodes", ignore_errors=True)
+        tries.append(tmp_path / f"nodes{attempt}")
         port = free_port()
         return [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
                  "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
-                 str(worker), str(tmp_path / "nodes"), str(text), "4", str(cache)]
-                for rank in (0, 1)]
+                 str(worker), str(tries[-1]), str(text), "4", str(cache)] for rank in (0, 1)]
 
     for code, err in run_together(nodes, env):
         assert code == 0, err[-2000:]
-    one, two = (json.loads((tmp_path / d / "losses.json").read_text()) for d in ("single", "nodes"))
+    single, nodes = tmp_path / "single", tries[-1]
+    one, two = (json.loads((d / "losses.json").read_text()) for d in (single, nodes))
     assert len(one["train"]) == len(two["train"]) == 6
     assert one["train"] == pytest.approx(two["train"], rel=1e-5)
     assert one["val"].keys() == two["val"].keys()
     assert list(one["val"].values()) == pytest.approx(list(two["val"].values()), rel=1e-5)
-    weights = [torch.load(tmp_path / d / "weights.pt", weights_only=True) for d in ("single", "nodes")]
+    weights = [torch.load(d / "weights.pt", weights_only=True) for d in (single, nodes)]
     for name in weights[0]:
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-4, atol=1e-5)
     assert len([p for p in (cache / "shards").iterdir() if p.is_dir()]) == 1  # one set, shared
@@ -542,23 +548,25 @@ def test_fsdp_over_two_ranks_trains_as_one_process_and_its_checkpoints_resume_an
     assert single.returncode == 0, single.stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
-    def torchrun(out: str, *extra: str) -> None:
+    def torchrun(out: str, *extra: str) -> Path:
+        """The folder the job wrote its losses and (under runs/) its run to."""
+        tries = []
+
         def job(attempt: int) -> list[list[str]]:
-            if attempt:  # a hung try may leave a half-written run; this one starts afresh
-                shutil.rmtree(tmp_path / out, ignore_errors=True)
+            tries.append(tmp_path / f"{out}{attempt}")
             return [[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                      "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
-                     str(worker), str(tmp_path / out), str(text), "4", str(cache), *fsdp, *extra]]
+                     str(worker), str(tries[-1]), str(text), "4", str(cache), *fsdp, *extra]]
 
         [(code, err)] = run_together(job, env)
         assert code == 0, err[-3000:]
+        return tries[-1]
 
-    torchrun("sharded")
-    one, two = (json.loads((tmp_path / d / "losses.json").read_text())
-                for d in ("single", "sharded"))
+    sharded = torchrun("sharded")
+    one, two = (json.loads((d / "losses.json").read_text()) for d in (tmp_path / "single", sharded))
     assert one["train"] == pytest.approx(two["train"], rel=1e-5)
     assert list(one["val"].values()) == pytest.approx(list(two["val"].values()), rel=1e-5)
-    run_dir = tmp_path / "sharded" / "runs" / "test"
+    run_dir = sharded / "runs" / "test"
     model, _ = load(run_dir / "last.pt")  # whole weights, in a process without torchrun
     single_weights = torch.load(tmp_path / "single" / "weights.pt", weights_only=True)
     for name, value in model.state_dict().items():

@@ -233,7 +233,10 @@ def attribution_view(model, tokenizer, ids: list[int]) -> None:
     st.caption("What am I looking at: the logit of the token after the prompt, split into what "
                "the embeddings, each head (L1H0 = layer 1, head 0) and each feed-forward block "
                "added to the residual stream, each read through the final LayerNorm with its "
-               "scale frozen; the bars sum to the logit. The largest parts shown.")
+               "scale frozen; the bars sum to the logit. The largest parts shown."
+               + (f" This model soft-caps its logits ({model.config.logit_softcap:g} * tanh(logit"
+                  f" / {model.config.logit_softcap:g})): the bars sum to the logit before the cap."
+                  if model.config.logit_softcap else ""))
 
 
 def scores_of(model, run_dir: Path, val: torch.Tensor) -> tuple[dict, str]:
