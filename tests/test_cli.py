@@ -153,6 +153,11 @@ def test_real_process_trains_and_prints_the_next_commands(tmp_path):
     assert [e.step for e in events.Scalars("loss/val")][-1] == 2
     assert "result/best_val_loss" in events.Tags()["scalars"]  # the HParams summary, at the close
     assert events.SummaryMetadata("_hparams_/session_start_info").plugin_data.plugin_name == "hparams"
+    bad = subprocess.run([sys.executable, str(ROOT / "train.py"), *small(tmp_path),
+                          "--train.max_steps", "-1"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env=buffered)  # a user error leaves the same way
+    assert bad.returncode == 1 and bad.stderr.startswith("error: train.max_steps")
+    assert len(bad.stderr.splitlines()) == 1
 
 
 def test_the_closing_line_names_the_step_of_the_best_loss(tmp_path):
