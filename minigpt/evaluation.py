@@ -126,10 +126,11 @@ def log_probe(run: Run, board: TensorBoardLog) -> None:
 
 
 def evaluate_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
-                 say: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
-    """Eval-only: the exact loss (split_loss) of both whole splits for each checkpoint of a run,
-    {"best.pt": {"train": ..., "val": ...}, ...}; say gets a line per checkpoint with perplexity.
-    train.* overrides choose the device, precision and batch size."""
+                 say: Callable[[str], None] = print,
+                 splits: tuple[str, ...] = ("train", "val")) -> dict[str, dict[str, float]]:
+    """Eval-only: the exact loss (split_loss) of whole splits (both by default) for each
+    checkpoint of a run, {"best.pt": {"train": ..., "val": ...}, ...}; say gets a line per
+    checkpoint with perplexity. train.* overrides choose the device, precision and batch size."""
     cfg = resume_config(run_dir, overrides)
     runtime = Runtime.from_config(cfg.train)
     results, data = {}, None
@@ -141,7 +142,8 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
         data = data or prepare_data(cfg.data, cfg.model.context_length, tokenizer)
         started = time.perf_counter()
         losses = {split: split_loss(model, tokens, cfg.train.batch_size, runtime)
-                  for split, tokens in (("train", data.train), ("val", data.val))}
+                  for split, tokens in (("train", data.train), ("val", data.val))
+                  if split in splits}
         results[name] = losses
         say(f"{name} (step {state['step']}): "
             + ", ".join(f"{split} loss {loss:.4f} (perplexity {math.exp(loss):.2f}, "

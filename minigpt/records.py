@@ -7,9 +7,10 @@ the rules and the records; `python -m minigpt.bench record` runs this:
 
 A round is nanoGPT's recipe, then `train.py --config C --train.target_val_loss T`, each a fresh
 process timed from its start to its exit (as /usr/bin/time does: the interpreter, imports, data,
-evaluations and checkpoints all count), with its peak RSS. nanoGPT's checkpoint is scored by the
-same procedure as minigpt's (`minigpt.evaluation.split_loss`): the mean next-character loss over
-its whole val split in non-overlapping windows of its context, every position once.
+evaluations and checkpoints all count), with its peak RSS. After each process, untimed, its
+checkpoint is scored by one procedure (`minigpt.evaluation.split_loss`; nanoGPT's with its own
+model code): the mean next-character loss over the whole val split in non-overlapping windows of
+the model's context, every position once.
 """
 
 import importlib.util
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from minigpt.config import find_config, load_config
 from minigpt.errors import InputError
-from minigpt.evaluation import windows
+from minigpt.evaluation import evaluate_run, windows
 
 # nanoGPT's README, "I only have a macbook": its CPU recipe, unmodified.
 NANOGPT_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
@@ -86,13 +87,11 @@ def nanogpt_val_loss(nanogpt: Path, since: float) -> float:
     return total / (len(tokens) - 1)
 
 
-def minigpt_val_loss(out: str) -> float:
-    """The val loss the run printed for the evaluation it stopped at (exact when the config's
-    train.eval_batches is 0, as the speedrun configs' are)."""
-    lines = [line for line in out.splitlines() if line.startswith("step ") and ", val " in line]
-    if not lines:
-        raise InputError(f"the run printed no evaluation: {out.strip().splitlines()[-1:]}")
-    return float(lines[-1].split(", val ")[1].split()[0])
+def minigpt_val_loss(run_dir: Path) -> float:
+    """The exact val loss of the checkpoint the run stopped with (last.pt), scored again after
+    the run, as nanoGPT's is: split_loss over the whole val split (what `train.py --eval-only`
+    does)."""
+    return evaluate_run(run_dir, say=lambda line: None, splits=("val",))["last.pt"]["val"]
 
 
 def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:
@@ -124,7 +123,7 @@ def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:
             ours = timed([sys.executable, str(TRAIN_PY), "--config", config, "--quiet",
                           "--train.target_val_loss", str(target), "--train.out_dir", scratch,
                           "--train.run_name", f"record-{i}"], Path.cwd(), log)
-            rows["minigpt"].append({**ours, "val": minigpt_val_loss(log.read_text())})
+            rows["minigpt"].append({**ours, "val": minigpt_val_loss(Path(scratch) / f"record-{i}")})
             print(f"round {i + 1}: minigpt {ours['wall_s']:.1f} s, val "
                   f"{rows['minigpt'][-1]['val']:.4f}", flush=True)
     medians = {side: statistics.median(r["wall_s"] for r in runs) for side, runs in rows.items()}
