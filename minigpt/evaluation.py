@@ -127,14 +127,16 @@ def log_probe(run: Run, board: TensorBoardLog) -> None:
 
 def evaluate_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
                  say: Callable[[str], None] = print,
-                 splits: tuple[str, ...] = ("train", "val")) -> dict[str, dict[str, float]]:
+                 splits: tuple[str, ...] = ("train", "val"),
+                 checkpoints: tuple[str, ...] = CHECKPOINT_NAMES) -> dict[str, dict[str, float]]:
     """Eval-only: the exact loss (split_loss) of whole splits (both by default) for each
-    checkpoint of a run, {"best.pt": {"train": ..., "val": ...}, ...}; say gets a line per
-    checkpoint with perplexity. train.* overrides choose the device, precision and batch size."""
+    checkpoint of a run (both by default), {"best.pt": {"train": ..., "val": ...}, ...}; say gets
+    a line per checkpoint with perplexity. train.* overrides choose the device, precision and
+    batch size."""
     cfg = resume_config(run_dir, overrides)
     runtime = Runtime.from_config(cfg.train)
     results, data = {}, None
-    for name in CHECKPOINT_NAMES:
+    for name in checkpoints:
         if not (Path(run_dir) / name).is_file():
             continue
         state = load_resume_state(run_dir, cfg, Path(run_dir) / name)

@@ -91,7 +91,8 @@ def minigpt_val_loss(run_dir: Path) -> float:
     """The exact val loss of the checkpoint the run stopped with (last.pt), scored again after
     the run, as nanoGPT's is: split_loss over the whole val split (what `train.py --eval-only`
     does)."""
-    return evaluate_run(run_dir, say=lambda line: None, splits=("val",))["last.pt"]["val"]
+    return evaluate_run(run_dir, say=lambda line: None, splits=("val",),
+                        checkpoints=("last.pt",))["last.pt"]["val"]
 
 
 def record(nanogpt: str, config: str, target: float, rounds: int) -> dict:

@@ -230,13 +230,13 @@ def attribution_view(model, tokenizer, ids: list[int]) -> None:
                 f"Direct logit attribution does not apply to this model: {err}.")
         return
     st.altair_chart(circuit_charts.attribution_chart(parts), width="stretch")
+    cap = model.config.logit_softcap
     st.caption("What am I looking at: the logit of the token after the prompt, split into what "
                "the embeddings, each head (L1H0 = layer 1, head 0) and each feed-forward block "
                "added to the residual stream, each read through the final LayerNorm with its "
                "scale frozen; the bars sum to the logit. The largest parts shown."
-               + (f" This model soft-caps its logits ({model.config.logit_softcap:g} * tanh(logit"
-                  f" / {model.config.logit_softcap:g})): the bars sum to the logit before the cap."
-                  if model.config.logit_softcap else ""))
+               + (f" This model soft-caps its logits ({cap:g} * tanh(logit / {cap:g})): the bars "
+                  "sum to the logit before the cap." if cap else ""))
 
 
 def scores_of(model, run_dir: Path, val: torch.Tensor) -> tuple[dict, str]:
