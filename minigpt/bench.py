@@ -2,6 +2,7 @@
 
     python -m minigpt.bench                        # peak, train and generate on the best device
     python -m minigpt.bench train --rounds 5       # training only, 5 interleaved rounds
+    python -m minigpt.bench train --config shakespeare_char_long --variants tuned floor
     python -m minigpt.bench generate --new-tokens 1000 --batch-sizes 1 8
     python -m minigpt.bench --device cpu --json bench.json
     python -m minigpt.bench speedrun --config configs/shakespeare_char.toml --target 1.48
@@ -17,7 +18,9 @@ optimizers train() uses), `tuned` (what train.py runs: fused, plus `minigpt.runt
 which on CPU keeps glibc from returning freed memory to the OS), `compiled` (tuned +
 torch.compile; its compile time is reported apart) and `floor`: the
 step's matmuls alone (forward and both gradients, attention scores included) run back to back on
-cache-warm operands, a bound that no implementation of the same maths beats on the device. Shared
+cache-warm operands, a bound that no implementation of the same maths beats on the device. With
+--config, the step timed is that config's: its model at its batch, with its own optimizer (and in
+`floor`, Muon's Newton-Schulz matmuls too). Shared
 machines are noisy, so the variants run in turn, `--rounds` times, and each figure is the median
 over rounds; speed-ups are ratios to `eager` measured in the same run. FLOPs per token are
 `GPT.flops_per_token`: 6 per matmul weight + 12 * L * T * C (the tests check it against
@@ -36,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -45,11 +48,13 @@ from minigpt.bench_data import TOKENIZERS as DATA_TOKENIZERS
 from minigpt.bench_data import bench_data, print_data_report
 from minigpt.bench_gpt2 import bench_gpt2
 from minigpt.cli import ArgumentParser, run_cli
-from minigpt.config import TrainConfig
+from minigpt.config import TrainConfig, load_config
+from minigpt.data import prepare_data
 from minigpt.errors import InputError
 from minigpt.files import atomic_write, path_problem
 from minigpt.generation import generate
 from minigpt.model import GPT, ModelConfig
+from minigpt.optim import make_optimizers
 from minigpt.records import print_record, record
 from minigpt.runtime import Runtime, minor_faults, peak_rss_mb, resolve_device, tune_process
 from minigpt.speedrun import matmul_peak, speedrun, sync_device
@@ -65,6 +70,18 @@ MODELS = {
                                num_layers=6, bias=False), 64),
 }
 VARIANTS = ("eager", "fused", "tuned", "compiled", "floor")
+
+
+def bench_setup(name: str) -> tuple[ModelConfig, int, TrainConfig]:
+    """What `train` times under a name: one of MODELS with the default training settings, or
+    "config:PATH", that config's model at its batch with its own training settings (its
+    optimizer too); the vocabulary is its data's (prepared, or read from the cache)."""
+    if not name.startswith("config:"):
+        cfg, batch_size = MODELS[name]
+        return cfg, batch_size, TrainConfig()
+    config = load_config(name.removeprefix("config:"))
+    vocab_size = prepare_data(config.data, config.model.context_length).tokenizer.vocab_size
+    return replace(config.model, vocab_size=vocab_size), config.train.batch_size, config.train
 
 
 def step_matmuls(cfg: ModelConfig, batch_size: int) -> list[tuple[int, int, int, int]]:
@@ -83,13 +100,30 @@ def step_matmuls(cfg: ModelConfig, batch_size: int) -> list[tuple[int, int, int,
     return shapes
 
 
-def training_step(cfg: ModelConfig, batch_size: int, variant: str, device: torch.device):
-    """One call of `Trainer.step` on a fixed batch, set up as `variant` says."""
+def muon_matmuls(cfg: ModelConfig, train_cfg: TrainConfig) -> list[tuple[int, int, int, int]]:
+    """(batch, m, k, n) of the matmuls of Muon's Newton-Schulz iteration in one optimizer step
+    (none for AdamW): per iteration and matrix, of m <= n, G = X X^T, G G, and (b G + c G^2) X."""
+    if train_cfg.optimizer != "muon":
+        return []
+    muon = make_optimizers(GPT(cfg), train_cfg)[0]
+    shapes = []
+    for group in muon.param_groups:
+        for p in group["params"]:
+            m, n = sorted(p.shape)
+            shapes += [(1, m, n, m), (1, m, m, m), (1, m, m, n)] * group["ns_steps"]
+    return shapes
+
+
+def training_step(cfg: ModelConfig, batch_size: int, variant: str, device: torch.device,
+                  train_cfg: TrainConfig | None = None):
+    """One call of `Trainer.step` on a fixed batch, set up as `variant` says, with train_cfg's
+    optimizer settings (the defaults when None)."""
     if variant in ("tuned", "compiled"):
         tune_process()
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
-    train_cfg = TrainConfig(compile=variant == "compiled", device=str(device))
+    train_cfg = replace(train_cfg or TrainConfig(), compile=variant == "compiled",
+                        device=str(device))
     optimizers = None
     if variant == "eager":
         optimizers = [torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, foreach=False)]
@@ -100,10 +134,13 @@ def training_step(cfg: ModelConfig, batch_size: int, variant: str, device: torch
     return lambda: trainer.step(lambda: batch)
 
 
-def matmul_floor_step(cfg: ModelConfig, batch_size: int, device: torch.device):
-    """The step's matmuls alone, one pair of operands per distinct shape (so cache-warm)."""
+def matmul_floor_step(cfg: ModelConfig, batch_size: int, device: torch.device,
+                      train_cfg: TrainConfig | None = None):
+    """The step's matmuls alone (Muon's too, when train_cfg uses it), one pair of operands per
+    distinct shape (so cache-warm)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shapes = step_matmuls(cfg, batch_size)
+    train_cfg = train_cfg or TrainConfig()
+    shapes = step_matmuls(cfg, batch_size * train_cfg.grad_accum) + muon_matmuls(cfg, train_cfg)
     operands = {(b, m, k, n): (torch.randn(b, m, k, device=device, dtype=dtype),
                                torch.randn(b, k, n, device=device, dtype=dtype))
                 for b, m, k, n in set(shapes)}
@@ -117,10 +154,11 @@ def matmul_floor_step(cfg: ModelConfig, batch_size: int, device: torch.device):
 
 def train_one(model_name: str, variant: str, steps: int, device: torch.device,
               max_seconds: float = 30.0) -> dict:
-    """Median step time of one model/variant; run in its own process by `bench_train`."""
-    cfg, batch_size = MODELS[model_name]
-    step = (matmul_floor_step(cfg, batch_size, device) if variant == "floor"
-            else training_step(cfg, batch_size, variant, device))
+    """Median step time of one model (a name `bench_setup` knows) and variant; run in its own
+    process by `bench_train`."""
+    cfg, batch_size, train_cfg = bench_setup(model_name)
+    step = (matmul_floor_step(cfg, batch_size, device, train_cfg) if variant == "floor"
+            else training_step(cfg, batch_size, variant, device, train_cfg))
     start = time.perf_counter()
     for _ in range(3):  # warm-up, compilation included
         step()
@@ -135,10 +173,11 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
         times.append(time.perf_counter() - start)
     faults = minor_faults() - faults
     step_s = statistics.median(times)
-    tokens_per_step = batch_size * cfg.context_length
+    tokens_per_step = batch_size * train_cfg.grad_accum * cfg.context_length
     peak_mb = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
                else peak_rss_mb())
-    return {"model": model_name, "variant": variant, "batch_size": batch_size,
+    return {"model": model_name.removeprefix("config:"), "variant": variant,
+            "batch_size": batch_size,
             "ms_per_step": step_s * 1000, "tokens_per_sec": tokens_per_step / step_s,
             "gflops": GPT.flops_per_token(cfg) * tokens_per_step / step_s / 1e9,
             "timed_steps": len(times), "warmup_s": warmup_s, "peak_memory_mb": peak_mb,
@@ -166,7 +205,7 @@ def bench_train(models: list[str], variants: list[str], steps: int, device: torc
     rows = []
     for (model_name, variant), results in runs.items():
         if (model_name, variant) in errors:
-            rows.append({"model": model_name, "variant": variant,
+            rows.append({"model": model_name.removeprefix("config:"), "variant": variant,
                          "error": errors[model_name, variant]})
             continue
         row = dict(results[0])
@@ -215,18 +254,19 @@ def print_report(report: dict) -> None:
     if report.get("train"):
         rounds = max(len(r.get("rounds_ms_per_step", [])) for r in report["train"])
         print(f"\ntraining (median step, median of {rounds} rounds)")
-        print(f"{'model':12} {'variant':9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
+        width = max(12, *(len(r["model"]) for r in report["train"]))
+        print(f"{'model':{width}} {'variant':9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
               f"{'of peak':>8} {'vs eager':>8} {'warmup s':>8} {'memory MB':>10} {'faults/step':>11}")
         eager = {r["model"]: r for r in report["train"]
                  if r["variant"] == "eager" and "error" not in r}
         for r in report["train"]:
             if "error" in r:
-                print(f"{r['model']:12} {r['variant']:9} failed: {r['error']}")
+                print(f"{r['model']:{width}} {r['variant']:9} failed: {r['error']}")
                 continue
             ratio = r["tokens_per_sec"] / eager[r["model"]]["tokens_per_sec"] \
                 if r["model"] in eager else float("nan")
             share = r["gflops"] / peak["gflops"] if peak else float("nan")
-            print(f"{r['model']:12} {r['variant']:9} {r['ms_per_step']:8.1f} "
+            print(f"{r['model']:{width}} {r['variant']:9} {r['ms_per_step']:8.1f} "
                   f"{r['tokens_per_sec']:9,.0f} {r['gflops']:8.1f} {share:8.0%} {ratio:7.2f}x "
                   f"{r['warmup_s']:8.1f} {r['peak_memory_mb']:10.0f} {r['page_faults_per_step']:11.0f}")
     if report.get("speedrun"):
@@ -282,7 +322,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "(minigpt.records); all: peak, train and generate (default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
-                        help="train: the model sizes to time (default: both)")
+                        help="train: the model sizes to time (default: both; with --config, "
+                             "that config's)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="train: eager AdamW, fused, tuned (as train.py runs), compiled, "
                              "floor (the matmuls alone) (default: all)")
@@ -297,7 +338,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="generate: tokens per sample (default: 1000)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8],
                         help="generate: samples decoded at once (default: 1 8)")
-    parser.add_argument("--config", help="speedrun, record: the TOML config to train")
+    parser.add_argument("--config", help="speedrun, record: the TOML config to train; train: "
+                                         "time this config's step (its model, batch and "
+                                         "optimizer) instead of --models")
     parser.add_argument("--target", type=float, default=1.48,
                         help="speedrun, record: the val loss to reach")
     parser.add_argument("--nanogpt", help="record: a checkout of karpathy/nanoGPT with its "
@@ -353,7 +396,11 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
     if args.what == "speedrun":
         report["peak"], report["speedrun"] = speedrun(args.config, args.target, overrides)
     if args.what in ("all", "train"):
-        report["train"] = bench_train(args.models, args.variants, args.steps, device,
+        models = args.models
+        if args.config:
+            bench_setup(f"config:{args.config}")  # a bad config is one line now, data ready
+            models = [f"config:{args.config}"]
+        report["train"] = bench_train(models, args.variants, args.steps, device,
                                       args.max_seconds, args.rounds)
     if args.what in ("all", "generate"):
         report["generate"] = bench_generate(args.generate_model, args.new_tokens,

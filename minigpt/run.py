@@ -70,6 +70,7 @@ class Run:
                 check_unused(directory)  # again: another start may have trained there since
             run = cls._start(cfg, resume, runtime, directory, stop)
         except BaseException:
+            runtime.close()  # a rank that joined its process group leaves it
             if lock is not None:
                 lock.release()
                 if created is not None:

@@ -11,7 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from minigpt import bench, bench_gpt2, speedrun
 from minigpt.cli import run_cli
+from minigpt.corpus import load_corpus
 from minigpt.model import GPT
+from minigpt.optim import make_optimizers
 from minigpt.step import Trainer
 
 ATEN = torch.ops.aten
@@ -101,6 +103,75 @@ def test_train_variants_run_in_rounds_and_report_medians(capsys, tmp_path):
     if sys.platform.startswith("linux"):
         eager, tuned = (r["page_faults_per_step"] for r in rows)
         assert tuned <= max(50, eager / 3)
+
+
+def muon_config(tmp_path):
+    """A tiny Muon config on the embedded corpus, two micro-batches a step."""
+    path = tmp_path / "tiny_muon.toml"
+    path.write_text(f"""
+[model]
+context_length = 16
+embed_dim = 32
+num_heads = 2
+num_layers = 2
+
+[data]
+dataset = "embedded"
+tokenizer = "char"
+cache_dir = "{(tmp_path / 'cache').as_posix()}"
+
+[train]
+optimizer = "muon"
+batch_size = 3
+grad_accum = 2
+""")
+    return path
+
+
+def test_a_configs_step_is_timed_with_its_model_batch_and_optimizer(tmp_path, monkeypatch):
+    path = muon_config(tmp_path)
+    seen = []
+    real_step = Trainer.step
+
+    def spy(self, next_batch):
+        seen.append(([type(o).__name__ for o in self.optimizers], tuple(next_batch()[0].shape)))
+        return real_step(self, next_batch)
+
+    monkeypatch.setattr(Trainer, "step", spy)
+    row = bench.train_one(f"config:{path}", "fused", steps=2, device=torch.device("cpu"))
+    assert seen[0] == (["Muon", "AdamW"], (3, 16)) and row["model"] == str(path)
+    assert row["batch_size"] == 3
+    assert row["tokens_per_sec"] == pytest.approx(3 * 2 * 16 / (row["ms_per_step"] / 1000))
+    cfg, _, _ = bench.bench_setup(f"config:{path}")
+    assert cfg.vocab_size == len(set(load_corpus())) and cfg.embed_dim == 32
+
+
+def test_the_floor_of_a_muon_config_holds_its_newton_schulz_matmuls(tmp_path):
+    cfg, batch_size, train_cfg = bench.bench_setup(f"config:{muon_config(tmp_path)}")
+    muon = make_optimizers(GPT(cfg), train_cfg)[0]
+    for group in muon.param_groups:
+        for p in group["params"]:
+            p.grad = torch.randn_like(p)
+    newton_schulz = sum(2 * b * m * k * n for b, m, k, n in bench.muon_matmuls(cfg, train_cfg))
+    assert sum(counted_flops(muon.step).values()) == newton_schulz  # what Muon.step multiplies
+    floor = counted_flops(bench.matmul_floor_step(cfg, batch_size, torch.device("cpu"), train_cfg))
+    tokens = batch_size * train_cfg.grad_accum * cfg.context_length
+    assert floor == {"aten.bmm": GPT.flops_per_token(cfg) * tokens + newton_schulz}
+    assert bench.muon_matmuls(cfg, replace(train_cfg, optimizer="adamw")) == []
+
+
+def test_train_times_a_config_named_on_the_command_line(tmp_path, capsys):
+    path, out = muon_config(tmp_path), tmp_path / "bench.json"
+    bench.main(["train", "--config", str(path), "--variants", "floor", "--steps", "2",
+                "--rounds", "1", "--device", "cpu", "--json", str(out)])
+    rows = json.loads(out.read_text())["train"]
+    assert [(r["model"], r["variant"]) for r in rows] == [(str(path), "floor")]
+    assert "error" not in rows[0] and f"{path} floor" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: bench.main(["train", "--config", str(tmp_path / "nowhere.toml"),
+                                    "--json", str(out)]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "not found" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.fixture

@@ -277,6 +277,27 @@ def test_a_damaged_training_state_is_one_error_and_the_run_stays(tmp_path):
         assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before, key
 
 
+def test_a_rank_that_fails_to_start_leaves_its_process_group(tmp_path, monkeypatch):
+    """Under torchrun, a start that fails after joining the process group (here: a damaged
+    training state found once the model is built) leaves the group, so the process can start
+    again, as a notebook or the app would."""
+    train(run_config(tmp_path), progress=False)
+    run_dir = tmp_path / "runs" / "test"
+    state = load_checkpoint(run_dir / "best.pt")
+    state["step"] = "x"
+    torch.save(state, run_dir / "last.pt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    for _ in range(2):  # the second start would fail to join a group still held
+        with pytest.raises(CheckpointError, match="training state is damaged"):
+            train(resume_config(run_dir), resume=run_dir, progress=False)
+        assert not torch.distributed.is_initialized()
+
+
 def test_existing_run_directory_is_not_overwritten(tmp_path):
     train(run_config(tmp_path), progress=False)
     before = (tmp_path / "runs" / "test" / "last.pt").read_bytes()
