@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from minigpt import bench, bench_gpt2, speedrun
+from minigpt import bench, bench_gpt2, bench_train, speedrun
 from minigpt.cli import run_cli
 from minigpt.corpus import load_corpus
 from minigpt.model import GPT
@@ -36,9 +36,9 @@ def test_flops_per_token_matches_torchs_count_of_a_real_step():
     """GPT.flops_per_token against torch.utils.flop_counter on one Trainer.step: the weight
     matmuls exactly, and attention as 3 forward passes (torch counts the fused backward as 2.5,
     as the kernel recomputes the scores; the usual convention counts 2)."""
-    for cfg, _batch_size in bench.MODELS.values():
+    for cfg, _batch_size in bench_train.MODELS.values():
         cfg = replace(cfg, context_length=32)  # the count does not depend on speed
-        counts = counted_flops(bench.training_step(cfg, 2, "fused", torch.device("cpu")))
+        counts = counted_flops(bench_train.training_step(cfg, 2, "fused", torch.device("cpu")))
         attention = counts["aten._scaled_dot_product_flash_attention_for_cpu"]
         tokens = 2 * cfg.context_length
         assert counts["aten.mm"] + 3 * attention == GPT.flops_per_token(cfg) * tokens
@@ -46,14 +46,14 @@ def test_flops_per_token_matches_torchs_count_of_a_real_step():
 
 
 def test_floor_runs_exactly_the_matmuls_of_a_training_step():
-    for cfg, _batch_size in bench.MODELS.values():
+    for cfg, _batch_size in bench_train.MODELS.values():
         cfg = replace(cfg, context_length=32)
-        shapes = bench.step_matmuls(cfg, 2)
+        shapes = bench_train.step_matmuls(cfg, 2)
         # 3 per linear layer (forward, grad input, grad weight), 6 for attention, per layer
         assert len(shapes) == cfg.num_layers * (4 * 3 + 6) + 3
-        counts = counted_flops(bench.matmul_floor_step(cfg, 2, torch.device("cpu")))
+        counts = counted_flops(bench_train.matmul_floor_step(cfg, 2, torch.device("cpu")))
         assert counts == {"aten.bmm": GPT.flops_per_token(cfg) * 2 * cfg.context_length}
-    row = bench.train_one("cpu_recipe", "floor", steps=2, device=torch.device("cpu"))
+    row = bench_train.train_one("cpu_recipe", "floor", steps=2, device=torch.device("cpu"))
     assert row["variant"] == "floor" and row["timed_steps"] == 2 and row["ms_per_step"] > 0
 
 
@@ -67,7 +67,7 @@ def test_the_bench_times_the_step_train_runs(monkeypatch):
         return real_step(self, next_batch)
 
     monkeypatch.setattr(Trainer, "step", counted)
-    row = bench.train_one("cpu_recipe", "fused", steps=4, device=torch.device("cpu"))
+    row = bench_train.train_one("cpu_recipe", "fused", steps=4, device=torch.device("cpu"))
     assert row["timed_steps"] == 4 and len(calls) == 3 + 4  # 3 warm-up steps, then the timed ones
     assert len(set(calls)) == 1 and row["ms_per_step"] > 0 and row["peak_memory_mb"] > 0
 
@@ -138,26 +138,26 @@ def test_a_configs_step_is_timed_with_its_model_batch_and_optimizer(tmp_path, mo
         return real_step(self, next_batch)
 
     monkeypatch.setattr(Trainer, "step", spy)
-    row = bench.train_one(f"config:{path}", "fused", steps=2, device=torch.device("cpu"))
+    row = bench_train.train_one(f"config:{path}", "fused", steps=2, device=torch.device("cpu"))
     assert seen[0] == (["Muon", "AdamW"], (3, 16)) and row["model"] == str(path)
     assert row["batch_size"] == 3
     assert row["tokens_per_sec"] == pytest.approx(3 * 2 * 16 / (row["ms_per_step"] / 1000))
-    cfg, _, _ = bench.bench_setup(f"config:{path}")
+    cfg, _, _ = bench_train.bench_setup(f"config:{path}")
     assert cfg.vocab_size == len(set(load_corpus())) and cfg.embed_dim == 32
 
 
 def test_the_floor_of_a_muon_config_holds_its_newton_schulz_matmuls(tmp_path):
-    cfg, batch_size, train_cfg = bench.bench_setup(f"config:{muon_config(tmp_path)}")
+    cfg, batch_size, train_cfg = bench_train.bench_setup(f"config:{muon_config(tmp_path)}")
     muon = make_optimizers(GPT(cfg), train_cfg)[0]
     for group in muon.param_groups:
         for p in group["params"]:
             p.grad = torch.randn_like(p)
-    newton_schulz = sum(2 * b * m * k * n for b, m, k, n in bench.muon_matmuls(cfg, train_cfg))
+    newton_schulz = sum(2 * b * m * k * n for b, m, k, n in bench_train.muon_matmuls(cfg, train_cfg))
     assert sum(counted_flops(muon.step).values()) == newton_schulz  # what Muon.step multiplies
-    floor = counted_flops(bench.matmul_floor_step(cfg, batch_size, torch.device("cpu"), train_cfg))
+    floor = counted_flops(bench_train.matmul_floor_step(cfg, batch_size, torch.device("cpu"), train_cfg))
     tokens = batch_size * train_cfg.grad_accum * cfg.context_length
     assert floor == {"aten.bmm": GPT.flops_per_token(cfg) * tokens + newton_schulz}
-    assert bench.muon_matmuls(cfg, replace(train_cfg, optimizer="adamw")) == []
+    assert bench_train.muon_matmuls(cfg, replace(train_cfg, optimizer="adamw")) == []
 
 
 def test_train_times_a_config_named_on_the_command_line(tmp_path, capsys):

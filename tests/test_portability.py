@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import run_config, tiny_config
 
-from minigpt import bench, files, runtime
+from minigpt import bench_train, files, runtime
 from minigpt.checkpoint import load_checkpoint
 from minigpt.config import load_config
 from minigpt.data import read_text
@@ -162,7 +162,7 @@ def test_windows_line_ends_train_like_unix_ones(tmp_path):
 def test_the_benchmark_runs_where_getrusage_does_not_exist(monkeypatch):
     monkeypatch.setattr(runtime, "resource", None)
     assert runtime.peak_rss_mb() != runtime.peak_rss_mb()  # nan: unknown, not a wrong number
-    row = bench.train_one("cpu_recipe", "fused", steps=1, device=torch.device("cpu"))
+    row = bench_train.train_one("cpu_recipe", "fused", steps=1, device=torch.device("cpu"))
     assert row["ms_per_step"] > 0
 
 
