@@ -88,11 +88,11 @@ def print_report(report: dict) -> None:
             if "error" in r:
                 print(f"{r['model']:{width}} {r['variant']:9} failed: {r['error']}")
                 continue
-            ratio = r["tokens_per_sec"] / eager[r["model"]]["tokens_per_sec"] \
-                if r["model"] in eager else float("nan")
+            ratio = (f"{r['tokens_per_sec'] / eager[r['model']]['tokens_per_sec']:7.2f}x"
+                     if r["model"] in eager else f"{'-':>8}")  # eager not timed this run
             share = r["gflops"] / peak["gflops"] if peak else float("nan")
             print(f"{r['model']:{width}} {r['variant']:9} {r['ms_per_step']:8.1f} "
-                  f"{r['tokens_per_sec']:9,.0f} {r['gflops']:8.1f} {share:8.0%} {ratio:7.2f}x "
+                  f"{r['tokens_per_sec']:9,.0f} {r['gflops']:8.1f} {share:8.0%} {ratio} "
                   f"{r['warmup_s']:8.1f} {r['peak_memory_mb']:10.0f} {r['page_faults_per_step']:11.0f}")
     if report.get("speedrun"):
         r = report["speedrun"]
