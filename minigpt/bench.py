@@ -146,9 +146,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "and `train.py --config` to --target, whole processes in turns "
                              "(minigpt.records); all: peak, train and generate (default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
-                        help="train: the model sizes to time (default: both; with --config, "
-                             "that config's)")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS),
+                        help="train: the model sizes to time (default: both); --config "
+                             "times a config's step instead")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="train: eager AdamW, fused, tuned (as train.py runs), compiled, "
                              "floor (the matmuls alone) (default: all)")
@@ -198,6 +198,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--target must be a val loss > 0")
     if args.what == "record" and not (args.nanogpt and args.config):
         parser.error("record needs --nanogpt DIR and --config CONFIG")
+    if args.models and args.config and args.what in ("all", "train"):
+        parser.error("--models and --config both choose what train times; give one")
     bad = [item for item in args.set if "=" not in item]
     if bad:
         parser.error(f"--set takes KEY=VALUE, got {bad[0]!r}")
@@ -216,15 +218,16 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
     report = {"device": str(device), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "models": {name: {**asdict(cfg), "batch_size": b} for name, (cfg, b) in MODELS.items()}}
+    models = args.models or list(MODELS)
+    if args.config and args.what in ("all", "train"):  # a bad config is one line, before timing
+        cfg, batch_size, _ = bench_setup(f"config:{args.config}")
+        report["models"][args.config] = {**asdict(cfg), "batch_size": batch_size}
+        models = [f"config:{args.config}"]
     if args.what in ("all", "peak", "train"):
         report["peak"] = matmul_peak(device)
     if args.what == "speedrun":
         report["peak"], report["speedrun"] = speedrun(args.config, args.target, overrides)
     if args.what in ("all", "train"):
-        models = args.models
-        if args.config:
-            bench_setup(f"config:{args.config}")  # a bad config is one line now, data ready
-            models = [f"config:{args.config}"]
         report["train"] = bench_train(models, args.variants, args.steps, device,
                                       args.max_seconds, args.rounds)
     if args.what in ("all", "generate"):

@@ -8,11 +8,12 @@ glibc from returning freed memory to the OS), `compiled` (tuned + torch.compile;
 is reported apart) and `floor`: the step's matmuls alone (forward and both gradients, attention
 scores included) run back to back on cache-warm operands, a bound that no implementation of the
 same maths beats on the device. With --config, the step timed is that config's: its model at its
-batch, with its own optimizer (and in `floor`, Muon's Newton-Schulz matmuls too). Shared machines
-are noisy, so the variants run in turn, `--rounds` times, and each figure is the median over
-rounds; speed-ups are ratios to `eager` measured in the same run. FLOPs per token are
-`GPT.flops_per_token`: 6 per matmul weight + 12 * L * T * C (the tests check it against
-torch.utils.flop_counter on a real step).
+batch, with its own optimizer (and in `floor`, Muon's Newton-Schulz matmuls too); `eager` stays
+the for-loop AdamW baseline. Shared machines are noisy, so the variants run in turn, `--rounds`
+times, and each figure is the median over rounds; speed-ups are ratios to `eager` measured in the
+same run. FLOPs per token are `GPT.flops_per_token`: 6 per matmul weight + 12 * L * T * C (the
+tests check it against torch.utils.flop_counter on a real step), plus Muon's matmuls when the
+config uses it.
 """
 
 import json
@@ -77,13 +78,20 @@ def muon_matmuls(cfg: ModelConfig, train_cfg: TrainConfig) -> list[tuple[int, in
     (none for AdamW): per iteration and matrix, of m <= n, G = X X^T, G G, and (b G + c G^2) X."""
     if train_cfg.optimizer != "muon":
         return []
-    muon = make_optimizers(GPT(cfg), train_cfg)[0]
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        muon = make_optimizers(GPT(cfg), train_cfg)[0]
     shapes = []
     for group in muon.param_groups:
         for p in group["params"]:
             m, n = sorted(p.shape)
             shapes += [(1, m, n, m), (1, m, m, m), (1, m, m, n)] * group["ns_steps"]
     return shapes
+
+
+def step_flops(cfg: ModelConfig, tokens: int, train_cfg: TrainConfig) -> int:
+    """FLOPs of one training step: the model's (GPT.flops_per_token) and Muon's iteration."""
+    return (GPT.flops_per_token(cfg) * tokens
+            + sum(2 * b * m * k * n for b, m, k, n in muon_matmuls(cfg, train_cfg)))
 
 
 def training_step(cfg: ModelConfig, batch_size: int, variant: str, device: torch.device,
@@ -151,7 +159,7 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
     return {"model": model_name.removeprefix("config:"), "variant": variant,
             "batch_size": batch_size,
             "ms_per_step": step_s * 1000, "tokens_per_sec": tokens_per_step / step_s,
-            "gflops": GPT.flops_per_token(cfg) * tokens_per_step / step_s / 1e9,
+            "gflops": step_flops(cfg, tokens_per_step, train_cfg) / step_s / 1e9,
             "timed_steps": len(times), "warmup_s": warmup_s, "peak_memory_mb": peak_mb,
             "page_faults_per_step": faults / len(times),
             "memory_kind": "max allocated" if device.type == "cuda" else "peak RSS"}

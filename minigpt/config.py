@@ -68,11 +68,16 @@ class DataConfig:
                                 "documents, when there are several)", 0.1)
     cache_dir: str = _help("where downloads and tokenized corpora are cached "
                            "(empty: $MINIGPT_CACHE or ~/.cache/minigpt)", "")
+    sampling: Literal["random", "epochs"] = _help(
+        "how training windows are drawn: random (anywhere, with replacement, as nanoGPT) or "
+        "epochs (each epoch cuts the train split at a random offset into windows, shuffled: "
+        "every token once an epoch)", "random")
 
     def __post_init__(self):
         _check_finite("data", self)
         _check_choice("data.dataset", self.dataset, ("embedded", "repeats", "shakespeare"))
         _check_choice("data.tokenizer", self.tokenizer, ("char", "word", "bpe"))
+        _check_choice("data.sampling", self.sampling, ("random", "epochs"))
         if not 256 <= self.bpe_vocab_size <= MAX_BPE_VOCAB:
             raise ConfigError(f"data.bpe_vocab_size must be in [256, {MAX_BPE_VOCAB:,}], got "
                               f"{self.bpe_vocab_size}")

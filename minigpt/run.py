@@ -6,6 +6,7 @@ run directory, its header lines and TensorBoard log, and how the run is checkpoi
     run.save("last.pt")
 """
 
+import contextlib
 import json
 import warnings
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import torch
 
 from minigpt.checkpoint import load, newest_checkpoint, save_checkpoint
 from minigpt.config import LIMITS, Config, TrainConfig
-from minigpt.data import Dataset, get_batch, prepare_data
+from minigpt.data import Dataset, Epochs, get_batch, prepare_data
 from minigpt.errors import CheckpointError, ConfigError, MiniGPTError, TrainingError
 from minigpt.files import atomic_write
 from minigpt.inspection import SNAPSHOTS, load_snapshots
@@ -46,6 +47,8 @@ class Run:
         self.prompt = prompt  # train.sample_prompt when it is the probe prompt (see probe_ids)
         self.step, self.best_val = 0, float("inf")
         self.batches = torch.Generator().manual_seed(cfg.train.seed)  # draws every rank's batches
+        self.epochs = (Epochs(len(data.train), cfg.model.context_length, self.batches)
+                       if cfg.data.sampling == "epochs" else None)
         self.snapshots: dict | None = None  # snapshots.pt's contents, once the first is kept
         self.stop, self.lock = StopRequest(), None  # set by start
         self.tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum * runtime.world_size
@@ -70,7 +73,6 @@ class Run:
                 check_unused(directory)  # again: another start may have trained there since
             run = cls._start(cfg, resume, runtime, directory, stop)
         except BaseException:
-            runtime.close()  # a rank that joined its process group leaves it
             if lock is not None:
                 lock.release()
                 if created is not None:
@@ -95,6 +97,17 @@ class Run:
         if runtime.master:
             clear_unstarted(directory)
         runtime.start()
+        try:
+            return cls._build(cfg, runtime, data, directory, probe, prompt, init, state)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the failure that got here is the one to report
+                runtime.close()  # the process group this start joined is left again
+            raise
+
+    @classmethod
+    def _build(cls, cfg: Config, runtime: Runtime, data: Dataset, directory: Path,
+               probe: list[int], prompt: str, init, state: dict | None) -> "Run":
+        """The model and trainer, and a resumed run's state, once the process group is joined."""
         torch.manual_seed(cfg.train.seed)
         model = GPT(cfg.model)
         if init is not None:
@@ -123,8 +136,9 @@ class Run:
         """This rank's micro-batch. One draw serves all ranks, each taking its own slice: every
         rank's stream differs, and the generator state saved by rank 0 resumes all of them."""
         tc, rank = self.cfg.train, self.runtime.rank
-        x, y = get_batch(self.data.train, tc.batch_size * self.runtime.world_size,
-                         self.cfg.model.context_length, self.batches, self.data.release)
+        count = tc.batch_size * self.runtime.world_size
+        x, y = get_batch(self.data.train, count, self.cfg.model.context_length, self.batches,
+                         self.data.release, self.epochs.draw(count) if self.epochs else None)
         mine = slice(rank * tc.batch_size, (rank + 1) * tc.batch_size)
         return x[mine].to(self.runtime.device), y[mine].to(self.runtime.device)
 
@@ -145,7 +159,8 @@ class Run:
             "model_config": asdict(self.cfg.model),
             "tokenizer": self.data.tokenizer.to_dict(), "config": self.cfg.to_dict(),
             **self.trainer.state_dict(), "step": self.step, "best_val_loss": self.best_val,
-            "rng": {**self.runtime.rng_state(), "batches": self.batches.get_state()}}
+            "rng": {**self.runtime.rng_state(), "batches": self.batches.get_state()},
+            **({"epochs": self.epochs.state_dict()} if self.epochs else {})}
 
     def keep_snapshot(self, snapshot: dict) -> None:
         """Add what the model does with the probe prompt now to the run's snapshots.pt, which the
@@ -174,6 +189,8 @@ class Run:
             raise TypeError(f"best_val_loss {best!r}")
         self.trainer.load_state_dict(state)
         self.step, self.best_val = state["step"], state["best_val_loss"]
+        if self.epochs is not None:
+            self.epochs.load_state_dict(state["epochs"])
         self.batches.set_state(state["rng"]["batches"])
         self.runtime.set_rng_state(state["rng"])
 

@@ -157,21 +157,27 @@ def test_the_floor_of_a_muon_config_holds_its_newton_schulz_matmuls(tmp_path):
     floor = counted_flops(bench_train.matmul_floor_step(cfg, batch_size, torch.device("cpu"), train_cfg))
     tokens = batch_size * train_cfg.grad_accum * cfg.context_length
     assert floor == {"aten.bmm": GPT.flops_per_token(cfg) * tokens + newton_schulz}
+    assert bench_train.step_flops(cfg, tokens, train_cfg) == floor["aten.bmm"]  # GFLOP/s counts it
     assert bench_train.muon_matmuls(cfg, replace(train_cfg, optimizer="adamw")) == []
 
 
-def test_train_times_a_config_named_on_the_command_line(tmp_path, capsys):
+def test_train_times_a_config_named_on_the_command_line(tmp_path, capsys, small_peak):
     path, out = muon_config(tmp_path), tmp_path / "bench.json"
     bench.main(["train", "--config", str(path), "--variants", "floor", "--steps", "2",
                 "--rounds", "1", "--device", "cpu", "--json", str(out)])
-    rows = json.loads(out.read_text())["train"]
-    assert [(r["model"], r["variant"]) for r in rows] == [(str(path), "floor")]
-    assert "error" not in rows[0] and f"{path} floor" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: bench.main(["train", "--config", str(tmp_path / "nowhere.toml"),
-                                    "--json", str(out)]))
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and "not found" in err and len(err.strip().splitlines()) == 1
+    report = json.loads(out.read_text())
+    assert [(r["model"], r["variant"]) for r in report["train"]] == [(str(path), "floor")]
+    assert report["models"][str(path)]["batch_size"] == 3
+    assert "error" not in report["train"][0] and f"{path} floor" in capsys.readouterr().out
+    for args, code, message in [
+        (["--config", str(tmp_path / "nowhere.toml")], 1, "not found"),
+        (["--config", str(path), "--models", "cpu_recipe"], 2, "give one"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda args=args: bench.main(["train", *args, "--json", str(out)]))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == code and message in err
+        assert len(err.strip().splitlines()) == 1
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from minigpt.corpus import load_corpus
 from minigpt.data import (
     SHAKESPEARE_SHA256,
     DataError,
+    Epochs,
     download_shakespeare,
     get_batch,
     prepare_data,
@@ -94,6 +95,37 @@ def test_batches_are_shifted_windows_and_seeded():
     assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
     again, _ = get_batch(tokens, 5, 16, torch.Generator().manual_seed(3))
     assert torch.equal(x, again)
+
+
+def test_epochs_deal_every_window_once_then_a_new_cut_and_resume_exactly():
+    T, length = 8, 203
+    epochs, one_by_one = Epochs(length, T, torch.Generator().manual_seed(0)), []
+    for _ in range(100):  # about four epochs, a window at a time
+        start = epochs.draw(1).item()
+        if epochs.position == 1:  # a new epoch was dealt
+            one_by_one.append((epochs.offset, []))
+        one_by_one[-1][1].append(start)
+    for offset, starts in one_by_one[:-1]:  # the complete ones: each window of its cut once
+        assert sorted(starts) == [offset + k * T for k in range((length - offset - 1) // T)]
+        assert starts != sorted(starts)  # in a shuffled order
+    assert len({offset for offset, _ in one_by_one}) > 1  # cut anew
+    batches = Epochs(length, T, torch.Generator().manual_seed(0))  # batches straddle epochs
+    assert torch.cat([batches.draw(5) for _ in range(20)]).tolist() == [
+        start for _, starts in one_by_one for start in starts]
+    for stop in (0, 3, 24, 25, 26, 60):  # mid-epoch, at an epoch's end, across two epochs
+        straight = Epochs(length, T, torch.Generator().manual_seed(1))
+        paused = Epochs(length, T, generator := torch.Generator().manual_seed(1))
+        straight.draw(stop), paused.draw(stop)
+        state, generator_state = paused.state_dict(), generator.get_state()
+        resumed = Epochs(length, T, generator := torch.Generator().manual_seed(99))
+        resumed.load_state_dict(state)
+        generator.set_state(generator_state)
+        assert torch.equal(resumed.draw(70), straight.draw(70)), stop
+
+
+def test_a_split_barely_longer_than_the_context_still_makes_epochs():
+    epochs = Epochs(9, 8, torch.Generator().manual_seed(0))
+    assert epochs.draw(3).tolist() == [0, 0, 0]  # one window fits: offset 0 every epoch
 
 
 def test_tokens_are_stored_compactly_and_batches_are_int64(tmp_path):

@@ -214,7 +214,8 @@ SPEEDRUN = {"train.lr_schedule": "wsd", "train.muon_momentum_warmup": 8, "model.
 
 
 @pytest.mark.parametrize("grad_accum,optimizer,extra", [
-    (1, "adamw", {}), (2, "adamw", {}), (1, "muon", {}), (1, "muon", SPEEDRUN)])
+    (1, "adamw", {}), (2, "adamw", {}), (1, "muon", {}), (1, "muon", SPEEDRUN),
+    (2, "muon", {"data.sampling": "epochs"})])
 def test_resume_continues_exactly(tmp_path, grad_accum, optimizer, extra):
     options = {"train.max_steps": 12, "train.grad_accum": grad_accum, "model.dropout": 0.1,
                "train.optimizer": optimizer, "train.probe": True,  # its sampling keeps the RNG
@@ -292,10 +293,14 @@ def test_a_rank_that_fails_to_start_leaves_its_process_group(tmp_path, monkeypat
     for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(name, value)
-    for _ in range(2):  # the second start would fail to join a group still held
-        with pytest.raises(CheckpointError, match="training state is damaged"):
-            train(resume_config(run_dir), resume=run_dir, progress=False)
-        assert not torch.distributed.is_initialized()
+    try:
+        for _ in range(2):  # the second start would fail to join a group still held
+            with pytest.raises(CheckpointError, match="training state is damaged"):
+                train(resume_config(run_dir), resume=run_dir, progress=False)
+            assert not torch.distributed.is_initialized()
+    finally:  # a failure here leaves no group to the tests after it
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):
