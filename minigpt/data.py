@@ -140,8 +140,9 @@ class Epochs:
     """Where training windows start when data.sampling is "epochs": each epoch cuts the split at
     a random offset into non-overlapping windows of context_length (each reads one token more,
     its last target) and deals them out in a random order, so every token is trained on once an
-    epoch. Random windows (get_batch's default) repeat some text and miss other text in the same
-    number of tokens; on Tiny Shakespeare, epochs reached a lower val loss in the same steps
+    epoch (but for the fewer than context_length at each end that the cut leaves out). Random
+    windows (get_batch's default) repeat some text and miss other text in the same number of
+    tokens; on Tiny Shakespeare, epochs reached a lower val loss in the same steps
     (configs/shakespeare_char_long.toml).
 
     An epoch's order takes 4 bytes a window (100 MB for 1.6 G tokens at context 64). Its state is
@@ -165,7 +166,7 @@ class Epochs:
 
     def draw(self, n: int) -> torch.Tensor:
         """The starts of the next n windows, crossing into new epochs as they run out."""
-        parts = [self.order[:0].long()]
+        parts = [torch.empty(0, dtype=torch.long)]
         while n > 0:
             if self.position == len(self.order):
                 self._deal()
@@ -179,11 +180,13 @@ class Epochs:
         return {"epoch_state": self.epoch_state, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["epoch_state"] is None:  # saved before its first draw
+        if state["epoch_state"] is None and state["position"] == 0:  # saved before its first draw
             self.order, self.position, self.epoch_state = self.order[:0], 0, None
             return
         self.generator.set_state(state["epoch_state"])
         self._deal()
-        if not 0 <= state["position"] <= len(self.order):
-            raise ValueError(f"epoch position {state['position']!r}")
-        self.position = state["position"]
+        position = state["position"]
+        if isinstance(position, bool) or not isinstance(position, int) or not (
+                0 <= position <= len(self.order)):
+            raise ValueError(f"epoch position {position!r} not in [0, {len(self.order)}]")
+        self.position = position

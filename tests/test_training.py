@@ -303,6 +303,22 @@ def test_a_rank_that_fails_to_start_leaves_its_process_group(tmp_path, monkeypat
             torch.distributed.destroy_process_group()
 
 
+def test_a_damaged_epoch_place_is_one_error_and_the_run_stays(tmp_path):
+    train(run_config(tmp_path, **{"data.sampling": "epochs"}), progress=False)
+    run_dir = tmp_path / "runs" / "test"
+    good = load_checkpoint(run_dir / "best.pt")["epochs"]
+    for value in [None, {"position": 3}, {**good, "position": 2.5}, {**good, "position": -1},
+                  {**good, "position": True}, {**good, "position": 10 ** 9},
+                  {**good, "epoch_state": torch.zeros(3)}, {"epoch_state": None, "position": 3}]:
+        state = load_checkpoint(run_dir / "best.pt")
+        state["epochs"] = value
+        torch.save(state, run_dir / "last.pt")
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        with pytest.raises(CheckpointError, match="training state is damaged"):
+            train(resume_config(run_dir), resume=run_dir, progress=False)
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before, value
+
+
 def test_existing_run_directory_is_not_overwritten(tmp_path):
     train(run_config(tmp_path), progress=False)
     before = (tmp_path / "runs" / "test" / "last.pt").read_bytes()
