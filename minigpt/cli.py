@@ -32,9 +32,9 @@ def run_cli(main: Callable[[], int], whole_process: bool = False) -> None:
     torch.optim optimizer imports, that teardown takes 1.0 s, and 0.05 s skipped (train.py with
     the speedrun config, median of 3 alternating runs, 2-core Zen 3 VM, 2026-11-30): 6% of the
     CPU speedrun. main() has closed what it opened by then (run lock, TensorBoard's writer,
-    progress bar, and after a run its process group; a rank that fails to start leaves its group
-    to the exit, as torchrun expects of a failed worker). A bug's traceback still ends the usual
-    way. Tests and notebooks leave it off: they go on after main()."""
+    progress bar, and the process group of a run, or of a start that failed after joining it).
+    A bug's traceback still ends the usual way. Tests and notebooks leave it off: they go on
+    after main()."""
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
     for stream in (sys.stdout, sys.stderr):  # a console that cannot show a character shows "?"
         if hasattr(stream, "reconfigure"):  # (Windows consoles and pipes use a legacy code page)

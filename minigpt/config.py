@@ -11,7 +11,6 @@ choices. Values are converted by each field's declared type; config files are da
 import dataclasses
 import difflib
 import math
-import os
 import tomllib
 import types
 import typing
@@ -23,6 +22,7 @@ from typing import Literal
 from minigpt.errors import ConfigError
 from minigpt.files import path_problem, portable_name
 from minigpt.model import ModelConfig
+from minigpt.runtime import usable_cpus
 
 # Upper bounds of the counts: far beyond any real run, and low enough that a typo (an extra
 # few zeros) is an error at once rather than a run or an evaluation that never ends.
@@ -35,20 +35,16 @@ def _help(text: str, default):
     return field(default=default, metadata={"help": text})
 
 
-def _check_finite(section: str, values) -> None:
-    """NaN and infinity mean nothing for any setting. Checked first, since NaN would slip through
-    the range checks: every comparison with it is false."""
-    for f in dataclasses.fields(values):
-        value = getattr(values, f.name)
+def _check_fields(section: str, values) -> None:
+    """What every field's type says: a choice among its Literal's values, and no NaN or infinity
+    (they mean nothing for any setting). Checked first, since NaN would slip through the range
+    checks: every comparison with it is false."""
+    for name, tp in typing.get_type_hints(type(values)).items():
+        value = getattr(values, name)
+        if typing.get_origin(tp) is Literal:
+            _check_choice(f"{section}.{name}", value, typing.get_args(tp))
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+            raise ConfigError(f"{section}.{name} must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -74,10 +70,7 @@ class DataConfig:
         "every token once an epoch)", "random")
 
     def __post_init__(self):
-        _check_finite("data", self)
-        _check_choice("data.dataset", self.dataset, ("embedded", "repeats", "shakespeare"))
-        _check_choice("data.tokenizer", self.tokenizer, ("char", "word", "bpe"))
-        _check_choice("data.sampling", self.sampling, ("random", "epochs"))
+        _check_fields("data", self)
         if not 256 <= self.bpe_vocab_size <= MAX_BPE_VOCAB:
             raise ConfigError(f"data.bpe_vocab_size must be in [256, {MAX_BPE_VOCAB:,}], got "
                               f"{self.bpe_vocab_size}")
@@ -146,7 +139,7 @@ class TrainConfig:
     run_name: str = _help("name of this run's directory (empty: config name and time)", "")
 
     def __post_init__(self):
-        _check_finite("train", self)
+        _check_fields("train", self)
         positive = ["batch_size", "grad_accum", "max_steps", "eval_interval",
                     "checkpoint_interval"]
         for name in positive:
@@ -174,18 +167,15 @@ class TrainConfig:
                     f"of the two (weight decays are usually 0.01 to 0.1)")
         if not 0 < self.cooldown_fraction <= 1:
             raise ConfigError(f"train.cooldown_fraction must be in (0, 1], got {self.cooldown_fraction}")
-        _check_choice("train.lr_schedule", self.lr_schedule, ("cosine", "wsd"))
         for name in ["beta1", "beta2", "muon_momentum"]:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
-        _check_choice("train.optimizer", self.optimizer, ("adamw", "muon"))
         if self.fsdp and (self.optimizer != "adamw" or self.probe or self.compile):
             raise ConfigError(
                 "train.fsdp needs train.optimizer adamw (Muon orthogonalises whole matrices, "
                 "which FSDP splits between ranks), train.probe false (the probe runs on rank 0 "
                 "alone, and a sharded model needs every rank for a forward pass) and "
                 "train.compile false; set them, or turn train.fsdp off")
-        _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, "
                               f"got {self.device!r}")

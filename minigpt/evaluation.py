@@ -143,9 +143,8 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
         model, tokenizer = model_from_checkpoint(state, runtime.device)
         data = data or prepare_data(cfg.data, cfg.model.context_length, tokenizer)
         started = time.perf_counter()
-        losses = {split: split_loss(model, tokens, cfg.train.batch_size, runtime)
-                  for split, tokens in (("train", data.train), ("val", data.val))
-                  if split in splits}
+        losses = {split: split_loss(model, getattr(data, split), cfg.train.batch_size, runtime)
+                  for split in splits}
         results[name] = losses
         say(f"{name} (step {state['step']}): "
             + ", ".join(f"{split} loss {loss:.4f} (perplexity {math.exp(loss):.2f}, "

@@ -115,6 +115,13 @@ def physical_memory() -> int | None:
     return status.total_physical
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def torchrun_ranks() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) from the environment torchrun sets, checked; None for a
     single process (neither RANK nor WORLD_SIZE set)."""
