@@ -156,11 +156,11 @@ def train_one(model_name: str, variant: str, steps: int, device: torch.device,
     tokens_per_step = batch_size * train_cfg.grad_accum * cfg.context_length
     peak_mb = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
                else peak_rss_mb())
+    ran = replace(train_cfg, optimizer="adamw") if variant == "eager" else train_cfg  # eager: no Muon
     return {"model": model_name.removeprefix("config:"), "variant": variant,
             "batch_size": batch_size,
             "ms_per_step": step_s * 1000, "tokens_per_sec": tokens_per_step / step_s,
-            "gflops": step_flops(cfg, tokens_per_step, replace(  # eager steps with AdamW alone
-                train_cfg, optimizer="adamw") if variant == "eager" else train_cfg) / step_s / 1e9,
+            "gflops": step_flops(cfg, tokens_per_step, ran) / step_s / 1e9,
             "timed_steps": len(times), "warmup_s": warmup_s, "peak_memory_mb": peak_mb,
             "page_faults_per_step": faults / len(times),
             "memory_kind": "max allocated" if device.type == "cuda" else "peak RSS"}

@@ -10,7 +10,6 @@ choices. Values are converted by each field's declared type; config files are da
 
 import dataclasses
 import difflib
-import math
 import tomllib
 import types
 import typing
@@ -21,7 +20,7 @@ from typing import Literal
 
 from minigpt.errors import ConfigError
 from minigpt.files import path_problem, portable_name
-from minigpt.model import ModelConfig
+from minigpt.model_config import ModelConfig, check_choice, check_fields
 from minigpt.runtime import usable_cpus
 
 # Upper bounds of the counts: far beyond any real run, and low enough that a typo (an extra
@@ -33,18 +32,6 @@ MAX_BPE_VOCAB = 100_000  # merges are learned one at a time: more would train fo
 
 def _help(text: str, default):
     return field(default=default, metadata={"help": text})
-
-
-def _check_fields(section: str, values) -> None:
-    """What every field's type says: a choice among its Literal's values, and no NaN or infinity
-    (they mean nothing for any setting). Checked first, since NaN would slip through the range
-    checks: every comparison with it is false."""
-    for name, tp in typing.get_type_hints(type(values)).items():
-        value = getattr(values, name)
-        if typing.get_origin(tp) is Literal:
-            _check_choice(f"{section}.{name}", value, typing.get_args(tp))
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{section}.{name} must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +57,7 @@ class DataConfig:
         "every token once an epoch)", "random")
 
     def __post_init__(self):
-        _check_fields("data", self)
+        check_fields("data", self)
         if not 256 <= self.bpe_vocab_size <= MAX_BPE_VOCAB:
             raise ConfigError(f"data.bpe_vocab_size must be in [256, {MAX_BPE_VOCAB:,}], got "
                               f"{self.bpe_vocab_size}")
@@ -139,7 +126,7 @@ class TrainConfig:
     run_name: str = _help("name of this run's directory (empty: config name and time)", "")
 
     def __post_init__(self):
-        _check_fields("train", self)
+        check_fields("train", self)
         positive = ["batch_size", "grad_accum", "max_steps", "eval_interval",
                     "checkpoint_interval"]
         for name in positive:
@@ -218,11 +205,6 @@ def _check_paths(section: str, values, names: list[str]) -> None:
             raise ConfigError(f"{section}.{name} cannot be a file name: {problem}; choose another")
 
 
-def _check_choice(key: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
-
-
 def config_fields(section: str) -> list[dataclasses.Field]:
     """The settable fields of a section, in declaration order."""
     return [f for f in dataclasses.fields(SECTIONS[section]) if (section, f.name) not in DERIVED_KEYS]
@@ -266,7 +248,7 @@ def _check_value(key: str, tp, value):
             return None
         tp = next(t for t in typing.get_args(tp) if t is not type(None))
     if typing.get_origin(tp) is Literal:
-        _check_choice(key, value, typing.get_args(tp))
+        check_choice(key, value, typing.get_args(tp))
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

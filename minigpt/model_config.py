@@ -6,14 +6,28 @@ Every field is a config key under [model] (`python train.py --help` lists them w
 """
 
 import math
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from minigpt.errors import ConfigError
-from minigpt.positions import POS_ENCODINGS
 
-NORM_PLACEMENTS = ("pre", "post")
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu2")
+
+def check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
+def check_fields(section: str, values) -> None:
+    """What every field's type says: a choice among its Literal's values, and no NaN or infinity
+    (they mean nothing for any setting; NaN would slip through range checks, since every
+    comparison with it is false). For the dataclasses of every config section."""
+    for name, tp in typing.get_type_hints(type(values)).items():
+        value = getattr(values, name)
+        if typing.get_origin(tp) is Literal:
+            check_choice(f"{section}.{name}", value, typing.get_args(tp))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{name} must be a finite number, got {value}")
 
 
 def _option(default, text: str):
@@ -73,15 +87,11 @@ class ModelConfig:
                 f"({self.num_heads}); try num_heads in {_divisors(self.embed_dim)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        for name, choices in (("pos_encoding", POS_ENCODINGS), ("norm_placement", NORM_PLACEMENTS),
-                              ("activation", ACTIVATIONS)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"model.{name} must be one of {choices}, "
-                                  f"got {getattr(self, name)!r}")
         if isinstance(self.logit_softcap, bool) or not (
                 isinstance(self.logit_softcap, (int, float)) and 0 <= self.logit_softcap < math.inf):
             raise ConfigError(f"model.logit_softcap must be a number >= 0 (0: off), "
                               f"got {self.logit_softcap!r}")
+        check_fields("model", self)  # the choices of pos_encoding, norm_placement, activation
         if self.pos_encoding == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head_dim, got {self.head_dim} "
                              f"(embed_dim / num_heads)")

@@ -10,8 +10,6 @@ import math
 import torch
 from torch import nn
 
-POS_ENCODINGS = ("sinusoidal", "learned", "rope", "none")
-
 
 def sinusoidal_table(num_positions: int, embed_dim: int) -> torch.Tensor:
     """The deck's (and the paper's) PE(pos, 2i) = sin(pos / 10000^(2i/C)), PE(pos, 2i+1) = cos(...).
