@@ -49,6 +49,7 @@ class KVCache:
         self.capacity = cfg.context_length
         self.length = 0
         self.position = 0
+        self.inputs = {}  # ShortConv -> its last inputs (B, K - 1, C)
 
     @classmethod
     def for_model(cls, model: GPT, batch_size: int) -> "KVCache":
@@ -61,6 +62,16 @@ class KVCache:
         self.keys[layer, :, :, self.length:end] = k
         self.values[layer, :, :, self.length:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def recent(self, conv, x: torch.Tensor, keep: int) -> torch.Tensor:
+        """x (B, T, C) after the last `keep` inputs conv has seen (zeros before the first):
+        (B, keep + T, C). Keeps its last `keep` rows for the next call."""
+        before = self.inputs.get(conv)
+        if before is None:
+            before = x.new_zeros(x.size(0), keep, x.size(2))
+        both = torch.cat([before, x], dim=1)
+        self.inputs[conv] = both[:, both.size(1) - keep:]
+        return both
 
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens
@@ -76,6 +87,7 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
         self.position = 0
+        self.inputs.clear()
 
 
 MAX_NEW_TOKENS = 100_000  # hours of CPU decoding for a small model; more is a slip of the keyboard

@@ -316,6 +316,7 @@ def check_exportable(cfg: ModelConfig, tokenizer: Tokenizer) -> None:
         ("a ReLU-squared feed-forward (GPT-2's is GELU)", cfg.activation == "relu2"),
         ("normalised queries and keys (qk_norm)", cfg.qk_norm),
         ("soft-capped logits (logit_softcap)", cfg.logit_softcap > 0),
+        ("short convolutions before the sublayers (short_conv)", cfg.short_conv > 0),
         ("an ablation switch (residual, layer_norm, ffn or causal off)",
          not (cfg.residual and cfg.layer_norm and cfg.ffn and cfg.causal)),
         (f"a {tokenizer.kind} tokenizer (GPT-2's is byte-level BPE)", tokenizer.kind != "bpe"),

@@ -2,7 +2,8 @@
 
     token ids -> token embedding (+ position) -> Block x num_layers -> [final norm] -> head -> logits
 
-Read top to bottom: the hook points, attention, the feed-forward block, the block, the GPT. Its
+Read top to bottom: the hook points, attention, the feed-forward block, the short convolution
+(an option), the block, the GPT. Its
 config (ModelConfig, the shape and options) is minigpt/model_config.py; positions are
 minigpt/positions.py; decoding (the KV cache, sampling, stop sequences) is minigpt/generation.py;
 reading and editing the hook points is minigpt/hooks.py.
@@ -139,6 +140,35 @@ class FeedForward(nn.Module):
         return self.dropout(self.proj(self.hook_neurons(x)))
 
 
+# ----------------------------------------------------------------------------- short convolution
+
+class ShortConv(nn.Module):
+    """A causal depthwise convolution with a residual, before a sublayer (cfg.short_conv = K):
+
+        y_t = x_t + sum over k < K of w_k * x_(t-k)     (w_k a weight per channel, starting at 0)
+
+    so each position reads the last K - 1 positions' features before attention or the
+    feed-forward does, which a small character model otherwise spends its attention learning
+    (the "Canon layers" of Allen-Zhu's Physics of Language Models, part 4.1). It starts as the
+    identity; positions before the start read as zeros. With a cache, the last K - 1 inputs are
+    kept there, so decoding one token at a time gives what the whole sequence gives.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(cfg.embed_dim, 1, cfg.short_conv))  # Conv1d's layout
+
+    def forward(self, x, cache: "KVCache | None" = None):
+        """x (B, T, C) -> (B, T, C)."""
+        keep = self.weight.size(-1) - 1
+        padded = F.pad(x, (0, 0, keep, 0)) if cache is None else cache.recent(self, x, keep)
+        # As (B, C, 1, keep + T) the stream's memory is channels-last, which the 2-D depthwise
+        # kernel reads in place: half the time of conv1d, which copies it channels-first.
+        windows = padded.transpose(1, 2).unsqueeze(2)
+        y = F.conv2d(windows, self.weight.unsqueeze(2), groups=x.size(2))  # (B, C, 1, T)
+        return x + y.squeeze(2).transpose(1, 2)
+
+
 # ----------------------------------------------------------------------------- block
 
 class Block(nn.Module):
@@ -149,6 +179,7 @@ class Block(nn.Module):
 
     The ablation switches take parts away: cfg.residual off makes x = sublayer(...) (no "x +"),
     cfg.layer_norm off makes every norm the identity, cfg.ffn off leaves attention alone.
+    cfg.short_conv adds a ShortConv to each sublayer's input.
 
     Hook points, all (B, T, C), in the order the residual stream meets them: hook_resid_in,
     hook_attn_out (what attention adds), hook_resid_mid (the stream between the sublayers),
@@ -163,6 +194,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.norm2 = layer_norm(cfg) if cfg.ffn else None
         self.ffn = FeedForward(cfg) if cfg.ffn else None
+        self.conv1 = ShortConv(cfg) if cfg.short_conv else None
+        self.conv2 = ShortConv(cfg) if cfg.short_conv and cfg.ffn else None
         self.hook_resid_in, self.hook_resid_mid, self.hook_resid_out = (HookPoint() for _ in "imo")
         self.hook_attn_out, self.hook_ffn_out = HookPoint(), HookPoint()
 
@@ -173,16 +206,25 @@ class Block(nn.Module):
     def forward(self, x, rotation=None, cache=None, layer=0):
         x = self.hook_resid_in(x)
         if self.pre_norm:
-            x = self.add(x, self.hook_attn_out(self.attn(self.norm1(x), rotation, cache, layer)))
+            h = self.convolve(self.conv1, self.norm1(x), cache)
+            x = self.add(x, self.hook_attn_out(self.attn(h, rotation, cache, layer)))
             x = self.hook_resid_mid(x)
             if self.ffn is not None:
-                x = self.add(x, self.hook_ffn_out(self.ffn(self.norm2(x))))
+                h = self.convolve(self.conv2, self.norm2(x), cache)
+                x = self.add(x, self.hook_ffn_out(self.ffn(h)))
         else:
-            x = self.norm1(self.add(x, self.hook_attn_out(self.attn(x, rotation, cache, layer))))
+            h = self.convolve(self.conv1, x, cache)
+            x = self.norm1(self.add(x, self.hook_attn_out(self.attn(h, rotation, cache, layer))))
             x = self.hook_resid_mid(x)
             if self.ffn is not None:
-                x = self.norm2(self.add(x, self.hook_ffn_out(self.ffn(x))))
+                h = self.convolve(self.conv2, x, cache)
+                x = self.norm2(self.add(x, self.hook_ffn_out(self.ffn(h))))
         return self.hook_resid_out(x)
+
+    @staticmethod
+    def convolve(conv: ShortConv | None, x, cache):
+        """A sublayer's input through its short convolution, when the model has them."""
+        return x if conv is None else conv(x, cache)
 
 
 def layer_norm(cfg: ModelConfig) -> nn.Module:
@@ -240,6 +282,7 @@ class GPT(nn.Module):
         norm = (C + b * C) * int(cfg.layer_norm)
         ffn = linear(C, F) + linear(F, C) + norm if cfg.ffn else 0
         block = linear(C, 3 * C) + linear(C, C) + norm + ffn
+        block += C * cfg.short_conv * (1 + int(cfg.ffn))
         total = cfg.num_layers * block + cfg.vocab_size * C * (1 if cfg.tie_weights else 2)
         total += norm if cfg.norm_placement == "pre" else 0
         return total + (cfg.context_length * C if cfg.pos_encoding == "learned" else 0)

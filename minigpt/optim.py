@@ -79,7 +79,8 @@ class Muon(torch.optim.Muon):
 
 def split_parameters(model: nn.Module, cfg: TrainConfig) -> dict[str, list[nn.Parameter]]:
     """The model's parameters (tied ones once) as "muon" (matrices inside the blocks, when
-    cfg.optimizer is muon), "decay" (other matrices) and "no_decay" (the rest)."""
+    cfg.optimizer is muon), "decay" (other matrices) and "no_decay" (the rest: biases, norms, the
+    embeddings unless cfg.decay_embeddings, and the short convolutions' few weights a channel)."""
     no_decay = set()
     if not cfg.decay_embeddings:
         no_decay = {id(p) for p in model.embedding_parameters()}
@@ -88,7 +89,7 @@ def split_parameters(model: nn.Module, cfg: TrainConfig) -> dict[str, list[nn.Pa
     groups = {"muon": [], "decay": [], "no_decay": []}
     for p in {id(p): p for p in model.parameters()}.values():
         name = ("muon" if id(p) in muon else
-                "decay" if p.dim() >= 2 and id(p) not in no_decay else "no_decay")
+                "decay" if p.dim() == 2 and id(p) not in no_decay else "no_decay")
         groups[name].append(p)
     return groups
 

@@ -109,7 +109,8 @@ def event_file(writer, run_dir: Path) -> Path:
 HPARAMS = {
     "model": ["vocab_size", "context_length", "embed_dim", "num_heads", "num_layers", "ffn_mult",
               "dropout", "pos_encoding", "norm_placement", "activation", "qk_norm",
-              "logit_softcap", "zero_init_proj", "residual", "layer_norm", "ffn", "causal"],
+              "logit_softcap", "zero_init_proj", "short_conv", "residual", "layer_norm", "ffn",
+              "causal"],
     "data": ["dataset", "path", "tokenizer", "sampling"],
     "train": ["optimizer", "lr", "min_lr", "lr_schedule", "batch_size", "grad_accum", "max_steps",
               "warmup_steps", "weight_decay"],

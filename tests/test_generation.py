@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VARIANTS, run_config, tiny_config
+from conftest import VARIANTS, randomise_short_convs, run_config, tiny_config
 from torch.testing import assert_close
 
 from minigpt import GPT, CharTokenizer, MiniTransformer
@@ -33,10 +33,12 @@ SPEEDRUN_OPTIONS = dict(qk_norm=True, logit_softcap=3.0, activation="relu2", tie
 
 
 @pytest.mark.parametrize("pos_encoding,norm_placement,options", [
-    *((*variant, {}) for variant in VARIANTS), ("rope", "pre", SPEEDRUN_OPTIONS)])
+    *((*variant, {}) for variant in VARIANTS), ("rope", "pre", SPEEDRUN_OPTIONS),
+    ("rope", "pre", {"short_conv": 4}), ("learned", "post", {"short_conv": 3})])
 def test_cached_decoding_equals_full_recompute(pos_encoding, norm_placement, options):
-    model = GPT(tiny_config(pos_encoding=pos_encoding, norm_placement=norm_placement,
-                            context_length=32, **options)).eval()
+    model = randomise_short_convs(GPT(tiny_config(
+        pos_encoding=pos_encoding, norm_placement=norm_placement, context_length=32,
+        **options))).eval()
     prompt = torch.randint(0, 23, (2, 5))
     expected, expected_logits = greedy_reference(model, prompt, 27, 32)  # fills the context
     cache = KVCache.for_model(model, 2)

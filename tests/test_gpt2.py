@@ -121,6 +121,7 @@ def test_an_exported_run_loads_in_transformers_with_the_same_logits_and_ids(tmp_
     ({"activation": "relu2"}, "ReLU-squared"),
     ({"qk_norm": True}, "qk_norm"),
     ({"logit_softcap": 15.0}, "logit_softcap"),
+    ({"short_conv": 4}, "short_conv"),
 ])
 def test_export_refuses_what_gpt2_cannot_express(tmp_path, bpe, options, named):
     model = GPT(ModelConfig(vocab_size=bpe.vocab_size, context_length=16, embed_dim=32,

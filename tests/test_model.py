@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import randomise_short_convs, tiny_config
 from torch.testing import assert_close
 
 from minigpt import GPT, ModelConfig
+from minigpt.errors import ConfigError
 from minigpt.hooks import capture
 from minigpt.inspection import logit_lens
-from minigpt.model import explicit_attention
+from minigpt.model import ShortConv, explicit_attention
 from minigpt.positions import PositionalEncoding, RotaryEmbedding, apply_rotary, sinusoidal_table
 
 
@@ -164,6 +165,7 @@ def test_param_count_counts_untied_head_and_learned_positions():
     {"pos_encoding": "sinusoidal", "norm_placement": "post", "ffn_mult": 2},
     {"bias": False, "tie_weights": False, "pos_encoding": "learned", "num_layers": 3},
     {"qk_norm": True, "activation": "relu2", "logit_softcap": 30.0, "zero_init_proj": True},
+    {"short_conv": 3}, {"short_conv": 2, "ffn": False, "norm_placement": "post"},
 ])
 def test_count_params_matches_the_built_model(options):
     cfg = tiny_config(**options)
@@ -317,3 +319,41 @@ def test_zero_init_projections_make_every_block_start_as_the_identity():
     for i in range(2):
         assert torch.equal(seen[f"blocks.{i}.hook_resid_out"], seen[f"blocks.{i}.hook_resid_in"])
     assert model.blocks[0].attn.qkv.weight.abs().sum() > 0  # only the writing projections
+
+
+def test_short_conv_starts_as_the_identity():
+    torch.manual_seed(0)
+    plain = GPT(tiny_config())
+    torch.manual_seed(0)
+    convolved = GPT(tiny_config(short_conv=4))
+    idx = torch.randint(0, 23, (2, 16))
+    assert_close(convolved(idx), plain(idx))
+    assert len([m for m in convolved.modules() if isinstance(m, ShortConv)]) == 2 * 2
+
+
+def test_short_conv_is_a_causal_depthwise_convolution():
+    conv = randomise_short_convs(GPT(tiny_config(short_conv=3))).blocks[0].conv1
+    x = torch.randn(2, 10, 32)
+    reference = F.conv1d(F.pad(x.transpose(1, 2), (2, 0)), conv.weight, groups=32).transpose(1, 2)
+    assert_close(conv(x), x + reference)
+    later = x.clone()
+    later[:, 6] += 1.0
+    changed = (conv(later) - conv(x)).abs().amax(dim=(0, 2))
+    assert changed[:6].eq(0).all() and changed[6:9].gt(0).all() and changed[9] == 0  # K = 3
+
+
+@pytest.mark.parametrize("norm_placement", ["pre", "post"])
+def test_short_conv_keeps_the_model_causal(norm_placement):
+    model = randomise_short_convs(GPT(tiny_config(short_conv=4, norm_placement=norm_placement)))
+    idx = torch.randint(0, 23, (1, 12))
+    edited = idx.clone()
+    edited[0, 7] = (edited[0, 7] + 1) % 23
+    before, after = model(idx), model(edited)
+    assert_close(after[:, :7], before[:, :7])
+    assert not torch.allclose(after[:, 7:], before[:, 7:])
+
+
+@pytest.mark.parametrize("value", [-1, 17, True, 2.0])
+def test_short_conv_refuses_a_kernel_it_cannot_use(value):
+    with pytest.raises(ConfigError, match=r"model.short_conv must be an integer from 0 \(off\)"):
+        tiny_config(short_conv=value)

@@ -35,7 +35,7 @@ def test_adamw_decays_weight_matrices_only():
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
-    model = GPT(tiny_config(tie_weights=False))
+    model = GPT(tiny_config(tie_weights=False, short_conv=3))
     muon, adamw = make_optimizers(model, TrainConfig(optimizer="muon", muon_lr=0.05, lr=3e-3))
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     [group] = muon.param_groups
@@ -45,7 +45,8 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
                         for name in ("attn.qkv", "attn.proj", "ffn.fc", "ffn.proj")}
     rest = [names_of(model, g["params"]) for g in adamw.param_groups]
     assert rest[0] == {"head.weight"}
-    assert {"token_emb.weight", "pos_emb.weight", "blocks.0.norm1.weight"} <= rest[1]
+    assert {"token_emb.weight", "pos_emb.weight", "blocks.0.norm1.weight",
+            "blocks.1.conv1.weight", "blocks.1.conv2.weight"} <= rest[1]  # no decay
     assert sum(map(len, [matrices, *rest])) == len(list(model.parameters()))
     assert not matrices & (rest[0] | rest[1])
 
