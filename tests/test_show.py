@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_config
+from conftest import randomise_short_convs, run_config
 
 pytest.importorskip("altair", reason="the views need the app or notebook extra")
 from minigpt import GPT, ModelConfig, show  # noqa: E402
@@ -120,14 +120,16 @@ def test_hypothesis_views(word_model):
 
 
 def test_every_view_draws_a_model_with_the_speedrun_options():
-    """The options of configs/shakespeare_char_*.toml change attention, the feed-forward and the
-    head; the views read them through the same hook points."""
+    """The options of configs/shakespeare_char_*.toml change attention, the feed-forward, the
+    sublayers' inputs (short_conv) and the head; the views read them through the same hook
+    points."""
     torch.manual_seed(0)
     tok = CharTokenizer.train(TEXT)
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=64, embed_dim=32,
                             num_heads=2, num_layers=2, pos_encoding="rope", qk_norm=True,
                             activation="relu2", logit_softcap=15.0, zero_init_proj=True,
-                            tie_weights=False)).eval()
+                            tie_weights=False, short_conv=4)).eval()
+    randomise_short_convs(model)
     with torch.no_grad():  # as after training: projections that write, logits the cap bends
         for name, p in model.named_parameters():
             if name.endswith("proj.weight"):
