@@ -3,10 +3,10 @@
     token ids -> token embedding (+ position) -> Block x num_layers -> [final norm] -> head -> logits
 
 Read top to bottom: the hook points, attention, the feed-forward block, the short convolution
-(an option), the block, the GPT. Its
-config (ModelConfig, the shape and options) is minigpt/model_config.py; positions are
-minigpt/positions.py; decoding (the KV cache, sampling, stop sequences) is minigpt/generation.py;
-reading and editing the hook points is minigpt/hooks.py.
+(an option), the block, the GPT. Its config (ModelConfig, the shape and options) is
+minigpt/model_config.py; positions are minigpt/positions.py; decoding (the KV cache, sampling,
+stop sequences) is minigpt/generation.py; reading and editing the hook points is
+minigpt/hooks.py.
 
 Shape letters used in the comments below:
     B batch size, T sequence length (time), S keys attended to (T, or more with a KV cache),
@@ -145,7 +145,8 @@ class FeedForward(nn.Module):
 class ShortConv(nn.Module):
     """A causal depthwise convolution with a residual, before a sublayer (cfg.short_conv = K):
 
-        y_t = x_t + sum over k < K of w_k * x_(t-k)     (w_k a weight per channel, starting at 0)
+        y_t = x_t + sum over k < K of w_k * x_(t-k)     (w_k a weight per channel, starting at 0;
+                                                         w_k is weight[:, 0, K - 1 - k])
 
     so each position reads the last K - 1 positions' features before attention or the
     feed-forward does, which a small character model otherwise spends its attention learning
@@ -291,7 +292,8 @@ class GPT(nn.Module):
     def flops_per_token(cfg: ModelConfig) -> int:
         """Training FLOPs per token (forward and backward) at full context: 6 per weight that
         multiplies activations (2 forward, 4 backward) plus 12 * L * T * C for the attention scores
-        Q K^T and their use P V. Norms, softmax and the optimizer are left out, as is usual."""
+        Q K^T and their use P V. Norms, softmax, short convolutions and the optimizer are left
+        out, as is usual."""
         matmul_weights = cfg.num_layers * (4 + 2 * cfg.ffn_mult * cfg.ffn) * cfg.embed_dim ** 2
         matmul_weights += cfg.embed_dim * cfg.vocab_size  # the output head
         return 6 * matmul_weights + 12 * cfg.num_layers * cfg.context_length * cfg.embed_dim
