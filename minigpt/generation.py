@@ -50,6 +50,7 @@ class KVCache:
         self.length = 0
         self.position = 0
         self.inputs = {}  # ShortConv -> its last inputs (B, K - 1, C)
+        self.pending = {}  # the same, from the forward pass under way; kept by advance()
 
     @classmethod
     def for_model(cls, model: GPT, batch_size: int) -> "KVCache":
@@ -65,17 +66,20 @@ class KVCache:
 
     def recent(self, conv, x: torch.Tensor, keep: int) -> torch.Tensor:
         """x (B, T, C) after the last `keep` inputs conv has seen (zeros before the first):
-        (B, keep + T, C). Keeps its last `keep` rows for the next call."""
+        (B, keep + T, C). Its last `keep` rows become conv's history when the pass completes
+        (advance), so a pass that fails half-way leaves the history as it was."""
         before = self.inputs.get(conv)
         if before is None:
             before = x.new_zeros(x.size(0), keep, x.size(2))
         both = torch.cat([before, x], dim=1)
-        self.inputs[conv] = both[:, both.size(1) - keep:]
+        self.pending[conv] = both[:, both.size(1) - keep:].detach().clone()  # not the whole buffer
         return both
 
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens
         self.position += num_tokens
+        self.inputs.update(self.pending)
+        self.pending.clear()
 
     def evict(self, num_tokens: int) -> None:
         """Drop the oldest num_tokens keys and values (used by rope models past context_length)."""
@@ -88,6 +92,7 @@ class KVCache:
         self.length = 0
         self.position = 0
         self.inputs.clear()
+        self.pending.clear()
 
 
 MAX_NEW_TOKENS = 100_000  # hours of CPU decoding for a small model; more is a slip of the keyboard
@@ -192,9 +197,10 @@ def stream(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: floa
       tokens, as use_cache=False does throughout: the logits are those of the model on that
       window, whatever the position encoding or depth. Slower past the context.
     - "fast": keep using a cache. Relative (rope) models drop the oldest cached keys and
-      values, a rolling window: with one layer this equals recomputing the window, with more
-      it differs (deeper layers' cached keys were computed while the dropped tokens were still
-      visible). Absolute encodings re-prefill the last context_length // 2 + 1 tokens when
+      values, a rolling window: with one layer and no short_conv this equals recomputing the
+      window; with more layers it differs (deeper layers' cached keys were computed while the
+      dropped tokens were still visible), and with short_conv too (its last inputs include
+      dropped tokens). Absolute encodings re-prefill the last context_length // 2 + 1 tokens when
       the cache is full, so the window shrinks to half and grows back, paying for a prefill
       once every context_length / 2 tokens.
 

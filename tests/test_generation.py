@@ -76,20 +76,22 @@ def window_logits(model: GPT, sequence: torch.Tensor, lengths: list[int]) -> lis
     return [model(sequence[:, :start + i][:, -length:])[:, -1] for i, length in enumerate(lengths)]
 
 
-def decoding_case(pos_encoding: str, num_layers: int):
-    model = GPT(tiny_config(pos_encoding=pos_encoding, num_layers=num_layers,
-                            context_length=WINDOW)).eval()
+def decoding_case(pos_encoding: str, num_layers: int, short_conv: int = 0):
+    model = randomise_short_convs(GPT(tiny_config(
+        pos_encoding=pos_encoding, num_layers=num_layers, context_length=WINDOW,
+        short_conv=short_conv))).eval()
     prompt = torch.randint(0, 23, (2, 3))
     tokens = torch.randint(0, 23, (2, 3 * WINDOW))  # three times the context
     return model, prompt, tokens, torch.cat([prompt, tokens], dim=1)
 
 
-@pytest.mark.parametrize("num_layers", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_layers,short_conv", [(1, 0), (2, 0), (3, 0), (4, 0), (2, 3)])
 @pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned", "rope"])
-def test_exact_decoding_is_the_model_on_the_last_window_at_every_step(pos_encoding, num_layers):
+def test_exact_decoding_is_the_model_on_the_last_window_at_every_step(pos_encoding, num_layers,
+                                                                      short_conv):
     """The default, with or without the cache: logits equal recomputing the last context_length
     tokens, to 1e-5, through three times the context."""
-    model, prompt, tokens, sequence = decoding_case(pos_encoding, num_layers)
+    model, prompt, tokens, sequence = decoding_case(pos_encoding, num_layers, short_conv)
     lengths = [min(3 + i, WINDOW) for i in range(tokens.size(1))]
     expected = window_logits(model, sequence, lengths)
     for use_cache in (True, False):
@@ -98,13 +100,14 @@ def test_exact_decoding_is_the_model_on_the_last_window_at_every_step(pos_encodi
             assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}, cache {use_cache}")
 
 
-@pytest.mark.parametrize("num_layers", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_layers,short_conv", [(1, 0), (2, 0), (3, 0), (4, 0), (2, 3)])
 @pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned"])
 def test_fast_decoding_with_absolute_positions_halves_the_window_when_full(pos_encoding,
-                                                                          num_layers):
+                                                                          num_layers, short_conv):
     """past_context="fast": when the cache is full it keeps the last context_length // 2 + 1
-    tokens, then grows again; the logits are the model's on exactly that window."""
-    model, prompt, tokens, sequence = decoding_case(pos_encoding, num_layers)
+    tokens, then grows again; the logits are the model's on exactly that window (the re-prefill
+    starts the short convolutions' history afresh too)."""
+    model, prompt, tokens, sequence = decoding_case(pos_encoding, num_layers, short_conv)
     lengths, length = [], 3
     for _ in range(tokens.size(1)):
         lengths.append(length)
@@ -115,11 +118,12 @@ def test_fast_decoding_with_absolute_positions_halves_the_window_when_full(pos_e
         assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}")
 
 
-@pytest.mark.parametrize("num_layers", [1, 2, 3, 4])
-def test_fast_decoding_with_rope_rolls_the_cache(num_layers):
+@pytest.mark.parametrize("num_layers,short_conv", [(1, 0), (2, 0), (3, 0), (4, 0), (1, 3)])
+def test_fast_decoding_with_rope_rolls_the_cache(num_layers, short_conv):
     """past_context="fast" with rope: exact within the context and, with one layer, past it;
-    deeper models differ past the context, as documented (their cached keys remember more)."""
-    model, prompt, tokens, sequence = decoding_case("rope", num_layers)
+    deeper models differ past the context, as documented (their cached keys remember more), and
+    so does one layer with short convolutions (their last inputs include dropped tokens)."""
+    model, prompt, tokens, sequence = decoding_case("rope", num_layers, short_conv)
     lengths = [min(3 + i, WINDOW) for i in range(tokens.size(1))]
     expected = window_logits(model, sequence, lengths)
     got = forced_logits(model, prompt, tokens, past_context="fast")
@@ -127,7 +131,24 @@ def test_fast_decoding_with_rope_rolls_the_cache(num_layers):
     for a, b in zip(got[:inside], expected[:inside]):
         assert_close(a, b, rtol=1e-5, atol=1e-5)
     gap = max((a - b).abs().max().item() for a, b in zip(got[inside:], expected[inside:]))
-    assert gap < 1e-5 if num_layers == 1 else gap > 1e-4
+    assert gap < 1e-5 if num_layers == 1 and not short_conv else gap > 1e-4
+
+
+def test_a_failed_pass_leaves_the_short_convolutions_history_as_it_was():
+    model = randomise_short_convs(GPT(tiny_config(short_conv=3, context_length=32))).eval()
+    idx = torch.randint(0, 23, (1, 9))
+    cache = KVCache.for_model(model, 1)
+    model(idx[:, :5], cache)
+
+    def fail(module, args, output):
+        raise RuntimeError("a hook that fails")
+
+    handle = model.blocks[1].register_forward_hook(fail)  # after block 0's convolutions ran
+    with pytest.raises(RuntimeError, match="a hook that fails"):
+        model(idx[:, 5:7], cache)
+    handle.remove()
+    steps = [model(idx[:, t:t + 1], cache)[:, -1] for t in range(5, 9)]
+    assert_close(torch.stack(steps, 1), model(idx)[:, 5:9], rtol=1e-5, atol=1e-5)
 
 
 def test_generate_without_cache_is_the_recompute_reference():
