@@ -47,14 +47,16 @@ VARIANTS = ("eager", "fused", "tuned", "compiled", "floor")
 
 def bench_setup(name: str) -> tuple[ModelConfig, int, TrainConfig]:
     """What `train` times under a name: one of MODELS with the default training settings, or
-    "config:PATH", that config's model at its batch with its own training settings (its
-    optimizer too); the vocabulary is its data's (prepared, or read from the cache)."""
+    "config:PATH", that config's model at its batch and sequence length (train.seq_len) with its
+    own training settings (its optimizer too); the vocabulary is its data's (prepared, or read
+    from the cache)."""
     if not name.startswith("config:"):
         cfg, batch_size = MODELS[name]
         return cfg, batch_size, TrainConfig()
     config = load_config(name.removeprefix("config:"))
     vocab_size = prepare_data(config.data, config.model.context_length).tokenizer.vocab_size
-    return replace(config.model, vocab_size=vocab_size), config.train.batch_size, config.train
+    model = replace(config.model, vocab_size=vocab_size, context_length=config.train_window)
+    return model, config.train.batch_size, config.train
 
 
 def step_matmuls(cfg: ModelConfig, batch_size: int) -> list[tuple[int, int, int, int]]:

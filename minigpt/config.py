@@ -74,6 +74,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = _help("sequences per micro-batch (per process)", 32)
+    seq_len: int = _help("tokens in each training sequence (0: model.context_length); shorter "
+                         "costs less attention a token, and a rope model still reads its whole "
+                         "context when it predicts", 0)
     grad_accum: int = _help("micro-batches accumulated into one optimizer step", 1)
     max_steps: int = _help("optimizer steps to train for", 1000)
     lr: float = _help("peak learning rate, reached after warmup", 1e-3)
@@ -90,6 +93,8 @@ class TrainConfig:
     muon_momentum: float = _help("Nesterov momentum of the muon matrices", 0.95)
     muon_momentum_warmup: int = _help("steps over which muon's momentum rises linearly from "
                                       "0.85 to muon_momentum (0: constant)", 0)
+    muon_neuron_norm: bool = _help("NorMuon: after orthogonalising, scale each neuron's (row's) "
+                                   "step by its recent RMS, keeping the step's norm", False)
     muon_weight_decay: float = _help("decoupled weight decay of the muon matrices: each step "
                                      "scales them by 1 - (current muon lr) * this", 0.0)
     weight_decay: float = _help("AdamW weight decay, on weight matrices only", 0.1)
@@ -134,7 +139,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         for name in ["warmup_steps", "weight_decay", "muon_weight_decay", "grad_clip",
                      "sample_tokens", "threads", "min_lr", "target_val_loss", "eval_batches",
-                     "muon_momentum_warmup"]:
+                     "muon_momentum_warmup", "seq_len"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ["lr", "muon_lr"]:
@@ -188,6 +193,21 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     name: str = "default"  # the config file's stem, used to name runs
+
+    def __post_init__(self):
+        if self.train.seq_len > self.model.context_length:
+            raise ConfigError(f"train.seq_len ({self.train.seq_len}) must not exceed "
+                              f"model.context_length ({self.model.context_length})")
+        if (self.train_window < self.model.context_length
+                and self.model.pos_encoding in ("sinusoidal", "learned")):
+            raise ConfigError(f"train.seq_len shorter than model.context_length needs "
+                              f"model.pos_encoding rope or none: the {self.model.pos_encoding} "
+                              f"positions past {self.train.seq_len} would never be trained")
+
+    @property
+    def train_window(self) -> int:
+        """Tokens in each training sequence: train.seq_len, else the model's context."""
+        return self.train.seq_len or self.model.context_length
 
     def to_dict(self) -> dict:
         return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}

@@ -20,6 +20,8 @@ from torch import nn
 
 from minigpt.config import TrainConfig
 
+NEURON_NORM_BETA = 0.95  # train.muon_neuron_norm's EMA, as NorMuon's paper and modded-nanogpt
+
 
 def orthogonalise(matrix: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
                   eps: float) -> torch.Tensor:
@@ -37,20 +39,38 @@ def orthogonalise(matrix: torch.Tensor, coefficients: tuple[float, float, float]
     return (x if wide else x.T).to(matrix.dtype)
 
 
+def normalise_neurons(update: torch.Tensor, variance: torch.Tensor, beta: float) -> torch.Tensor:
+    """NorMuon's step on an orthogonalised update (Li et al. 2025, arXiv 2510.05491): each row
+    (one output neuron's weights) divided by the root of its recent mean square (variance, an
+    (rows, 1) EMA with this beta, updated in place), then the whole rescaled to the norm it had.
+    Orthogonalising evens out the update's directions but not its neurons: some rows come out
+    larger than others step after step, and this evens those out too."""
+    variance.lerp_(update.square().mean(dim=1, keepdim=True), 1 - beta)
+    normalised = update * variance.clamp(min=1e-10).rsqrt()
+    return normalised * (update.norm() / normalised.norm().clamp(min=1e-10))
+
+
 class Muon(torch.optim.Muon):
-    """torch.optim.Muon, with its Newton-Schulz iteration in float32 on CPU.
+    """torch.optim.Muon, with its Newton-Schulz iteration in float32 on CPU, and optionally
+    NorMuon's normalisation of each neuron's step (neuron_norm = its EMA's beta; 0 off).
 
     torch's runs it in bfloat16, which a CPU without native bfloat16 matmuls (no AVX512-BF16 or
     AMX: AMD Zen 3, most laptops) emulates slowly: on a 2-core Zen 3 its step took 427 ms of a
     494 ms training step (2 x 128, batch 12 x 128), and with this one the whole step took 87 ms
     (docs/records.md). Everything else (the
     Nesterov momentum, its buffers in the optimizer state, the rate scaling, the decoupled weight
-    decay) is torch's, so checkpoints move freely between the two; on GPUs torch's step runs.
+    decay) is torch's, so checkpoints move freely between the two; on GPUs torch's step runs
+    unless neuron_norm is on (its EMA is then in the state too, as "neuron_variance").
     """
+
+    def __init__(self, params, neuron_norm: float = 0.0, **options):
+        super().__init__(params, **options)
+        self.neuron_norm = neuron_norm
 
     @torch.no_grad()
     def step(self, closure=None):
-        if any(p.device.type != "cpu" for group in self.param_groups for p in group["params"]):
+        if not self.neuron_norm and any(p.device.type != "cpu" for group in self.param_groups
+                                        for p in group["params"]):
             return super().step(closure)
         loss = None
         if closure is not None:
@@ -69,6 +89,10 @@ class Muon(torch.optim.Muon):
                 update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
                 update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"],
                                        group["eps"])
+                if self.neuron_norm:
+                    if "neuron_variance" not in state:
+                        state["neuron_variance"] = update.new_zeros(update.size(0), 1)
+                    update = normalise_neurons(update, state["neuron_variance"], self.neuron_norm)
                 rows, cols = p.shape
                 scale = (math.sqrt(max(1, rows / cols)) if group["adjust_lr_fn"] in (None, "original")
                          else 0.2 * math.sqrt(max(rows, cols)))  # "match_rms_adamw"
@@ -109,7 +133,8 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opti
         # "original" scales each matrix's step by sqrt(max(1, rows / cols)), so tall matrices
         # move at the same RMS rate as square ones.
         optimizers.insert(0, Muon(params["muon"], lr=cfg.muon_lr, momentum=cfg.muon_momentum,
-                                  weight_decay=cfg.muon_weight_decay, adjust_lr_fn="original"))
+                                  weight_decay=cfg.muon_weight_decay, adjust_lr_fn="original",
+                                  neuron_norm=NEURON_NORM_BETA if cfg.muon_neuron_norm else 0.0))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]

@@ -47,12 +47,12 @@ class Run:
         self.prompt = prompt  # train.sample_prompt when it is the probe prompt (see probe_ids)
         self.step, self.best_val = 0, float("inf")
         self.batches = torch.Generator().manual_seed(cfg.train.seed)  # draws every rank's batches
-        self.epochs = (Epochs(len(data.train), cfg.model.context_length, self.batches)
+        self.epochs = (Epochs(len(data.train), cfg.train_window, self.batches)
                        if cfg.data.sampling == "epochs" else None)
         self.snapshots: dict | None = None  # snapshots.pt's contents, once the first is kept
         self.stop, self.lock = StopRequest(), None  # set by start
         self.tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum * runtime.world_size
-                                * cfg.model.context_length)
+                                * cfg.train_window)
 
     @classmethod
     def start(cls, cfg: Config, resume: str | Path | None = None,
@@ -137,7 +137,7 @@ class Run:
         rank's stream differs, and the generator state saved by rank 0 resumes all of them."""
         tc, rank = self.cfg.train, self.runtime.rank
         count = tc.batch_size * self.runtime.world_size
-        x, y = get_batch(self.data.train, count, self.cfg.model.context_length, self.batches,
+        x, y = get_batch(self.data.train, count, self.cfg.train_window, self.batches,
                          self.data.release, self.epochs.draw(count) if self.epochs else None)
         mine = slice(rank * tc.batch_size, (rank + 1) * tc.batch_size)
         return x[mine].to(self.runtime.device), y[mine].to(self.runtime.device)
@@ -296,11 +296,12 @@ def check_fits(cfg: ModelConfig, tc: TrainConfig, device: torch.device, shards: 
         raise ConfigError(f"the model has {params:,} parameters and needs about "
                           f"{weights / 2**30:,.1f} GiB for weights, gradients and optimizer state, "
                           f"more than the {total / 2**30:,.1f} GiB of {device}; choose a smaller model")
-    tokens = tc.batch_size * cfg.context_length
+    length = tc.seq_len or cfg.context_length
+    tokens = tc.batch_size * length
     activations = 4 * tokens * (20 * cfg.num_layers * cfg.embed_dim + 3 * cfg.vocab_size)
     if weights + activations > total:
         raise ConfigError(f"a micro-batch of train.batch_size={tc.batch_size} sequences of "
-                          f"{cfg.context_length} tokens needs about {activations / 2**30:,.1f} GiB "
+                          f"{length} tokens needs about {activations / 2**30:,.1f} GiB "
                           f"of activations, more than the {total / 2**30:,.1f} GiB of {device} "
                           f"holds; use a smaller train.batch_size (train.grad_accum keeps the "
                           f"tokens per step)")

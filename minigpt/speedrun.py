@@ -8,6 +8,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -83,10 +84,10 @@ def speedrun(config: str | None, target: float, overrides: dict[str, str]) -> tu
     before = process_age() - (start - measuring)
     result = train(cfg, progress=False, log=print)
     wall_s = time.perf_counter() - start
-    # the vocabulary size comes from the data
+    # the vocabulary size comes from the data; a step's FLOPs are those of its sequences
     with open(result.run_dir / "config.json", encoding="utf-8") as f:
-        model_cfg = ModelConfig(**json.load(f)["model"])
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * model_cfg.context_length
+        model_cfg = replace(ModelConfig(**json.load(f)["model"]), context_length=cfg.train_window)
+    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train_window
     tokens_per_sec = tokens_per_step / statistics.median(result.step_seconds)
     flops = GPT.flops_per_token(model_cfg) * tokens_per_sec
     datasheet = datasheet_peak_tflops(device)

@@ -112,8 +112,8 @@ HPARAMS = {
               "logit_softcap", "zero_init_proj", "short_conv", "residual", "layer_norm", "ffn",
               "causal"],
     "data": ["dataset", "path", "tokenizer", "sampling"],
-    "train": ["optimizer", "lr", "min_lr", "lr_schedule", "batch_size", "grad_accum", "max_steps",
-              "warmup_steps", "weight_decay"],
+    "train": ["optimizer", "lr", "min_lr", "lr_schedule", "batch_size", "seq_len", "grad_accum",
+              "max_steps", "warmup_steps", "weight_decay"],
 }
 
 

@@ -66,6 +66,9 @@ def test_bad_config_files_fail_naming_the_key(tmp_path, text, message):
     ("model.norm_placement", "mid", r"must be one of \['pre', 'post'\]"),
     ("nosection.x", "1", r"unknown section 'nosection'"),
     ("train", "1", r"unknown key 'train'; valid keys in \[train\]"),
+    ("train.seq_len", "-8", r"train.seq_len must be >= 0"),
+    ("train.seq_len", "129", r"train.seq_len \(129\) must not exceed model.context_length \(128\)"),
+    ("train.seq_len", "64", r"needs model.pos_encoding rope or none: the learned positions past 64"),
 ])
 def test_bad_overrides_fail_naming_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -137,3 +140,10 @@ def test_to_dict_round_trips():
     values = cfg.to_dict()
     values["model"].pop("vocab_size")
     assert build_config(values) == cfg
+
+
+def test_training_sequences_are_the_context_unless_train_seq_len_says_shorter():
+    assert load_config(None, {"model.context_length": "64"}).train_window == 64
+    cfg = load_config(None, {"model.context_length": "64", "model.pos_encoding": "rope",
+                             "train.seq_len": "32"})
+    assert cfg.train_window == 32 and cfg.model.context_length == 64

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from minigpt import GPT
 from minigpt.config import TrainConfig
-from minigpt.optim import Muon, make_optimizers, orthogonalise
+from minigpt.optim import Muon, make_optimizers, normalise_neurons, orthogonalise
 
 
 def names_of(model, params):
@@ -113,3 +113,36 @@ def test_minigpts_muon_steps_as_torchs_does_in_float32_and_shares_its_state():
     theirs.load_state_dict(ours.state_dict())  # a checkpoint of one resumes in the other
     assert_close(theirs.state[theirs_params[0]]["momentum_buffer"],
                  ours.state[ours_params[0]]["momentum_buffer"])
+
+
+def test_normuon_evens_out_each_neurons_step_and_keeps_the_steps_norm():
+    torch.manual_seed(0)
+    update = torch.randn(6, 16) * torch.arange(1.0, 7.0)[:, None]  # rows of growing size
+    variance = torch.zeros(6, 1)
+    out = normalise_neurons(update, variance, beta=0.9)
+    assert_close(variance, 0.1 * update.square().mean(dim=1, keepdim=True))
+    rms = out.square().mean(dim=1).sqrt()
+    assert_close(rms, rms.mean().expand(6)) and out.norm() == pytest.approx(update.norm())
+    # a neuron that was large for a while is held back when it turns small, and the others not
+    later = normalise_neurons(torch.ones(6, 16), variance, beta=0.9)
+    assert later[0].norm() > later[5].norm()
+
+
+def test_muon_with_neuron_norm_moves_each_matrix_as_far_by_another_route():
+    torch.manual_seed(0)
+    weight, grad = torch.randn(32, 64), torch.randn(32, 64) * torch.linspace(0.1, 3, 32)[:, None]
+    params = {on: torch.nn.Parameter(weight.clone()) for on in (False, True)}
+    for on, p in params.items():
+        p.grad = grad.clone()
+        optimizer = Muon([p], lr=0.05, momentum=0.9, weight_decay=0.0, adjust_lr_fn="original",
+                         neuron_norm=0.95 if on else 0.0)
+        optimizer.step()
+        assert ("neuron_variance" in optimizer.state[p]) == on
+    plain, normed = (params[on].detach() - weight for on in (False, True))
+    assert normed.norm() == pytest.approx(plain.norm(), rel=1e-4)
+    assert F.cosine_similarity(plain.flatten(), normed.flatten(), dim=0) < 0.999
+    row_rms = normed.square().mean(dim=1).sqrt()
+    assert row_rms.max() / row_rms.min() < 1.01  # each neuron the same step
+    assert TrainConfig().muon_neuron_norm is False
+    cfg = TrainConfig(optimizer="muon", muon_neuron_norm=True)
+    assert make_optimizers(GPT(tiny_config()), cfg)[0].neuron_norm == 0.95

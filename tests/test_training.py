@@ -215,7 +215,9 @@ SPEEDRUN = {"train.lr_schedule": "wsd", "train.muon_momentum_warmup": 8, "model.
 
 @pytest.mark.parametrize("grad_accum,optimizer,extra", [
     (1, "adamw", {}), (2, "adamw", {}), (1, "muon", {}), (1, "muon", SPEEDRUN),
-    (2, "muon", {"data.sampling": "epochs", "model.short_conv": 3})])
+    (2, "muon", {"data.sampling": "epochs", "model.short_conv": 3}),
+    (1, "muon", {"data.sampling": "epochs", "model.pos_encoding": "rope", "train.seq_len": 8,
+                 "train.muon_neuron_norm": True})])
 def test_resume_continues_exactly(tmp_path, grad_accum, optimizer, extra):
     options = {"train.max_steps": 12, "train.grad_accum": grad_accum, "model.dropout": 0.1,
                "train.optimizer": optimizer, "train.probe": True,  # its sampling keeps the RNG
@@ -615,3 +617,24 @@ def test_fsdp_over_two_ranks_trains_as_one_process_and_its_checkpoints_resume_an
         assert_close(value, single_weights[name], rtol=1e-4, atol=1e-5)
     torchrun("resumed", f"resume={run_dir}", "train.max_steps=8")
     assert load_checkpoint(run_dir / "last.pt")["step"] == 8
+
+
+def test_shorter_training_sequences_train_on_them_and_evaluate_the_whole_context(tmp_path, monkeypatch):
+    seen = []
+    real_step = Trainer.step
+
+    def spy(self, next_batch):
+        return real_step(self, lambda: seen.append(next_batch()) or seen[-1])
+
+    monkeypatch.setattr(Trainer, "step", spy)
+    result = train(run_config(tmp_path, **{"model.pos_encoding": "rope", "train.seq_len": 8,
+                                           "data.sampling": "epochs", "train.eval_batches": 0}),
+                   progress=False)
+    assert {tuple(x.shape) for x, _ in seen} == {(4, 8)}
+    x, y = seen[0]
+    assert torch.equal(x[:, 1:], y[:, :-1])  # next-token targets within each sequence
+    model, _ = load(result.run_dir / "last.pt")  # step 8's weights
+    assert model.config.context_length == 16
+    data = prepare_data(resume_config(result.run_dir).data, 16)
+    exact = evaluation.split_loss(model, data.val, 4, Runtime(torch.device("cpu")))
+    assert result.val_losses[8] == pytest.approx(exact, rel=1e-5)  # in windows of 16
