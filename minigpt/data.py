@@ -177,10 +177,13 @@ class Epochs:
         return torch.cat(parts)
 
     def state_dict(self) -> dict:
-        return {"epoch_state": self.epoch_state, "position": self.position}
+        return {"epoch_state": self.epoch_state, "position": self.position, "length": self.T}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["epoch_state"] is None and state["position"] == 0:  # saved before its first draw
+        """The epoch saved, dealt again; a new one at the next draw when it was saved before its
+        first draw or with windows of another length (train.seq_len changed on resume)."""
+        if (state["epoch_state"] is None and state["position"] == 0
+                or state.get("length", self.T) != self.T):
             self.order, self.position, self.epoch_state = self.order[:0], 0, None
             return
         self.generator.set_state(state["epoch_state"])

@@ -123,6 +123,15 @@ def test_epochs_deal_every_window_once_then_a_new_cut_and_resume_exactly():
         assert torch.equal(resumed.draw(70), straight.draw(70)), stop
 
 
+def test_epochs_saved_with_windows_of_another_length_go_on_with_a_new_epoch():
+    saved = Epochs(203, 8, torch.Generator().manual_seed(0))
+    saved.draw(10)  # then train.seq_len changes on resume: 16
+    resumed = Epochs(203, 16, torch.Generator().manual_seed(0))
+    resumed.load_state_dict(saved.state_dict())
+    starts = resumed.draw(11).tolist()
+    assert len(set(starts)) == 11 and {(s - resumed.offset) % 16 for s in starts} == {0}
+
+
 def test_a_split_barely_longer_than_the_context_still_makes_epochs():
     epochs = Epochs(9, 8, torch.Generator().manual_seed(0))
     assert epochs.draw(3).tolist() == [0, 0, 0]  # one window fits: offset 0 every epoch
