@@ -75,8 +75,7 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = _help("sequences per micro-batch (per process)", 32)
     seq_len: int = _help("tokens in each training sequence (0: model.context_length); shorter "
-                         "costs less attention a token, and a rope model still reads its whole "
-                         "context when it predicts", 0)
+                         "costs less a token, and rope models still read the whole context", 0)
     grad_accum: int = _help("micro-batches accumulated into one optimizer step", 1)
     max_steps: int = _help("optimizer steps to train for", 1000)
     lr: float = _help("peak learning rate, reached after warmup", 1e-3)
@@ -195,10 +194,15 @@ class Config:
     name: str = "default"  # the config file's stem, used to name runs
 
     def __post_init__(self):
+        if not self.train.init_from:  # fine-tuning: once the weights give the model (init_config)
+            self.check_train_window()
+
+    def check_train_window(self, pretrained: bool = False) -> None:
+        """train.seq_len within the context; shorter only if positions past it train anyway."""
         if self.train.seq_len > self.model.context_length:
             raise ConfigError(f"train.seq_len ({self.train.seq_len}) must not exceed "
                               f"model.context_length ({self.model.context_length})")
-        if (self.train_window < self.model.context_length
+        if (not pretrained and self.train_window < self.model.context_length
                 and self.model.pos_encoding in ("sinusoidal", "learned")):
             raise ConfigError(f"train.seq_len shorter than model.context_length needs "
                               f"model.pos_encoding rope or none: the {self.model.pos_encoding} "

@@ -131,7 +131,9 @@ def init_config(cfg: Config, asked: Iterable[str] = ()) -> Config:
                               f"can change when fine-tuning)")
     model_cfg = replace(model_cfg, dropout=cfg.model.dropout, vocab_size=None)
     data_cfg = replace(cfg.data, tokenizer=tokenizer.kind)
-    return replace(cfg, model=model_cfg, data=data_cfg)
+    cfg = replace(cfg, model=model_cfg, data=data_cfg)
+    cfg.check_train_window(pretrained=True)
+    return cfg
 
 
 def initial_weights(source: GPT, cfg: ModelConfig) -> dict[str, torch.Tensor]:

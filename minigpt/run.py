@@ -190,7 +190,8 @@ class Run:
         self.trainer.load_state_dict(state)
         self.step, self.best_val = state["step"], state["best_val_loss"]
         if self.epochs is not None:
-            self.epochs.load_state_dict(state["epochs"])
+            # saved before epochs kept their length: windows of the whole context then
+            self.epochs.load_state_dict({"length": self.cfg.model.context_length, **state["epochs"]})
         self.batches.set_state(state["rng"]["batches"])
         self.runtime.set_rng_state(state["rng"])
 

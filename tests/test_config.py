@@ -147,3 +147,13 @@ def test_training_sequences_are_the_context_unless_train_seq_len_says_shorter():
     cfg = load_config(None, {"model.context_length": "64", "model.pos_encoding": "rope",
                              "train.seq_len": "32"})
     assert cfg.train_window == 32 and cfg.model.context_length == 64
+
+
+def test_fine_tuning_checks_train_seq_len_against_the_weights_model_not_the_default_one():
+    cfg = load_config(None, {"train.init_from": "run.pt", "train.seq_len": "256"})  # 128 default
+    with pytest.raises(ConfigError, match=r"must not exceed model.context_length \(128\)"):
+        cfg.check_train_window(pretrained=True)
+    cfg = load_config(None, {"train.init_from": "run.pt", "train.seq_len": "64"})
+    cfg.check_train_window(pretrained=True)  # learned positions, but trained before: allowed
+    with pytest.raises(ConfigError, match="learned positions past 64"):
+        cfg.check_train_window()
