@@ -183,7 +183,7 @@ class Epochs:
         """The epoch saved, dealt again; a new one at the next draw when it was saved before its
         first draw or with windows of another length (train.seq_len changed on resume)."""
         if (state["epoch_state"] is None and state["position"] == 0
-                or state.get("length", self.T) != self.T):
+                or state["length"] != self.T):
             self.order, self.position, self.epoch_state = self.order[:0], 0, None
             return
         self.generator.set_state(state["epoch_state"])
